@@ -1,0 +1,14 @@
+"""jdw: depthwise and depthwise-separable convolution for JAX."""
+
+from jdw import backends
+from jdw.functional import depthwise_conv, depthwise_conv_transpose, pointwise_conv, separable_conv
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "backends",
+    "depthwise_conv",
+    "depthwise_conv_transpose",
+    "pointwise_conv",
+    "separable_conv",
+]

@@ -1,0 +1,102 @@
+"""The registry of depthwise-convolution backends and the automatic choice between them.
+
+Every backend computes the same canonical operation: channels-last ``x`` of shape
+``(N, *spatial, C)``, a kernel of shape ``(*kernel_spatial, 1, C * M)``, explicit
+non-negative zero padding. The public functions in :mod:`jdw.functional` handle
+everything else (layouts, padding modes, bias, validation). The ``"xla"``
+backend is always registered and is the reference the others are tested against;
+a backend that cannot serve a call raises :class:`NotImplementedError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+from jax import lax
+
+Pairs = tuple[tuple[int, int], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    """One implementation of depthwise convolution.
+
+    Attributes:
+      name: the value of ``implementation=`` that selects it.
+      conv: ``conv(x, kernel, *, strides, padding, dilation, precision, preferred_element_type)``.
+      conv_transpose: ``conv_transpose(x, kernel, *, strides, padding, dilation, output_spatial,
+        precision, preferred_element_type)``, the transposed convolution whose ``padding`` is that
+        of the forward convolution it transposes.
+      description: one line for documentation and the benchmark.
+    """
+
+    name: str
+    conv: Callable[..., jax.Array]
+    conv_transpose: Callable[..., jax.Array]
+    description: str
+
+
+_REGISTRY: dict[str, Backend] = {}
+
+# Backend the automatic choice uses per platform (lowering platform, not default device):
+# measured by ``python -m jdw.bench``; platforms not listed use "xla".
+_AUTOMATIC = {"cpu": "taps"}
+
+
+def register(backend: Backend) -> Backend:
+    """Adds ``backend`` to the registry (replacing one of the same name) and returns it."""
+    _REGISTRY[backend.name] = backend
+    return backend
+
+
+def available() -> tuple[str, ...]:
+    """Names accepted by ``implementation=``, besides ``None`` (automatic)."""
+    return tuple(sorted(_REGISTRY))
+
+
+def get(name: str) -> Backend:
+    """Returns the backend called ``name``.
+
+    Raises:
+      ValueError: if no such backend is registered.
+    """
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown implementation {name!r}; available: {', '.join(map(repr, available()))} or None (automatic)"
+        ) from None
+
+
+def automatic_choice(platform: str) -> str:
+    """The backend ``implementation=None`` uses when lowering for ``platform`` ("cpu", "cuda", "tpu", ...)."""
+    name = _AUTOMATIC.get(platform, "xla")
+    return name if name in _REGISTRY else "xla"
+
+
+def dispatch(implementation: str | None, method: str, *args: Any, **kwargs: Any) -> jax.Array:
+    """Calls ``method`` ("conv" or "conv_transpose") of the chosen backend.
+
+    With ``implementation=None`` the choice is made per lowering platform with
+    :func:`jax.lax.platform_dependent`, so a function exported from a CPU machine for
+    TPU or CUDA carries the choice for that platform, not the CPU's.
+    """
+    if implementation is not None:
+        return getattr(get(implementation), method)(*args, **kwargs)
+    choices = {name: automatic_choice(name) for name in ("cpu", "cuda", "rocm", "tpu")}
+    branches = {
+        platform: (lambda *a, _m=getattr(get(name), method): _m(*a, **kwargs))
+        for platform, name in choices.items()
+        if name != "xla"
+    }
+    default = lambda *a: getattr(get("xla"), method)(*a, **kwargs)  # noqa: E731
+    if not branches:
+        return default(*args)
+    return lax.platform_dependent(*args, default=default, **branches)
+
+
+def pairs(padding: Sequence[Sequence[int]]) -> Pairs:
+    return tuple((int(lo), int(hi)) for lo, hi in padding)

@@ -1,0 +1,334 @@
+"""The ``"taps"`` backend: depthwise convolution as a sum over kernel taps, in pure JAX.
+
+For every kernel tap the input is sliced (shifted, strided) and multiplied by that
+tap's per-channel weights; XLA fuses the whole sum into one loop over the output.
+Three things make it fast where XLA's grouped convolution is slow:
+
+* **No padded copy.** Materialising ``jnp.pad(x)`` costs a full pass over memory,
+  as much as the convolution itself. Instead the output is split, per spatial
+  dimension, into the part whose window lies inside the input (read straight from
+  ``x``) and the thin borders whose window overlaps the padding (computed from
+  small padded slabs); :func:`lax.concatenate` joins them inside one fusion.
+* **Its own backward pass** (``jax.custom_vjp``). The input gradient is the
+  adjoint convolution, computed the same way. The kernel gradient, a reduction
+  over batch and space, is first summed over a group of images with fused
+  multiply-adds, since XLA's CPU reductions over sliced operands are slow. Autodiff's
+  version costs ~10 passes over memory.
+* **Low precision accumulates in float32** (bf16/f16 inputs), at no extra memory
+  traffic since the casts fuse into the loop.
+
+The transposed convolution is the adjoint, and each op's VJP is written with the
+other, so gradients of any order stay on this path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jdw.backends import registry
+
+# The kernel gradient sums up to this many products per output element in one fused
+# loop (taps x batch group): larger groups mean fewer passes but longer compiles.
+_MAX_FUSED_PRODUCTS = 288
+_MAX_BATCH_GROUP = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    """Static shape information of one depthwise convolution ``x -> y`` (channels last)."""
+
+    input_spatial: tuple[int, ...]
+    output_spatial: tuple[int, ...]
+    kernel_size: tuple[int, ...]
+    strides: tuple[int, ...]
+    padding: tuple[tuple[int, int], ...]
+    dilation: tuple[int, ...]
+    multiplier: int
+    dtype: str  # dtype of the op's result
+
+    @property
+    def num_spatial(self) -> int:
+        return len(self.kernel_size)
+
+
+def _compute_dtype(*dtypes) -> np.dtype:
+    """float32 for low-precision floats, otherwise the promoted dtype."""
+    with jax.numpy_dtype_promotion("standard"):
+        return np.dtype(jnp.result_type(*dtypes, jnp.float32))
+
+
+def _taps(kernel_size: Sequence[int]):
+    return list(np.ndindex(*kernel_size))
+
+
+def _over_regions(
+    x: jax.Array,
+    padding: tuple[tuple[int, int], ...],
+    kernel_size: Sequence[int],
+    strides: Sequence[int],
+    dilation: Sequence[int],
+    leaf: Callable,
+    combine: Callable,
+    *,
+    dim: int = 0,
+    ranges: tuple[tuple[int, int], ...] = (),
+    interior: bool = True,
+):
+    """Splits the output along each spatial dim into (border, interior, border) regions.
+
+    For each region, ``leaf(x_piece, ranges, interior)`` receives exactly the input
+    its outputs read (zero padding applied to border pieces only, which are thin)
+    and the output index ranges; ``combine(parts, axis)`` joins the parts of one
+    dimension. Spatial dims of ``x`` are axes ``1 .. len(strides)``.
+    """
+    if dim == len(strides):
+        return leaf(x, ranges, interior)
+    axis = 1 + dim
+    n = x.shape[axis]
+    s, (pl, ph) = strides[dim], padding[dim]
+    ke = (kernel_size[dim] - 1) * dilation[dim] + 1
+    out = (n + pl + ph - ke) // s + 1
+    lo = min(out, -(-pl // s))  # first output whose window starts inside the input
+    hi = max(lo, min(out, (n - ke + pl) // s + 1))  # first output whose window ends past it
+    rest = padding[:dim] + ((0, 0),) + padding[dim + 1 :]
+    parts = []
+    for o0, o1, padded in ((0, lo, True), (lo, hi, False), (hi, out, True)):
+        if o1 <= o0:
+            continue
+        a, b = o0 * s - pl, (o1 - 1) * s - pl + ke  # input range read, in unpadded coordinates
+        start = min(max(a, 0), n)
+        stop = max(min(b, n), start)
+        piece = lax.slice_in_dim(x, start, stop, axis=axis)
+        if padded:
+            config = [(0, 0, 0)] * x.ndim
+            config[axis] = (start - a, b - stop, 0)
+            piece = lax.pad(piece, jnp.zeros((), x.dtype), config)
+        parts.append(
+            _over_regions(
+                piece,
+                rest,
+                kernel_size,
+                strides,
+                dilation,
+                leaf,
+                combine,
+                dim=dim + 1,
+                ranges=ranges + ((o0, o1),),
+                interior=interior and not padded,
+            )
+        )
+    return combine(parts, axis)
+
+
+def _concatenate(parts, axis):
+    return parts[0] if len(parts) == 1 else lax.concatenate(parts, axis)
+
+
+def _broadcast_weights(w_tap: jax.Array, rank: int) -> jax.Array:
+    return w_tap.reshape((1,) * (rank - w_tap.ndim) + w_tap.shape)
+
+
+def _tap_sum(x, w, strides, dilation, compute_dtype):
+    """Valid (unpadded) tap sum. ``x``: (N, *spatial, C, Mx), ``w``: (*k, C, M) -> (N, *out, C, M)."""
+    nd = len(strides)
+    kernel_size = w.shape[:nd]
+    out = [(n - ((k - 1) * d + 1)) // s + 1 for n, k, s, d in zip(x.shape[1 : 1 + nd], kernel_size, strides, dilation)]
+    w = w.astype(compute_dtype)
+    trailing = list(x.shape[1 + nd :])
+    acc = None
+    for tap in _taps(kernel_size):
+        start = [0, *(t * d for t, d in zip(tap, dilation)), *([0] * len(trailing))]
+        limit = [x.shape[0], *(t * d + (o - 1) * s + 1 for t, d, o, s in zip(tap, dilation, out, strides)), *trailing]
+        window = lax.slice(x, start, limit, [1, *strides, *([1] * len(trailing))])
+        term = window.astype(compute_dtype) * _broadcast_weights(w[tap], x.ndim)
+        acc = term if acc is None else acc + term
+    return acc
+
+
+def _conv_regions(x, w, strides, padding, dilation, compute_dtype):
+    """Zero-padded tap sum without a padded copy of ``x``. Shapes as in :func:`_tap_sum`."""
+    nd = len(strides)
+    leaf = lambda piece, ranges, interior: _tap_sum(piece, w, strides, dilation, compute_dtype)  # noqa: E731
+    return _over_regions(x, padding, w.shape[:nd], strides, dilation, leaf, _concatenate)
+
+
+def _grouped_kernel(kernel: jax.Array, multiplier: int) -> jax.Array:
+    """(*k, 1, C * M) -> (*k, C, M)."""
+    nd = kernel.ndim - 2
+    return kernel.reshape(kernel.shape[:nd] + (kernel.shape[-1] // multiplier, multiplier))
+
+
+def _forward_impl(x, kernel, geom: Geometry) -> jax.Array:
+    compute = _compute_dtype(x.dtype, kernel.dtype)
+    w = _grouped_kernel(kernel, geom.multiplier)
+    y = _conv_regions(x[..., None], w, geom.strides, geom.padding, geom.dilation, compute)
+    return y.reshape(y.shape[:-2] + (-1,)).astype(geom.dtype)
+
+
+def _adjoint_impl(y, kernel, geom: Geometry) -> jax.Array:
+    """The adjoint (transpose) of :func:`_forward_impl` in ``x``: (N, *out, C*M) -> (N, *in, C)."""
+    nd = geom.num_spatial
+    compute = _compute_dtype(y.dtype, kernel.dtype)
+    w = lax.rev(_grouped_kernel(kernel, geom.multiplier), tuple(range(nd)))
+    y = y.reshape(y.shape[:-1] + (-1, geom.multiplier))
+    # The adjoint is a stride-1 convolution of the stride-dilated y with the flipped kernel.
+    config, pads = [(0, 0, 0)], []
+    for n_in, n_out, k, s, d, (pl, _) in zip(
+        geom.input_spatial, geom.output_spatial, geom.kernel_size, geom.strides, geom.dilation, geom.padding
+    ):
+        ke = (k - 1) * d + 1
+        lo, hi = ke - 1 - pl, n_in - (n_out - 1) * s - 1 + pl
+        config.append((min(lo, 0), min(hi, 0), s - 1))
+        pads.append((max(lo, 0), max(hi, 0)))
+    config += [(0, 0, 0), (0, 0, 0)]
+    if any(c != (0, 0, 0) for c in config):
+        y = lax.pad(y, jnp.zeros((), y.dtype), config)
+    x = _conv_regions(y, w, (1,) * nd, tuple(pads), geom.dilation, compute)
+    x = x[..., 0] if geom.multiplier == 1 else jnp.sum(x, axis=-1)
+    return x.astype(geom.dtype)
+
+
+def _batch_group(batch: int, num_taps: int) -> int:
+    """Largest divisor of ``batch`` whose products per output fit the fused-loop budget."""
+    limit = max(1, min(_MAX_BATCH_GROUP, _MAX_FUSED_PRODUCTS // num_taps))
+    return max(g for g in range(1, min(batch, limit) + 1) if batch % g == 0)
+
+
+def _kernel_grad(x, dy, geom: Geometry) -> jax.Array:
+    """d<dy, conv(x, k)>/dk: (N, *in, C), (N, *out, C*M) -> (*k, 1, C*M) in the compute dtype."""
+    nd = geom.num_spatial
+    compute = _compute_dtype(x.dtype, dy.dtype)
+    dy = dy.reshape(dy.shape[:-1] + (-1, geom.multiplier))
+    taps = _taps(geom.kernel_size)
+
+    def leaf(piece, ranges, interior):
+        piece = piece[..., None]
+        dy_piece = dy
+        for dim, (o0, o1) in enumerate(ranges):
+            dy_piece = lax.slice_in_dim(dy_piece, o0, o1, axis=1 + dim)
+        out = [o1 - o0 for o0, o1 in ranges]
+        batch = piece.shape[0]
+        group = _batch_group(batch, len(taps)) if interior else 1
+        partials = []
+        for tap in taps:
+            acc = None
+            for g in range(group):
+                start = [g, *(t * d for t, d in zip(tap, geom.dilation)), 0, 0]
+                limit = [
+                    batch,
+                    *(t * d + (o - 1) * s + 1 for t, d, o, s in zip(tap, geom.dilation, out, geom.strides)),
+                    *piece.shape[-2:],
+                ]
+                window = lax.slice(piece, start, limit, [group, *geom.strides, 1, 1])
+                grad = lax.slice(dy_piece, [g] + [0] * (nd + 2), dy_piece.shape, [group] + [1] * (nd + 2))
+                term = window.astype(compute) * grad.astype(compute)
+                acc = term if acc is None else acc + term
+            partials.append(acc)
+        # Taps on the major axis: the reduction then runs over contiguous memory per tap.
+        return jnp.sum(jnp.stack(partials), axis=tuple(range(1, nd + 2)))
+
+    combine = lambda parts, axis: functools.reduce(jnp.add, parts)  # noqa: E731
+    grad = _over_regions(x, geom.padding, geom.kernel_size, geom.strides, geom.dilation, leaf, combine)
+    return grad.reshape(geom.kernel_size + (1, -1))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _forward(x, kernel, geom: Geometry):
+    return _forward_impl(x, kernel, geom)
+
+
+def _forward_fwd(x, kernel, geom):
+    return _forward_impl(x, kernel, geom), (x, kernel)
+
+
+def _forward_bwd(geom, residuals, dy):
+    x, kernel = residuals
+    dx = _adjoint(dy, kernel, dataclasses.replace(geom, dtype=x.dtype.name))
+    dk = _kernel_grad(x, dy, geom).astype(kernel.dtype)
+    return dx, dk
+
+
+_forward.defvjp(_forward_fwd, _forward_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _adjoint(y, kernel, geom: Geometry):
+    return _adjoint_impl(y, kernel, geom)
+
+
+def _adjoint_fwd(y, kernel, geom):
+    return _adjoint_impl(y, kernel, geom), (y, kernel)
+
+
+def _adjoint_bwd(geom, residuals, dx):
+    y, kernel = residuals
+    dy = _forward(dx, kernel, dataclasses.replace(geom, dtype=y.dtype.name))
+    dk = _kernel_grad(dx, y, geom).astype(kernel.dtype)
+    return dy, dk
+
+
+_adjoint.defvjp(_adjoint_fwd, _adjoint_bwd)
+
+
+def _output_spatial(input_spatial, kernel_size, strides, padding, dilation):
+    return tuple(
+        (n + lo + hi - ((k - 1) * d + 1)) // s + 1
+        for n, k, s, (lo, hi), d in zip(input_spatial, kernel_size, strides, padding, dilation)
+    )
+
+
+def conv(x, kernel, *, strides, padding, dilation, precision=None, preferred_element_type=None) -> jax.Array:
+    """Depthwise convolution by tap sums. ``precision`` is unused: products are elementwise."""
+    del precision
+    nd = kernel.ndim - 2
+    kernel_size = tuple(kernel.shape[:nd])
+    geom = Geometry(
+        input_spatial=tuple(x.shape[1:-1]),
+        output_spatial=_output_spatial(x.shape[1:-1], kernel_size, strides, padding, dilation),
+        kernel_size=kernel_size,
+        strides=tuple(strides),
+        padding=registry.pairs(padding),
+        dilation=tuple(dilation),
+        multiplier=kernel.shape[-1] // x.shape[-1],
+        dtype=np.dtype(preferred_element_type or x.dtype).name,
+    )
+    return _forward(x, kernel, geom)
+
+
+def conv_transpose(
+    x, kernel, *, strides, padding, dilation, output_spatial, precision=None, preferred_element_type=None
+) -> jax.Array:
+    """Transposed depthwise convolution: the adjoint of :func:`conv`, channel ``c`` -> ``c*M + m``."""
+    del precision
+    nd = kernel.ndim - 2
+    multiplier = kernel.shape[-1] // x.shape[-1]
+    if multiplier > 1:
+        x = jnp.repeat(x, multiplier, axis=-1)
+    geom = Geometry(
+        input_spatial=tuple(output_spatial),
+        output_spatial=tuple(x.shape[1:-1]),
+        kernel_size=tuple(kernel.shape[:nd]),
+        strides=tuple(strides),
+        padding=registry.pairs(padding),
+        dilation=tuple(dilation),
+        multiplier=1,
+        dtype=np.dtype(preferred_element_type or x.dtype).name,
+    )
+    return _adjoint(x, kernel, geom)
+
+
+BACKEND = registry.register(
+    registry.Backend(
+        name="taps",
+        conv=conv,
+        conv_transpose=conv_transpose,
+        description="sum over kernel taps of shifted slices, fused by XLA, with a custom VJP",
+    )
+)

@@ -1,0 +1,71 @@
+"""The reference backend: XLA's grouped convolution (``lax.conv_general_dilated``).
+
+Always available. On GPU it is cuDNN's grouped convolution; on CPU it is slow
+(see ``python -m jdw.bench``), which is why ``"taps"`` exists.
+"""
+
+from __future__ import annotations
+
+import jax
+from jax import lax
+
+from jdw.backends import registry
+
+
+def _dimension_numbers(num_spatial: int) -> lax.ConvDimensionNumbers:
+    spatial = tuple(range(1, num_spatial + 1))
+    feature = num_spatial + 1
+    lhs = (0, feature, *spatial)
+    rhs = (num_spatial + 1, num_spatial, *range(num_spatial))
+    return lax.ConvDimensionNumbers(lhs_spec=lhs, rhs_spec=rhs, out_spec=lhs)
+
+
+def conv(x, kernel, *, strides, padding, dilation, precision=None, preferred_element_type=None) -> jax.Array:
+    nd = kernel.ndim - 2
+    return lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=strides,
+        padding=padding,
+        rhs_dilation=dilation,
+        dimension_numbers=_dimension_numbers(nd),
+        feature_group_count=x.shape[-1],
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+
+
+def conv_transpose(
+    x, kernel, *, strides, padding, dilation, output_spatial, precision=None, preferred_element_type=None
+) -> jax.Array:
+    """Transposed grouped convolution through ``lhs_dilation`` (slow on CPU; kept as the reference)."""
+    nd = kernel.ndim - 2
+    pads = []
+    for n_in, n_out, k, s, d, (lo, _) in zip(x.shape[1:-1], output_spatial, kernel.shape[:nd], strides, dilation, padding):
+        ke = (k - 1) * d + 1
+        low = ke - 1 - lo
+        high = n_out - ((n_in - 1) * s + 1) - low + ke - 1
+        pads.append((low, high))
+    flipped = lax.rev(kernel, tuple(range(nd)))
+    return lax.conv_general_dilated(
+        x,
+        flipped,
+        window_strides=(1,) * nd,
+        padding=pads,
+        lhs_dilation=strides,
+        rhs_dilation=dilation,
+        dimension_numbers=_dimension_numbers(nd),
+        feature_group_count=x.shape[-1],
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+
+
+BACKEND = registry.register(
+    registry.Backend(
+        name="xla",
+        conv=conv,
+        conv_transpose=conv_transpose,
+        description="lax.conv_general_dilated with feature_group_count (the reference)",
+    )
+)
