@@ -79,17 +79,19 @@ def _over_regions(
     *,
     dim: int = 0,
     ranges: tuple[tuple[int, int], ...] = (),
-    interior: bool = True,
 ):
     """Splits the output along each spatial dim into (border, interior, border) regions.
 
     For each region, ``leaf(x_piece, ranges, interior)`` receives exactly the input
-    its outputs read (zero padding applied to border pieces only, which are thin)
-    and the output index ranges; ``combine(parts, axis)`` joins the parts of one
-    dimension. Spatial dims of ``x`` are axes ``1 .. len(strides)``.
+    its outputs read and the output index ranges, one ``(start, stop)`` per spatial
+    dim; ``combine(parts, axis)`` joins the parts of one dimension. Only the interior
+    is split further, so there are ``2 * num_spatial + 1`` regions: a border slab is
+    thin, and padding it in every remaining dimension is cheap. Spatial dims of ``x``
+    are axes ``1 .. len(strides)``; trailing axes are carried along.
     """
-    if dim == len(strides):
-        return leaf(x, ranges, interior)
+    nd = len(strides)
+    if dim == nd:
+        return leaf(x, ranges, True)
     axis = 1 + dim
     n = x.shape[axis]
     s, (pl, ph) = strides[dim], padding[dim]
@@ -97,33 +99,31 @@ def _over_regions(
     out = (n + pl + ph - ke) // s + 1
     lo = min(out, -(-pl // s))  # first output whose window starts inside the input
     hi = max(lo, min(out, (n - ke + pl) // s + 1))  # first output whose window ends past it
-    rest = padding[:dim] + ((0, 0),) + padding[dim + 1 :]
     parts = []
-    for o0, o1, padded in ((0, lo, True), (lo, hi, False), (hi, out, True)):
+    for o0, o1, border in ((0, lo, True), (lo, hi, False), (hi, out, True)):
         if o1 <= o0:
             continue
         a, b = o0 * s - pl, (o1 - 1) * s - pl + ke  # input range read, in unpadded coordinates
         start = min(max(a, 0), n)
         stop = max(min(b, n), start)
         piece = lax.slice_in_dim(x, start, stop, axis=axis)
-        if padded:
-            config = [(0, 0, 0)] * x.ndim
-            config[axis] = (start - a, b - stop, 0)
-            piece = lax.pad(piece, jnp.zeros((), x.dtype), config)
-        parts.append(
-            _over_regions(
-                piece,
-                rest,
-                kernel_size,
-                strides,
-                dilation,
-                leaf,
-                combine,
-                dim=dim + 1,
-                ranges=ranges + ((o0, o1),),
-                interior=interior and not padded,
+        if not border:
+            parts.append(
+                _over_regions(
+                    piece, padding, kernel_size, strides, dilation, leaf, combine, dim=dim + 1,
+                    ranges=ranges + ((o0, o1),),
+                )
             )
-        )
+            continue
+        config = [(0, 0, 0)] * x.ndim
+        config[axis] = (start - a, b - stop, 0)
+        rest = []
+        for e in range(dim + 1, nd):
+            config[1 + e] = (*padding[e], 0)
+            ke_e = (kernel_size[e] - 1) * dilation[e] + 1
+            rest.append((0, (x.shape[1 + e] + sum(padding[e]) - ke_e) // strides[e] + 1))
+        piece = lax.pad(piece, jnp.zeros((), x.dtype), config)
+        parts.append(leaf(piece, ranges + ((o0, o1), *rest), False))
     return combine(parts, axis)
 
 
@@ -165,6 +165,8 @@ def _grouped_kernel(kernel: jax.Array, multiplier: int) -> jax.Array:
     return kernel.reshape(kernel.shape[:nd] + (kernel.shape[-1] // multiplier, multiplier))
 
 
+# Jitted so that eager callers compile the many slices once, not op by op.
+@functools.partial(jax.jit, static_argnums=2)
 def _forward_impl(x, kernel, geom: Geometry) -> jax.Array:
     compute = _compute_dtype(x.dtype, kernel.dtype)
     w = _grouped_kernel(kernel, geom.multiplier)
@@ -172,6 +174,7 @@ def _forward_impl(x, kernel, geom: Geometry) -> jax.Array:
     return y.reshape(y.shape[:-2] + (-1,)).astype(geom.dtype)
 
 
+@functools.partial(jax.jit, static_argnums=2)
 def _adjoint_impl(y, kernel, geom: Geometry) -> jax.Array:
     """The adjoint (transpose) of :func:`_forward_impl` in ``x``: (N, *out, C*M) -> (N, *in, C)."""
     nd = geom.num_spatial
@@ -201,6 +204,7 @@ def _batch_group(batch: int, num_taps: int) -> int:
     return max(g for g in range(1, min(batch, limit) + 1) if batch % g == 0)
 
 
+@functools.partial(jax.jit, static_argnums=2)
 def _kernel_grad(x, dy, geom: Geometry) -> jax.Array:
     """d<dy, conv(x, k)>/dk: (N, *in, C), (N, *out, C*M) -> (*k, 1, C*M) in the compute dtype."""
     nd = geom.num_spatial
