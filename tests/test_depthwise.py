@@ -11,8 +11,8 @@ import numpy_reference as ref
 import pytest
 from helpers import IMPLEMENTATIONS, assert_close
 from hypothesis import given, settings
-from jax.test_util import check_grads
 from hypothesis import strategies as st
+from jax.test_util import check_grads
 
 import jdw
 
@@ -30,8 +30,9 @@ def _check(x, k, implementation, *, strides, padding, dilation, padding_mode="ze
     pads = ref.explicit_padding(padding, x.shape[1:-1], k.shape[:nd], strides_t, dilation_t)
     opts = dict(strides=strides, padding=padding, dilation=dilation, padding_mode=padding_mode)
     y = jdw.depthwise_conv(x, k, bias, implementation=implementation, **opts)
-    expected = ref.depthwise_conv(x, k, bias, strides=strides_t, padding=pads, dilation=dilation_t,
-                                  padding_mode=padding_mode)
+    expected = ref.depthwise_conv(
+        x, k, bias, strides=strides_t, padding=pads, dilation=dilation_t, padding_mode=padding_mode
+    )
     assert_close(y, expected)
     if not grads:
         return
@@ -39,8 +40,9 @@ def _check(x, k, implementation, *, strides, padding, dilation, padding_mode="ze
     args = (x, k) if bias is None else (x, k, bias)
     fn = lambda *a: jnp.vdot(jdw.depthwise_conv(*a, implementation=implementation, **opts), dy)
     got = jax.grad(fn, argnums=tuple(range(len(args))))(*args)
-    want = ref.depthwise_conv_vjp(x, k, dy, strides=strides_t, padding=pads, dilation=dilation_t,
-                                  padding_mode=padding_mode)
+    want = ref.depthwise_conv_vjp(
+        x, k, dy, strides=strides_t, padding=pads, dilation=dilation_t, padding_mode=padding_mode
+    )
     for g, w in zip(got, want):
         assert_close(g, w)
 
@@ -138,8 +140,9 @@ def test_input_smaller_than_kernel_window(implementation, rng):
 def test_channels_first(implementation, rng):
     x, k = _case(rng, 2, (7, 7), 3, (3, 3), 2)
     y_last = jdw.depthwise_conv(x, k, strides=2, implementation=implementation)
-    y_first = jdw.depthwise_conv(np.moveaxis(x, -1, 1), k, strides=2, data_format="channels_first",
-                                 implementation=implementation)
+    y_first = jdw.depthwise_conv(
+        np.moveaxis(x, -1, 1), k, strides=2, data_format="channels_first", implementation=implementation
+    )
     assert_close(np.moveaxis(np.asarray(y_first), 1, -1), y_last)
 
 
@@ -177,8 +180,9 @@ def test_second_order_gradients_float64(implementation):
         rng = np.random.default_rng(2)
         x = jnp.asarray(rng.standard_normal((2, 5, 6, 2)))
         k = jnp.asarray(rng.standard_normal((3, 3, 1, 4)))
-        f = lambda x, k: jdw.depthwise_conv(x, k, strides=2, padding="SAME", dilation=(1, 2),
-                                            implementation=implementation)
+        f = lambda x, k: jdw.depthwise_conv(
+            x, k, strides=2, padding="SAME", dilation=(1, 2), implementation=implementation
+        )
         check_grads(f, (x, k), order=2, modes=["rev"])
 
 
@@ -189,21 +193,33 @@ def test_low_precision(implementation, rng, dtype):
     y = jdw.depthwise_conv(xd, kd, strides=2, implementation=implementation)
     assert y.dtype == jnp.dtype(dtype)
     pads = ref.explicit_padding("SAME", (9, 9), (3, 3), (2, 2), (1, 1))
-    expected = ref.depthwise_conv(np.asarray(xd, np.float32), np.asarray(kd, np.float32), strides=(2, 2),
-                                  padding=pads, dilation=(1, 1))
+    expected = ref.depthwise_conv(
+        np.asarray(xd, np.float32), np.asarray(kd, np.float32), strides=(2, 2), padding=pads, dilation=(1, 1)
+    )
     assert_close(y, expected, dtype=dtype)
-    dk = jax.grad(lambda k: jnp.sum(jdw.depthwise_conv(xd, k, strides=2, implementation=implementation)
-                                    .astype(jnp.float32)))(kd)
+    dk = jax.grad(
+        lambda k: jnp.sum(jdw.depthwise_conv(xd, k, strides=2, implementation=implementation).astype(jnp.float32))
+    )(kd)
     assert dk.dtype == jnp.dtype(dtype)
-    _, dk_ref, _ = ref.depthwise_conv_vjp(np.asarray(xd, np.float32), np.asarray(kd, np.float32),
-                                          np.ones(expected.shape), strides=(2, 2), padding=pads, dilation=(1, 1))
+    _, dk_ref, _ = ref.depthwise_conv_vjp(
+        np.asarray(xd, np.float32),
+        np.asarray(kd, np.float32),
+        np.ones(expected.shape),
+        strides=(2, 2),
+        padding=pads,
+        dilation=(1, 1),
+    )
     assert_close(dk, dk_ref, dtype=dtype)
 
 
 def test_preferred_element_type(implementation, rng):
     x, k = _case(rng, 1, (5, 5), 2, (3, 3), 1)
-    y = jdw.depthwise_conv(jnp.asarray(x, jnp.bfloat16), jnp.asarray(k, jnp.bfloat16),
-                           preferred_element_type=jnp.float32, implementation=implementation)
+    y = jdw.depthwise_conv(
+        jnp.asarray(x, jnp.bfloat16),
+        jnp.asarray(k, jnp.bfloat16),
+        preferred_element_type=jnp.float32,
+        implementation=implementation,
+    )
     assert y.dtype == jnp.float32
 
 

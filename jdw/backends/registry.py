@@ -11,6 +11,7 @@ a backend that cannot serve a call raises :class:`NotImplementedError`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -88,11 +89,11 @@ def dispatch(implementation: str | None, method: str, *args: Any, **kwargs: Any)
         return getattr(get(implementation), method)(*args, **kwargs)
     choices = {name: automatic_choice(name) for name in ("cpu", "cuda", "rocm", "tpu")}
     branches = {
-        platform: (lambda *a, _m=getattr(get(name), method): _m(*a, **kwargs))
+        platform: functools.partial(getattr(get(name), method), **kwargs)
         for platform, name in choices.items()
         if name != "xla"
     }
-    default = lambda *a: getattr(get("xla"), method)(*a, **kwargs)  # noqa: E731
+    default = functools.partial(getattr(get("xla"), method), **kwargs)
     if not branches:
         return default(*args)
     return lax.platform_dependent(*args, default=default, **branches)

@@ -110,7 +110,14 @@ def _over_regions(
         if not border:
             parts.append(
                 _over_regions(
-                    piece, padding, kernel_size, strides, dilation, leaf, combine, dim=dim + 1,
+                    piece,
+                    padding,
+                    kernel_size,
+                    strides,
+                    dilation,
+                    leaf,
+                    combine,
+                    dim=dim + 1,
                     ranges=ranges + ((o0, o1),),
                 )
             )

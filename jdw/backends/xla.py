@@ -41,7 +41,9 @@ def conv_transpose(
     """Transposed grouped convolution through ``lhs_dilation`` (slow on CPU; kept as the reference)."""
     nd = kernel.ndim - 2
     pads = []
-    for n_in, n_out, k, s, d, (lo, _) in zip(x.shape[1:-1], output_spatial, kernel.shape[:nd], strides, dilation, padding):
+    for n_in, n_out, k, s, d, (lo, _) in zip(
+        x.shape[1:-1], output_spatial, kernel.shape[:nd], strides, dilation, padding
+    ):
         ke = (k - 1) * d + 1
         low = ke - 1 - lo
         high = n_out - ((n_in - 1) * s + 1) - low + ke - 1

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Literal, Union
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-PaddingLike = Union[str, int, Sequence[Union[int, tuple[int, int]]]]
+PaddingLike = str | int | Sequence[int | tuple[int, int]]
 PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
 DataFormat = Literal["channels_last", "channels_first"]
 
@@ -150,7 +150,9 @@ class ConvArgs:
     padding_mode: str
 
 
-def check_kernel(x: jax.Array, kernel: jax.Array, *, op: str, data_format: str) -> tuple[int, int, int, tuple[int, ...]]:
+def check_kernel(
+    x: jax.Array, kernel: jax.Array, *, op: str, data_format: str
+) -> tuple[int, int, int, tuple[int, ...]]:
     """Checks dtypes and the kernel layout against batched channels-last ``x``.
 
     Returns:
@@ -213,7 +215,7 @@ def check_conv_args(
                     f'{op}: padding_mode="circular" needs padding at most the input size, but spatial dim {dim} '
                     f"has size {n} and padding ({lo}, {hi})"
                 )
-    for dim, (n, k, s, d, p) in enumerate(zip(spatial, kernel_size, strides, dilation, pads)):
+    for dim, (n, k, d, p) in enumerate(zip(spatial, kernel_size, dilation, pads)):
         ke = (k - 1) * d + 1
         if n + p[0] + p[1] < ke:
             raise ValueError(
@@ -248,8 +250,10 @@ def canonical_input(
     check_choice(data_format, DATA_FORMATS, "data_format")
     if x.ndim not in (num_spatial + 1, num_spatial + 2):
         layout = layout_name(num_spatial, data_format)
-        source = f"kernel.shape={kernel_shape} has {num_spatial} spatial dimension(s)" if kernel_shape else (
-            f"{num_spatial} spatial dimension(s)"
+        source = (
+            f"kernel.shape={kernel_shape} has {num_spatial} spatial dimension(s)"
+            if kernel_shape
+            else (f"{num_spatial} spatial dimension(s)")
         )
         raise ValueError(
             f"{op}: {source}, so x must have rank {num_spatial + 2} (layout {layout}) or {num_spatial + 1} "

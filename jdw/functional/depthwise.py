@@ -82,7 +82,12 @@ def depthwise_conv(
         x, kernel.ndim - 2, data_format, op="depthwise_conv", kernel_shape=tuple(kernel.shape)
     )
     conv = args_lib.check_conv_args(
-        x, kernel, strides=strides, padding=padding, dilation=dilation, padding_mode=padding_mode,
+        x,
+        kernel,
+        strides=strides,
+        padding=padding,
+        dilation=dilation,
+        padding_mode=padding_mode,
         data_format=data_format,
     )
     if bias is not None:

@@ -94,11 +94,16 @@ def depthwise_conv_transpose(
     spatial = tuple(x.shape[1:-1])
     if isinstance(padding, str):
         args_lib.check_choice(padding.upper(), ("SAME", "VALID"), "padding")
-        base = [transposed_output_size(n, k, s, d, padding) for n, k, s, d in zip(spatial, kernel_size, strides, dilation)]
+        base = [
+            transposed_output_size(n, k, s, d, padding) for n, k, s, d in zip(spatial, kernel_size, strides, dilation)
+        ]
         pads = args_lib.resolve_padding(padding, base, kernel_size, strides, dilation)
     else:
         pads = args_lib.resolve_padding(padding, spatial, kernel_size, strides, dilation)
-        base = [transposed_output_size(n, k, s, d, p) for n, k, s, d, p in zip(spatial, kernel_size, strides, dilation, pads)]
+        base = [
+            transposed_output_size(n, k, s, d, p)
+            for n, k, s, d, p in zip(spatial, kernel_size, strides, dilation, pads)
+        ]
     output_spatial = tuple(b + p for b, p in zip(base, output_padding))
     for dim, (n, out, k, s, d, p) in enumerate(zip(spatial, output_spatial, kernel_size, strides, dilation, pads)):
         if out < 1 or args_lib.output_size(out, p, k, s, d) != n:

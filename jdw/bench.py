@@ -1,0 +1,235 @@
+"""Benchmark of depthwise convolution backends on MobileNetV2's depthwise layers.
+
+Run ``python -m jdw.bench`` (``--help`` for options). For every layer shape and
+backend it times, each as its own jitted program: the forward pass, the input
+gradient, the kernel gradient, and forward + backward together. It reports
+milliseconds, the forward pass's effective memory bandwidth (input + output +
+kernel bytes over time), its cost in units of one elementwise pass over the input
+(``y = x * a + b``: the memory-bound floor), and speedups over ``"xla"`` measured in
+the same run. ``--json`` prints machine-readable records instead of the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jdw
+from jdw import backends
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """One depthwise layer: input ``size x size x channels``, ``kernel x kernel``, stride; ``count`` in the network."""
+
+    size: int
+    channels: int
+    stride: int
+    kernel: int = 3
+    count: int = 1
+
+    @property
+    def name(self) -> str:
+        return f"{self.size}x{self.size}x{self.channels}/s{self.stride}"
+
+
+# The 17 depthwise layers of MobileNetV2 at 224x224 (10 distinct shapes; ``count`` repeats).
+MOBILENET_V2 = (
+    Layer(112, 32, 1),
+    Layer(112, 96, 2),
+    Layer(56, 144, 1),
+    Layer(56, 144, 2),
+    Layer(28, 192, 1, count=2),
+    Layer(28, 192, 2),
+    Layer(14, 384, 1, count=4),
+    Layer(14, 576, 1, count=2),
+    Layer(14, 576, 2),
+    Layer(7, 960, 1, count=3),
+)
+PARTS = ("forward", "input_grad", "kernel_grad", "forward_backward")
+
+
+def _time(fn: Callable, args: Sequence, repeats: int) -> float:
+    """Best wall time in ms over ``repeats`` runs after one warm-up (which compiles)."""
+    jax.block_until_ready(fn(*args))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - start)
+    return best * 1e3
+
+
+def _programs(layer: Layer, implementation: str):
+    conv = lambda x, k: jdw.depthwise_conv(x, k, strides=layer.stride, implementation=implementation)  # noqa: E731
+    return {
+        "forward": jax.jit(conv),
+        "input_grad": jax.jit(lambda x, k, dy: jax.vjp(lambda x: conv(x, k), x)[1](dy)),
+        "kernel_grad": jax.jit(lambda x, k, dy: jax.vjp(lambda k: conv(x, k), k)[1](dy)),
+        "forward_backward": jax.jit(lambda x, k, dy: jax.vjp(conv, x, k)[1](dy)),
+    }
+
+
+def run(
+    layers: Sequence[Layer] = MOBILENET_V2,
+    implementations: Sequence[str] | None = None,
+    *,
+    batch: int = 32,
+    dtype: str = "float32",
+    repeats: int = 5,
+    parts: Sequence[str] = PARTS,
+) -> list[dict]:
+    """Times every backend on every layer; returns one record per (layer, backend).
+
+    Example:
+      >>> from jdw import bench
+      >>> records = bench.run([bench.Layer(8, 16, 1)], ["xla"], batch=2, repeats=1, parts=["forward"])
+      >>> sorted(records[0])[:4]
+      ['batch', 'bytes', 'channels', 'count']
+    """
+    implementations = list(implementations or backends.available())
+    rng = np.random.default_rng(0)
+    records = []
+    for layer in layers:
+        x = jnp.asarray(rng.standard_normal((batch, layer.size, layer.size, layer.channels)), dtype)
+        k = jnp.asarray(rng.standard_normal((layer.kernel, layer.kernel, 1, layer.channels)), dtype)
+        out_size = -(-layer.size // layer.stride)
+        dy = jnp.asarray(rng.standard_normal((batch, out_size, out_size, layer.channels)), dtype)
+        elementwise = _time(jax.jit(lambda x: x * 1.5 + 0.5), (x,), repeats)
+        nbytes = x.nbytes + dy.nbytes + k.nbytes
+        for name in implementations:
+            programs = _programs(layer, name)
+            record = dict(
+                layer=layer.name,
+                size=layer.size,
+                channels=layer.channels,
+                stride=layer.stride,
+                kernel=layer.kernel,
+                count=layer.count,
+                batch=batch,
+                dtype=dtype,
+                implementation=name,
+                platform=jax.default_backend(),
+                bytes=nbytes,
+                elementwise_ms=elementwise,
+            )
+            for part in parts:
+                args = (x, k) if part == "forward" else (x, k, dy)
+                record[f"{part}_ms"] = _time(programs[part], args, repeats)
+            if "forward_ms" in record:
+                record["forward_gbps"] = nbytes / record["forward_ms"] / 1e6
+                record["forward_elementwise_passes"] = record["forward_ms"] / elementwise
+            records.append(record)
+    for record in records:
+        reference = next((r for r in records if r["layer"] == record["layer"] and r["implementation"] == "xla"), None)
+        for part in parts:
+            if reference is not None:
+                record[f"{part}_speedup_vs_xla"] = reference[f"{part}_ms"] / record[f"{part}_ms"]
+    return records
+
+
+def _table(records: list[dict], parts: Sequence[str]) -> str:
+    head = [
+        "layer",
+        "impl",
+        *(f"{p} ms" for p in parts),
+        "fwd GB/s",
+        "fwd/elementwise",
+        *(f"{p} vs xla" for p in parts),
+    ]
+    rows = []
+    for r in records:
+        rows.append(
+            [
+                r["layer"],
+                r["implementation"],
+                *(f"{r[f'{p}_ms']:.2f}" for p in parts),
+                f"{r.get('forward_gbps', float('nan')):.1f}",
+                f"{r.get('forward_elementwise_passes', float('nan')):.2f}",
+                *(f"{r.get(f'{p}_speedup_vs_xla', float('nan')):.1f}x" for p in parts),
+            ]
+        )
+    # Whole network: each layer weighted by how often MobileNetV2 uses it.
+    for name in dict.fromkeys(r["implementation"] for r in records):
+        mine = [r for r in records if r["implementation"] == name]
+        ref = [r for r in records if r["implementation"] == "xla"]
+        total = {p: sum(r[f"{p}_ms"] * r["count"] for r in mine) for p in parts}
+        ref_total = {p: sum(r[f"{p}_ms"] * r["count"] for r in ref) for p in parts}
+        elementwise = sum(r["elementwise_ms"] * r["count"] for r in mine)
+        rows.append(
+            [
+                f"all {sum(r['count'] for r in mine)} layers",
+                name,
+                *(f"{total[p]:.2f}" for p in parts),
+                "",
+                f"{total['forward'] / elementwise:.2f}" if "forward" in total else "",
+                *((f"{ref_total[p] / total[p]:.1f}x" if ref else "") for p in parts),
+            ]
+        )
+    widths = [max(len(str(row[i])) for row in [head, *rows]) for i in range(len(head))]
+    fmt = lambda row: "| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |"  # noqa: E731
+    return "\n".join([fmt(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(fmt, rows)])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jdw.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument(
+        "--implementations",
+        default=",".join(backends.available()),
+        help="comma-separated backends (default: all registered)",
+    )
+    parser.add_argument(
+        "--layers",
+        default="all",
+        help="comma-separated layer names such as 112x112x32/s1, or 'all' (MobileNetV2's 10 shapes)",
+    )
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", action="store_true", help="print JSON records instead of a table")
+    args = parser.parse_args(argv)
+    layers = MOBILENET_V2 if args.layers == "all" else [_parse_layer(name) for name in args.layers.split(",")]
+    parts = [p for p in args.parts.split(",") if p]
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        parser.error(f"unknown parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
+    records = run(
+        layers, args.implementations.split(","), batch=args.batch, dtype=args.dtype, repeats=args.repeats, parts=parts
+    )
+    if args.json:
+        json.dump(records, sys.stdout, indent=1)
+        print()
+    else:
+        device = jax.devices()[0]
+        print(
+            f"# jdw.bench: batch {args.batch}, {args.dtype}, {device.platform} ({device.device_kind}), "
+            f"automatic choice here: {backends.automatic_choice(device.platform)!r}"
+        )
+        print(_table(records, parts))
+    return 0
+
+
+def _parse_layer(name: str) -> Layer:
+    known = {layer.name: layer for layer in MOBILENET_V2}
+    if name in known:
+        return known[name]
+    try:
+        shape, stride = name.split("/s")
+        size, size2, channels = (int(v) for v in shape.split("x"))
+        assert size == size2
+        return Layer(size, channels, int(stride))
+    except (ValueError, AssertionError):
+        raise SystemExit(f"bad layer {name!r}: expected SIZExSIZExCHANNELS/sSTRIDE, e.g. 56x56x144/s2") from None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,65 @@
+"""The backend registry, the automatic choice, and what each path compiles to."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import jdw
+from jdw import backends
+
+
+def test_registry():
+    assert {"xla", "taps"} <= set(backends.available())
+    assert backends.get("xla").name == "xla"
+    with pytest.raises(ValueError, match="unknown implementation"):
+        backends.get("nope")
+
+
+def test_automatic_choice_per_platform():
+    assert backends.automatic_choice("cpu") == "taps"
+    assert backends.automatic_choice("tpu") == "xla"
+    assert backends.automatic_choice("cuda") == "xla"
+
+
+def _loss(x, k, implementation=None):
+    return jnp.sum(jdw.depthwise_conv(x, k, strides=2, implementation=implementation) ** 2)
+
+
+def test_automatic_choice_follows_the_lowering_platform():
+    """Exported for CUDA/TPU from this CPU machine, the automatic path is XLA's convolution; on CPU, taps."""
+    x, k = jnp.ones((2, 16, 16, 8)), jnp.ones((3, 3, 1, 8))
+    grad = jax.jit(jax.grad(_loss, argnums=(0, 1)))
+    cpu = grad.lower(x, k).compile().as_text()
+    assert "convolution(" not in cpu
+    for platform in ("cuda", "tpu"):
+        exported = jax.export.export(grad, platforms=[platform])(x, k)
+        assert "stablehlo.convolution" in exported.mlir_module()
+
+
+def test_taps_kernel_gradient_has_no_dense_channel_expansion():
+    """XLA's CPU kernel gradient expands to a C x C convolution; the taps path has no convolution at all."""
+    x, k = jnp.ones((2, 8, 8, 144)), jnp.ones((3, 3, 1, 144))
+    dk = jax.jit(jax.grad(lambda k: _loss(x, k, "taps")))
+    hlo = dk.lower(k).compile().as_text()
+    assert "convolution(" not in hlo
+    assert "144,3,3,144" not in hlo
+
+
+def test_custom_backend_registration():
+    calls = []
+    xla = backends.get("xla")
+
+    def conv(x, kernel, **kwargs):
+        calls.append(kwargs["strides"])
+        return xla.conv(x, kernel, **kwargs)
+
+    backends.register(backends.Backend("test-spy", conv, xla.conv_transpose, "spy"))
+    try:
+        jdw.depthwise_conv(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 1, 2)), strides=2, implementation="test-spy")
+        assert calls == [(2, 2)]
+    finally:
+        from jdw.backends import registry
+
+        registry._REGISTRY.pop("test-spy")

@@ -1,0 +1,22 @@
+"""The benchmark runs and reports every part (a smoke test, not a timed test)."""
+
+import json
+
+from jdw import bench
+
+
+def test_bench_json(capsys):
+    assert bench.main(["--batch", "2", "--layers", "8x8x16/s1,9x9x8/s2", "--repeats", "1", "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert {r["implementation"] for r in records} == {"xla", "taps"}
+    for r in records:
+        for part in bench.PARTS:
+            assert r[f"{part}_ms"] > 0
+            assert r[f"{part}_speedup_vs_xla"] > 0
+        assert r["forward_gbps"] > 0
+
+
+def test_bench_table(capsys):
+    bench.main(["--batch", "1", "--layers", "7x7x960/s1", "--repeats", "1", "--parts", "forward"])
+    out = capsys.readouterr().out
+    assert "| 7x7x960/s1" in out and "all 3 layers" in out
