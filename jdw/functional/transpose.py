@@ -80,7 +80,7 @@ def depthwise_conv_transpose(
     x, kernel = jnp.asarray(x), jnp.asarray(kernel)
     nd = kernel.ndim - 2
     x, unbatched = args_lib.canonical_input(x, nd, data_format, op=op, kernel_shape=tuple(kernel.shape))
-    nd, channels, _, kernel_size = args_lib.check_kernel(x, kernel, op=op, data_format=data_format)
+    nd, _, _, kernel_size = args_lib.check_kernel(x, kernel, op=op, data_format=data_format)
     strides = args_lib.as_tuple(strides, nd, "strides")
     dilation = args_lib.as_tuple(dilation, nd, "dilation")
     if isinstance(output_padding, int) and not isinstance(output_padding, bool):
@@ -117,7 +117,6 @@ def depthwise_conv_transpose(
     args_lib.check_bias(bias, kernel.shape[-1])
     if implementation is not None:
         registry.get(implementation)
-    del channels
     x, kernel = args_lib.cast_common(x, kernel)
     y = registry.dispatch(
         implementation,
