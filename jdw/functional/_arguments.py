@@ -141,13 +141,9 @@ class ConvArgs:
     """The validated, canonical form of a depthwise convolution call (channels last)."""
 
     num_spatial: int
-    in_channels: int
-    multiplier: int
-    kernel_size: tuple[int, ...]
     strides: tuple[int, ...]
     dilation: tuple[int, ...]
     padding: tuple[tuple[int, int], ...]
-    padding_mode: str
 
 
 def check_kernel(
@@ -198,7 +194,7 @@ def check_conv_args(
 ) -> ConvArgs:
     """Validates a depthwise convolution call. ``x`` must already be channels-last and batched."""
     check_choice(padding_mode, PADDING_MODES, "padding_mode")
-    nd, channels, multiplier, kernel_size = check_kernel(x, kernel, op=op, data_format=data_format)
+    nd, _, _, kernel_size = check_kernel(x, kernel, op=op, data_format=data_format)
     strides = as_tuple(strides, nd, "strides")
     dilation = as_tuple(dilation, nd, "dilation")
     spatial = tuple(x.shape[1:-1])
@@ -224,13 +220,9 @@ def check_conv_args(
             )
     return ConvArgs(
         num_spatial=nd,
-        in_channels=channels,
-        multiplier=multiplier,
-        kernel_size=kernel_size,
         strides=strides,
         dilation=dilation,
         padding=pads,
-        padding_mode=padding_mode,
     )
 
 
