@@ -1,12 +1,15 @@
 """jdw: depthwise and depthwise-separable convolution for JAX."""
 
-from jdw import backends
+from jdw import backends, initializers, linen, nnx
 from jdw.functional import depthwise_conv, depthwise_conv_transpose, pointwise_conv, separable_conv
 
 __version__ = "0.1.0"
 
 __all__ = [
     "backends",
+    "initializers",
+    "linen",
+    "nnx",
     "depthwise_conv",
     "depthwise_conv_transpose",
     "pointwise_conv",

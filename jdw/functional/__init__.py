@@ -1,8 +1,9 @@
 """Pure functions for depthwise, pointwise and depthwise-separable convolution."""
 
+from jdw.functional.activations import get_activation
 from jdw.functional.depthwise import depthwise_conv
 from jdw.functional.pointwise import pointwise_conv
 from jdw.functional.separable import separable_conv
 from jdw.functional.transpose import depthwise_conv_transpose
 
-__all__ = ["depthwise_conv", "depthwise_conv_transpose", "pointwise_conv", "separable_conv"]
+__all__ = ["depthwise_conv", "depthwise_conv_transpose", "get_activation", "pointwise_conv", "separable_conv"]

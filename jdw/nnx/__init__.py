@@ -1,0 +1,6 @@
+"""Flax NNX layers and MobileNet building blocks built on :mod:`jdw.functional`."""
+
+from jdw.nnx.blocks import ConvNormAct, InvertedResidual, SqueezeExcite
+from jdw.nnx.conv import DepthwiseConv, PointwiseConv, SeparableConv
+
+__all__ = ["ConvNormAct", "DepthwiseConv", "InvertedResidual", "PointwiseConv", "SeparableConv", "SqueezeExcite"]
