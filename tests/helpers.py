@@ -21,3 +21,14 @@ def assert_close(actual, expected, dtype=np.float32):
     scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
     err = float(np.abs(actual - expected).max(initial=0.0))
     assert err <= tolerance(dtype) * scale, f"max abs error {err:.3g} > {tolerance(dtype) * scale:.3g}"
+
+
+def linen_variables(nnx_module):
+    """The Linen variable dict holding an NNX module's parameters and batch statistics."""
+    from flax import nnx
+
+    variables = {"params": nnx.state(nnx_module, nnx.Param).to_pure_dict()}
+    stats = nnx.state(nnx_module, nnx.BatchStat).to_pure_dict()
+    if stats:
+        variables["batch_stats"] = stats
+    return variables

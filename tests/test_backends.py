@@ -63,3 +63,25 @@ def test_custom_backend_registration():
         from jdw.backends import registry
 
         registry._REGISTRY.pop("test-spy")
+
+
+@pytest.mark.parametrize("implementation", [None, "xla", "taps"])
+@pytest.mark.parametrize("x_channels", [None, "model"])
+def test_explicit_mesh_keeps_channel_sharding(implementation, x_channels):
+    """Under a mesh with explicit axes the sharding is part of the type: every path must agree on it."""
+    from jax.sharding import PartitionSpec as P
+
+    with jax.set_mesh(jax.make_mesh((1, 1), ("data", "model"))):
+        kernel = jax.device_put(jnp.ones((3, 3, 1, 4)), P(None, None, None, "model"))
+        x = jax.device_put(jnp.ones((2, 5, 5, 4)), P("data", None, None, x_channels))
+
+        def loss(x, kernel):
+            return jnp.sum(jdw.depthwise_conv(x, kernel, implementation=implementation))
+
+        y = jax.jit(lambda x, k: jdw.depthwise_conv(x, k, implementation=implementation))(x, kernel)
+        dx, dk = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, kernel)
+        t = jax.jit(lambda y, k: jdw.depthwise_conv_transpose(y, k, implementation=implementation))(y, kernel)
+    assert jax.typeof(y).sharding.spec == P("data", None, None, "model")
+    assert float(y[0, 2, 2, 0]) == 9.0
+    assert float(dx[0, 2, 2, 0]) == 9.0 and float(dk[1, 1, 0, 0]) == 50.0
+    assert t.shape == x.shape

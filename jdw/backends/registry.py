@@ -96,7 +96,31 @@ def dispatch(implementation: str | None, method: str, *args: Any, **kwargs: Any)
     default = functools.partial(getattr(get("xla"), method), **kwargs)
     if not branches:
         return default(*args)
+    branches, default = _same_output_sharding(branches, default, args)
     return lax.platform_dependent(*args, default=default, **branches)
+
+
+def _same_output_sharding(branches: dict[str, Callable], default: Callable, args: tuple) -> tuple[dict, Callable]:
+    """Makes every branch return the same sharding, which ``platform_dependent`` requires.
+
+    Under a mesh with explicit axes the output sharding is part of the type, and backends
+    may infer different ones (XLA's grouped convolution drops a sharded channel axis that
+    a tap sum keeps). All branches then reshard to the most sharded of their outputs, which
+    costs at most a local slice of a replicated axis, never an all-gather.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or jax.sharding.AxisType.Explicit not in mesh.axis_types:
+        return branches, default
+    candidates = [default, *branches.values()]
+    specs = [jax.eval_shape(branch, *args).sharding.spec for branch in candidates]
+    if len(set(specs)) == 1:
+        return branches, default
+    target = max(specs, key=lambda spec: sum(axis is not None for axis in spec))
+
+    def resharded(branch: Callable) -> Callable:
+        return lambda *a: jax.sharding.reshard(branch(*a), target)
+
+    return {platform: resharded(b) for platform, b in branches.items()}, resharded(default)
 
 
 def pairs(padding: Sequence[Sequence[int]]) -> Pairs:

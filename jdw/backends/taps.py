@@ -247,7 +247,11 @@ def _kernel_grad(x, dy, geom: Geometry) -> jax.Array:
 
     combine = lambda parts, axis: functools.reduce(jnp.add, parts)  # noqa: E731
     grad = _over_regions(x, geom.padding, geom.kernel_size, geom.strides, geom.dilation, leaf, combine)
-    return grad.reshape(geom.kernel_size + (1, -1))
+    # One axis change per reshape: JAX's sharding rules for reshape (explicit meshes, jax 0.10)
+    # accept merging (C, M) or splitting the tap axis, not both at once with a new unit axis.
+    taps, channels, multiplier = grad.shape
+    grad = grad.reshape(taps, channels * multiplier).reshape(geom.kernel_size + (channels * multiplier,))
+    return jnp.expand_dims(grad, -2)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -259,11 +263,19 @@ def _forward_fwd(x, kernel, geom):
     return _forward_impl(x, kernel, geom), (x, kernel)
 
 
+def _like(cotangent: jax.Array, primal: jax.Array) -> jax.Array:
+    """The cotangent with the primal's sharding, which ``custom_vjp`` requires under explicit meshes."""
+    wanted = jax.typeof(primal).sharding
+    if getattr(wanted.mesh, "empty", True) or jax.typeof(cotangent).sharding.spec == wanted.spec:
+        return cotangent
+    return jax.sharding.reshard(cotangent, wanted.spec)
+
+
 def _forward_bwd(geom, residuals, dy):
     x, kernel = residuals
     dx = _adjoint(dy, kernel, dataclasses.replace(geom, dtype=x.dtype.name))
     dk = _kernel_grad(x, dy, geom).astype(kernel.dtype)
-    return dx, dk
+    return _like(dx, x), _like(dk, kernel)
 
 
 _forward.defvjp(_forward_fwd, _forward_bwd)
@@ -282,7 +294,7 @@ def _adjoint_bwd(geom, residuals, dx):
     y, kernel = residuals
     dy = _forward(dx, kernel, dataclasses.replace(geom, dtype=y.dtype.name))
     dk = _kernel_grad(dx, y, geom).astype(kernel.dtype)
-    return dy, dk
+    return _like(dy, y), _like(dk, kernel)
 
 
 _adjoint.defvjp(_adjoint_fwd, _adjoint_bwd)

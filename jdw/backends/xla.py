@@ -20,6 +20,21 @@ def _dimension_numbers(num_spatial: int) -> lax.ConvDimensionNumbers:
     return lax.ConvDimensionNumbers(lhs_spec=lhs, rhs_spec=rhs, out_spec=lhs)
 
 
+def _out_sharding(x: jax.Array, kernel: jax.Array) -> jax.sharding.PartitionSpec | None:
+    """Under a mesh with explicit axes, the output keeps x's batch and channel sharding.
+
+    Depthwise channels are independent, so a channel axis sharded on ``x`` or the kernel
+    stays sharded; XLA cannot infer this for a grouped convolution and asks for it.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or jax.sharding.AxisType.Explicit not in mesh.axis_types:
+        return None
+    x_spec = tuple(jax.typeof(x).sharding.spec) + (None,) * x.ndim
+    kernel_spec = tuple(jax.typeof(kernel).sharding.spec) + (None,) * kernel.ndim
+    channels = x_spec[x.ndim - 1] if x_spec[x.ndim - 1] is not None else kernel_spec[kernel.ndim - 1]
+    return jax.sharding.PartitionSpec(x_spec[0], *(None,) * (x.ndim - 2), channels)
+
+
 def conv(x, kernel, *, strides, padding, dilation, precision=None, preferred_element_type=None) -> jax.Array:
     nd = kernel.ndim - 2
     return lax.conv_general_dilated(
@@ -32,6 +47,7 @@ def conv(x, kernel, *, strides, padding, dilation, precision=None, preferred_ele
         feature_group_count=x.shape[-1],
         precision=precision,
         preferred_element_type=preferred_element_type,
+        out_sharding=_out_sharding(x, kernel),
     )
 
 
@@ -60,6 +76,7 @@ def conv_transpose(
         feature_group_count=x.shape[-1],
         precision=precision,
         preferred_element_type=preferred_element_type,
+        out_sharding=_out_sharding(x, kernel),
     )
 
 
