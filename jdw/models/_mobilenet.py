@@ -1,0 +1,84 @@
+"""What the MobileNets share: stem, a list of blocks, an optional head, pooling and classifier."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.typing import ArrayLike
+
+from jdw import _layer_common as common
+from jdw.functional.activations import get_activation
+
+
+class MobileNet(nnx.Module):
+    """Base class of the MobileNets: the forward pass, feature maps and input checks.
+
+    Subclasses set ``stem``, ``blocks`` (an ``nnx.List``), ``block_strides``, ``head``
+    (a last 1x1 conv-norm-act or ``None``), ``pre_logits`` (a dense layer before the
+    classifier or ``None``) with ``pre_logits_activation``, ``dropout``, ``classifier``
+    (``None`` without top), ``in_features``, ``input_rescaling`` and ``min_input_size``.
+    """
+
+    def _check_input(self, x: jax.Array) -> None:
+        name = type(self).__name__
+        if x.ndim != 4:
+            raise ValueError(f"{name}: expected images of shape (N, H, W, C), got x.shape={tuple(x.shape)}")
+        if x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"{name}: in_features={self.in_features} but the images have {x.shape[-1]} channels "
+                f"(x.shape={tuple(x.shape)}, layout NHWC)"
+            )
+        if min(x.shape[1:3]) < self.min_input_size:
+            raise ValueError(
+                f"{name}: images must be at least {self.min_input_size}x{self.min_input_size} for its strides, "
+                f"got {x.shape[1]}x{x.shape[2]}"
+            )
+
+    def _trunk(self, x: ArrayLike) -> tuple[jax.Array, dict[int, jax.Array]]:
+        x = jnp.asarray(x)
+        self._check_input(x)
+        if self.input_rescaling is not None:
+            scale, offset = self.input_rescaling
+            x = x * jnp.asarray(scale, x.dtype) + jnp.asarray(offset, x.dtype)
+        x = self.stem(x)
+        stride, features = self.stem_strides, {}
+        for block, block_stride in zip(self.blocks, self.block_strides):
+            if block_stride > 1:
+                features[stride] = x
+                stride *= block_stride
+            x = block(x)
+        features[stride] = x
+        return x, features
+
+    def features(self, x: ArrayLike) -> dict[int, jax.Array]:
+        """The multi-scale feature maps a detection or segmentation head needs.
+
+        Args:
+          x: images ``(N, H, W, C)``.
+
+        Returns:
+          ``{stride: feature map}``: for every output stride (2, 4, 8, 16, 32 by default),
+          the output of the last block at that resolution, before the head.
+        """
+        return self._trunk(x)[1]
+
+    def __call__(self, x: ArrayLike) -> jax.Array:
+        """Logits ``(N, num_classes)``; without a classifier (``num_classes=None``) the last feature map."""
+        x, _ = self._trunk(x)
+        if self.head is not None:
+            x = self.head(x)
+        if self.classifier is None:
+            return x
+        x = common.mean_over_spatial(x, 2, "channels_last")[:, 0, 0, :]
+        if self.pre_logits is not None:
+            x = get_activation(self.pre_logits_activation)(self.pre_logits(x))
+        return self.classifier(self.dropout(x))
+
+    @property
+    def total_stride(self) -> int:
+        """Ratio of the input size to the last feature map's size."""
+        stride = self.stem_strides
+        for s in self.block_strides:
+            stride *= s
+        return stride
