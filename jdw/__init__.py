@@ -1,6 +1,6 @@
 """jdw: depthwise and depthwise-separable convolution for JAX."""
 
-from jdw import backends, initializers, linen, nnx
+from jdw import backends, initializers, linen, models, nnx
 from jdw.functional import depthwise_conv, depthwise_conv_transpose, pointwise_conv, separable_conv
 
 __version__ = "0.1.0"
@@ -9,6 +9,7 @@ __all__ = [
     "backends",
     "initializers",
     "linen",
+    "models",
     "nnx",
     "depthwise_conv",
     "depthwise_conv_transpose",
