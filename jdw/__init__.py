@@ -1,12 +1,13 @@
 """jdw: depthwise and depthwise-separable convolution for JAX."""
 
-from jdw import backends, initializers, linen, models, nnx
+from jdw import backends, cost, initializers, linen, models, nnx
 from jdw.functional import depthwise_conv, depthwise_conv_transpose, pointwise_conv, separable_conv
 
 __version__ = "0.1.0"
 
 __all__ = [
     "backends",
+    "cost",
     "initializers",
     "linen",
     "models",

@@ -4,6 +4,6 @@
 """
 
 from jdw.backends import taps, xla  # noqa: F401  (registers the backends)
-from jdw.backends.registry import Backend, automatic_choice, available, get, register
+from jdw.backends.registry import Backend, automatic_choice, available, forced_implementation, get, register
 
-__all__ = ["Backend", "automatic_choice", "available", "get", "register"]
+__all__ = ["Backend", "automatic_choice", "available", "forced_implementation", "get", "register"]

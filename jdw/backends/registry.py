@@ -10,9 +10,11 @@ a backend that cannot serve a call raises :class:`NotImplementedError`.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -72,6 +74,32 @@ def get(name: str) -> Backend:
         ) from None
 
 
+_FORCED: contextvars.ContextVar[str | None] = contextvars.ContextVar("jdw_forced_implementation", default=None)
+
+
+@contextlib.contextmanager
+def forced_implementation(name: str) -> Iterator[None]:
+    """Within this context every jdw convolution uses backend ``name``, whatever its ``implementation=``.
+
+    For tools that trace a computation to inspect it rather than to run it fast, such as
+    :func:`jdw.cost.summary`, which counts convolutions on the ``"xla"`` reference.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jdw
+      >>> with jdw.backends.forced_implementation("xla"):
+      ...     jaxpr = jax.make_jaxpr(lambda x: jdw.depthwise_conv(x, jnp.ones((3, 3, 1, 4)), implementation="taps"))(
+      ...         jnp.ones((1, 8, 8, 4)))
+      >>> "conv_general_dilated" in str(jaxpr)
+      True
+    """
+    get(name)
+    token = _FORCED.set(name)
+    try:
+        yield
+    finally:
+        _FORCED.reset(token)
+
+
 def automatic_choice(platform: str) -> str:
     """The backend ``implementation=None`` uses when lowering for ``platform`` ("cpu", "cuda", "tpu", ...)."""
     name = _AUTOMATIC.get(platform, "xla")
@@ -85,6 +113,7 @@ def dispatch(implementation: str | None, method: str, *args: Any, **kwargs: Any)
     :func:`jax.lax.platform_dependent`, so a function exported from a CPU machine for
     TPU or CUDA carries the choice for that platform, not the CPU's.
     """
+    implementation = _FORCED.get() or implementation
     if implementation is not None:
         return getattr(get(implementation), method)(*args, **kwargs)
     choices = {name: automatic_choice(name) for name in ("cpu", "cuda", "rocm", "tpu")}
