@@ -1,0 +1,151 @@
+"""MobileNet V1/V2/V3: the reference parameter counts, feature maps, modes, options, errors."""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from helpers import assert_close
+
+import jdw
+from jdw.models import MobileNetV1, MobileNetV2, MobileNetV3Large, MobileNetV3Small
+
+MODELS = [MobileNetV1, MobileNetV2, MobileNetV3Small, MobileNetV3Large]
+
+
+def abstract(cls, **kwargs):
+    return nnx.eval_shape(lambda: cls(**kwargs, rngs=nnx.Rngs(0)))
+
+
+def count(model) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+@pytest.mark.parametrize(
+    "cls,params",
+    # keras.applications trainable parameters (= torchvision's parameters for V2 and V3)
+    [(MobileNetV1, 4_231_976), (MobileNetV2, 3_504_872), (MobileNetV3Small, 2_542_856), (MobileNetV3Large, 5_483_032)],
+)
+def test_reference_parameter_counts(cls, params):
+    assert count(abstract(cls)) == params
+
+
+@pytest.mark.parametrize(
+    "cls,width,params",
+    # keras.applications with alpha=width, weights=None, 1000 classes: trainable parameters
+    [(MobileNetV1, 0.25, 470_072), (MobileNetV2, 0.35, 1_677_128), (MobileNetV3Small, 0.75, 2_041_872)],
+)
+def test_width_multiplier_counts(cls, width, params):
+    assert count(abstract(cls, width=width)) == params
+
+
+@pytest.mark.parametrize(
+    "cls,channels",
+    [
+        (MobileNetV1, {2: 64, 4: 128, 8: 256, 16: 512, 32: 1024}),
+        (MobileNetV2, {2: 16, 4: 24, 8: 32, 16: 96, 32: 320}),
+        (MobileNetV3Small, {2: 16, 4: 16, 8: 24, 16: 48, 32: 96}),
+        (MobileNetV3Large, {2: 16, 4: 24, 8: 40, 16: 112, 32: 160}),
+    ],
+)
+def test_feature_maps(cls, channels):
+    model = abstract(cls, num_classes=None)
+    model.eval()
+    features = nnx.eval_shape(lambda m, x: m.features(x), model, jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32))
+    assert {s: f.shape for s, f in features.items()} == {s: (2, 224 // s, 224 // s, c) for s, c in channels.items()}
+    last = nnx.eval_shape(lambda m, x: m(x), model, jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32))
+    head = {MobileNetV1: 1024, MobileNetV2: 1280, MobileNetV3Small: 576, MobileNetV3Large: 960}[cls]
+    assert last.shape == (2, 7, 7, head)
+
+
+@pytest.mark.parametrize("cls", MODELS)
+def test_small_inputs_and_odd_resolutions(cls):
+    model = abstract(cls, num_classes=10, small_inputs=True)
+    model.eval()
+    assert model.total_stride == 8
+    features = nnx.eval_shape(lambda m, x: m.features(x), model, jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+    assert max(features) == 8 and features[8].shape[1:3] == (4, 4)
+    full = abstract(cls, num_classes=10)
+    full.eval()
+    logits = nnx.eval_shape(lambda m, x: m(x), full, jax.ShapeDtypeStruct((1, 97, 130, 3), jnp.float32))
+    assert logits.shape == (1, 10)
+
+
+@pytest.mark.parametrize("cls", [MobileNetV1, MobileNetV3Small])  # the two block types; V2 and V3-Large share them
+def test_train_and_eval_modes(cls, rng):
+    # "xla" compiles faster than "taps"; the backends are compared in test_backends_agree_on_a_model
+    model = nnx.jit(
+        lambda: cls(num_classes=5, width=0.25, small_inputs=True, dropout=0.5, implementation="xla", rngs=nnx.Rngs(0))
+    )()
+    x = jnp.asarray(rng.standard_normal((4, 32, 32, 3)), jnp.float32)
+    stats = lambda: [np.asarray(a) for a in jax.tree.leaves(nnx.state(model, nnx.BatchStat))]
+    before = stats()
+    forward = nnx.jit(lambda m, x: m(x))
+    model.train()
+    y1, y2 = forward(model, x), forward(model, x)
+    assert y1.shape == (4, 5) and not np.allclose(y1, y2)  # fresh dropout masks
+    assert not all(np.allclose(a, b) for a, b in zip(before, stats()))
+    model.eval()
+    assert_close(forward(model, x), forward(model, x))
+    frozen = nnx.state(model, nnx.BatchStat)
+    forward(model, x)
+    assert all(
+        np.array_equal(a, b) for a, b in zip(jax.tree.leaves(frozen), jax.tree.leaves(nnx.state(model, nnx.BatchStat)))
+    )
+
+
+def test_implementation_reaches_every_depthwise_layer():
+    for cls in MODELS:
+        model = abstract(cls, implementation="xla")
+        layers = [m for _, m in nnx.iter_graph(model) if isinstance(m, jdw.nnx.DepthwiseConv)]
+        assert len(layers) == {MobileNetV1: 13, MobileNetV2: 17, MobileNetV3Small: 11, MobileNetV3Large: 15}[cls]
+        assert {layer.implementation for layer in layers} == {"xla"}
+
+
+def test_backends_agree_on_a_model(rng):
+    model = nnx.jit(lambda: MobileNetV3Small(num_classes=5, width=0.5, rngs=nnx.Rngs(0)))()
+    model.eval()
+    x = jnp.asarray(rng.standard_normal((2, 48, 48, 3)), jnp.float32)
+    outputs = {}
+    for implementation in ("xla", "taps"):
+        with jdw.backends.forced_implementation(implementation):
+            outputs[implementation] = nnx.jit(lambda m, x: m(x))(model, x)
+    assert_close(outputs["taps"], outputs["xla"])
+
+
+def test_bf16_compute_with_f32_params(rng):
+    model = nnx.jit(
+        lambda: MobileNetV2(num_classes=5, width=0.35, dtype=jnp.bfloat16, implementation="xla", rngs=nnx.Rngs(0))
+    )()
+    model.eval()
+    x = jnp.asarray(rng.standard_normal((2, 32, 32, 3)), jnp.float32)
+    with jax.numpy_dtype_promotion("standard"):  # Flax's BatchNorm promotes bf16 to f32 implicitly
+        y = nnx.jit(lambda m, x: m(x))(model, x)
+    assert y.dtype == jnp.bfloat16
+    assert {p.dtype for p in jax.tree.leaves(nnx.state(model, nnx.Param))} == {jnp.dtype(jnp.float32)}
+
+
+@pytest.mark.parametrize(
+    "cls,shape,message",
+    [
+        (
+            MobileNetV2,
+            (2, 32, 32, 4),
+            "MobileNetV2: in_features=3 but the images have 4 channels (x.shape=(2, 32, 32, 4)",
+        ),
+        (
+            MobileNetV3Small,
+            (32, 32, 3),
+            "MobileNetV3Small: expected images of shape (N, H, W, C), got x.shape=(32, 32, 3)",
+        ),
+        (MobileNetV1, (1, 16, 40, 3), "MobileNetV1: images must be at least 32x32 for its strides, got 16x40"),
+    ],
+)
+def test_errors_name_the_values(cls, shape, message):
+    model = abstract(cls)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        nnx.eval_shape(lambda m, x: m(x), model, jax.ShapeDtypeStruct(shape, jnp.float32))
