@@ -65,7 +65,10 @@ def test_compare_table_by_hand():
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda: cost.standard_conv(6, 4, 3, 1, groups=4), "in_channels=6 and out_channels=4 must be divisible by groups=4"),
+        (
+            lambda: cost.standard_conv(6, 4, 3, 1, groups=4),
+            "in_channels=6 and out_channels=4 must be divisible by groups=4",
+        ),
         (lambda: cost.depthwise_conv(3, 0, 1), "kernel_size must be a positive int or a sequence of them, got 0"),
         (lambda: cost.pointwise_conv(3, 4, (2, -1)), "output_size must be a positive int or a sequence of them"),
     ],
@@ -93,9 +96,9 @@ def test_summary_of_mobilenets_matches_the_papers(name):
     assert abs(s.macs - macs) / macs < 0.05, s.macs
     assert s.macs == sum(layer.macs for layer in s.layers)
     depthwise = [layer for layer in s.layers if "depthwise" in layer.name]
-    assert len(depthwise) == {"MobileNetV1": 13, "MobileNetV2": 17, "MobileNetV3Large": 15, "MobileNetV3Small": 11}[
-        name
-    ]
+    assert (
+        len(depthwise) == {"MobileNetV1": 13, "MobileNetV2": 17, "MobileNetV3Large": 15, "MobileNetV3Small": 11}[name]
+    )
     assert s.layers[-1].output_shape == (1, 1000)
     assert str(s).splitlines()[-1].startswith(f"total ({len(s.layers)} layers)")
 
