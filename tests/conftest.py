@@ -1,9 +1,16 @@
 """A strict JAX environment: implicit rank or dtype promotion inside jdw is a bug."""
 
+import pathlib
+import sys
+
 import jax
 import numpy as np
 import pytest
 from helpers import IMPLEMENTATIONS
+
+# The training example's package (examples/mobilenet_training) is imported by its tests.
+EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+sys.path.insert(0, str(EXAMPLES))
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")

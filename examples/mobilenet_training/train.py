@@ -1,0 +1,349 @@
+"""The training logic as pure functions: model, optimizer, state, train step, eval step, the loop.
+
+The train state is a pytree of arrays (parameters, batch statistics and dropout RNG state,
+optimizer state, optional EMA weights); the steps are jitted pure functions of it, with the batch
+sharded over a ``("data",)`` mesh of every device and the state replicated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import pathlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from . import checkpoints, data, reporting
+from .config import MODELS, Config
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class TrainState:
+    """Everything a training step reads and writes; what checkpoints hold.
+
+    Attributes:
+      step: steps taken so far (int32 scalar).
+      params: the model's ``nnx.Param`` values (a pure ``nnx.State``).
+      model_state: everything else of the model: batch-norm statistics, dropout RNG state.
+      opt_state: the optax state.
+      ema_params: exponential moving average of ``params``, or ``None`` when off.
+    """
+
+    step: jax.Array
+    params: Any
+    model_state: Any
+    opt_state: Any
+    ema_params: Any
+
+
+def create_model(config: Config, num_classes: int, in_features: int) -> nnx.Module:
+    """The MobileNet ``config`` describes, initialised under ``jit`` (one compilation, not one per shape)."""
+    cls = MODELS[config.model]
+    options = dict(
+        num_classes=num_classes,
+        width=config.width,
+        in_features=in_features,
+        dropout=config.dropout,
+        small_inputs=config.small_inputs,
+        stochastic_depth_rate=config.stochastic_depth_rate,
+        norm_momentum=config.norm_momentum,
+        implementation=config.implementation,
+        dtype=jnp.dtype(config.dtype),
+    )
+    accepted = inspect.signature(cls.__init__).parameters
+    if config.stochastic_depth_rate and "stochastic_depth_rate" not in accepted:
+        raise ValueError(f"{config.model} has no residual blocks, so no stochastic depth; set it to 0")
+    options = {name: value for name, value in options.items() if name in accepted}
+    return nnx.jit(lambda: cls(**options, rngs=nnx.Rngs(config.seed)))()
+
+
+def decay_mask(params: Any) -> Any:
+    """Weight decay on kernels only: not on batch-norm scales and offsets or biases (all 1-D)."""
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def create_optimizer(config: Config, steps_per_epoch: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The optimizer and its learning-rate schedule: linear warmup, then cosine decay to zero."""
+    total = max(config.epochs * steps_per_epoch, 1)
+    warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total - 1)
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0 if warmup else config.learning_rate,
+        peak_value=config.learning_rate,
+        warmup_steps=warmup,
+        decay_steps=total,
+        end_value=0.0,
+    )
+    if config.optimizer == "adamw":
+        tx = optax.adamw(schedule, weight_decay=config.weight_decay, mask=decay_mask)
+    else:
+        if config.optimizer == "sgd":
+            base = optax.sgd(schedule, momentum=config.momentum, nesterov=True)
+        else:  # the MobileNet papers' RMSProp
+            base = optax.rmsprop(schedule, decay=0.9, eps=1e-3, momentum=config.momentum)
+        # L2-style decay, added to the gradient before the update as SGD papers define it.
+        tx = optax.chain(optax.add_decayed_weights(config.weight_decay, mask=decay_mask), base)
+    return tx, schedule
+
+
+def create_train_state(
+    model: nnx.Module, tx: optax.GradientTransformation, *, ema: bool
+) -> tuple[nnx.GraphDef, TrainState]:
+    """Splits ``model`` into its static graph and a :class:`TrainState` at step 0."""
+    graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+    params, model_state = nnx.as_pure(params), nnx.as_pure(model_state)
+    ema_params = jax.tree.map(jnp.copy, params) if ema else None
+    return graphdef, TrainState(jnp.zeros((), jnp.int32), params, model_state, tx.init(params), ema_params)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) -> jax.Array:
+    """Mean softmax cross-entropy against one-hot labels smoothed by ``label_smoothing``."""
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype), label_smoothing)
+    return optax.softmax_cross_entropy(logits, targets).mean()
+
+
+def train_step(
+    state: TrainState,
+    images: jax.Array,
+    labels: jax.Array,
+    *,
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    label_smoothing: float,
+    ema_decay: float,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer step on a batch (batch-norm statistics and dropout in training mode)."""
+
+    def loss_fn(params):
+        model = nnx.merge(graphdef, params, state.model_state)
+        model.train()
+        logits = model(images).astype(jnp.float32)
+        _, _, model_state = nnx.split(model, nnx.Param, ...)
+        return cross_entropy(logits, labels, label_smoothing), (logits, nnx.as_pure(model_state))
+
+    (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema_params = state.ema_params
+    if ema_params is not None:
+        ema_params = optax.incremental_update(params, ema_params, step_size=1.0 - ema_decay)
+    metrics = {
+        "train_loss": loss,
+        "train_accuracy": jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32)),
+        "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
+    }
+    return TrainState(state.step + 1, params, model_state, opt_state, ema_params), metrics
+
+
+def eval_step(
+    state: TrainState, images: jax.Array, labels: jax.Array, mask: jax.Array, *, graphdef: nnx.GraphDef
+) -> dict[str, jax.Array]:
+    """Sums of loss and correct predictions over the real (``mask``) examples, in inference mode.
+
+    Evaluates the EMA weights when the state has them.
+    """
+    params = state.params if state.ema_params is None else state.ema_params
+    model = nnx.merge(graphdef, params, state.model_state)
+    model.eval()
+    logits = model(images).astype(jnp.float32)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    weights = mask.astype(jnp.float32)
+    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    return {"loss_sum": jnp.sum(losses * weights), "correct": jnp.sum(correct * weights), "count": jnp.sum(weights)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where arrays live: a 1-D ``("data",)`` mesh over all devices; batches split, state replicated."""
+
+    mesh: jax.sharding.Mesh
+
+    @classmethod
+    def over(cls, devices: list | None = None) -> Placement:
+        devices = jax.devices() if devices is None else devices
+        return cls(jax.make_mesh((len(devices),), ("data",), (AxisType.Auto,), devices=devices))
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, P())
+
+    @property
+    def batch(self) -> NamedSharding:
+        return NamedSharding(self.mesh, P("data"))
+
+    def global_batch(self, *arrays: np.ndarray) -> tuple[jax.Array, ...]:
+        """Arrays holding the global batch; each process supplies its own contiguous share."""
+        count, index = jax.process_count(), jax.process_index()
+        out = []
+        for array in arrays:
+            share = len(array) // count
+            out.append(jax.make_array_from_process_local_data(self.batch, array[index * share : (index + 1) * share]))
+        return tuple(out)
+
+
+def jit_steps(
+    config: Config,
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    placement: Placement,
+) -> tuple[Callable, Callable]:
+    """``train_step`` and ``eval_step`` compiled for ``placement`` (the state buffer is donated)."""
+    train = jax.jit(
+        functools.partial(
+            train_step,
+            graphdef=graphdef,
+            tx=tx,
+            schedule=schedule,
+            label_smoothing=config.label_smoothing,
+            ema_decay=config.ema_decay,
+        ),
+        in_shardings=(placement.replicated, placement.batch, placement.batch),
+        out_shardings=(placement.replicated, placement.replicated),
+        donate_argnums=0,
+    )
+    evaluate = jax.jit(
+        functools.partial(eval_step, graphdef=graphdef),
+        in_shardings=(placement.replicated, placement.batch, placement.batch, placement.batch),
+        out_shardings=placement.replicated,
+    )
+    return train, evaluate
+
+
+def evaluate(
+    eval_fn: Callable, state: TrainState, dataset: data.Dataset, batch_size: int, placement: Placement
+) -> dict[str, float]:
+    """Test loss and accuracy over the whole test split."""
+    totals = None
+    for images, labels, mask in data.eval_batches(dataset.test_images, dataset.test_labels, batch_size):
+        sums = eval_fn(state, *placement.global_batch(images, labels, mask))
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    count = float(totals["count"])
+    return {"eval_loss": float(totals["loss_sum"]) / count, "eval_accuracy": float(totals["correct"]) / count}
+
+
+def train_and_evaluate(
+    config: Config,
+    workdir: str | pathlib.Path,
+    *,
+    progress: bool = True,
+    stop_after_step: int | None = None,
+    dataset: data.Dataset | None = None,
+    devices: list | None = None,
+) -> dict[str, Any]:
+    """Trains and evaluates as ``config`` says, resuming from ``workdir``'s last checkpoint.
+
+    Args:
+      config: the run.
+      workdir: checkpoints, ``metrics.jsonl``, ``metrics.png``, ``summary.json``, ``config.json``.
+      progress: show a progress bar.
+      stop_after_step: stop (as a preempted job would) once this many steps are done in total.
+      dataset: use this instead of loading ``config.dataset``.
+      devices: the devices to train on (default: all).
+
+    Returns:
+      The final summary: test accuracy and loss, steps, time, images per second, device count.
+    """
+    workdir = pathlib.Path(workdir)
+    placement = Placement.over(devices)
+    devices_used = placement.mesh.devices.size
+    if config.batch_size % devices_used:
+        raise ValueError(f"batch_size={config.batch_size} must be divisible by the number of devices, {devices_used}")
+    if dataset is None:
+        dataset = data.load(config.dataset, data_dir=config.data_dir, image_size=config.image_size, seed=config.seed)
+    per_epoch = data.steps_per_epoch(len(dataset.train_labels), config.batch_size)
+    if per_epoch == 0:
+        raise ValueError(
+            f"batch_size={config.batch_size} is larger than the training set ({len(dataset.train_labels)} images)"
+        )
+    total_steps = per_epoch * config.epochs
+
+    model = create_model(config, dataset.num_classes, dataset.image_shape[-1])
+    tx, schedule = create_optimizer(config, per_epoch)
+    graphdef, state = create_train_state(model, tx, ema=config.ema_decay > 0)
+    del model
+    state = jax.device_put(state, placement.replicated)
+    train_fn, eval_fn = jit_steps(config, graphdef, tx, schedule, placement)
+
+    store = checkpoints.Checkpoints(workdir, config)
+    state = store.restore_latest(state)
+    start = int(state.step)
+    writer = reporting.MetricsWriter(workdir / "metrics.jsonl", keep_up_to_step=start)
+    bar = reporting.Progress(total_steps, start, enabled=progress)
+    if start:
+        bar.write(f"resumed from the checkpoint at step {start} in {store.directory}")
+
+    n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
+    bar.write(
+        f"{config.model} width {config.width} ({n_params:,} parameters) on {config.dataset} "
+        f"({len(dataset.train_labels)} train / {len(dataset.test_labels)} test images, {dataset.image_shape}), "
+        f"{devices_used} {jax.devices()[0].platform} device(s), {total_steps} steps"
+    )
+    train_time, trained_images = 0.0, 0
+    end = total_steps if stop_after_step is None else min(stop_after_step, total_steps)
+    epoch_metrics, epoch_start = [], time.perf_counter()
+    for step in range(start, end):
+        images, labels = data.train_batch(
+            dataset, step, batch_size=config.batch_size, seed=config.seed, augment=config.augment, flip=config.flip
+        )
+        batch = placement.global_batch(images, labels)
+        if step == start:  # compile before the clock starts, so images/s measures training alone
+            train_fn = train_fn.lower(state, *batch).compile()
+            epoch_start = time.perf_counter()
+        state, metrics = train_fn(state, *batch)
+        epoch_metrics.append(metrics)
+        bar.update(config.batch_size)
+        done = step + 1
+        if config.checkpoint_every and done % config.checkpoint_every == 0 and done % per_epoch:
+            store.save(done, state)
+        if done % per_epoch == 0:
+            jax.block_until_ready(state)
+            seconds = time.perf_counter() - epoch_start
+            train_time += seconds
+            trained_images += len(epoch_metrics) * config.batch_size
+            means = {k: float(np.mean([float(m[k]) for m in epoch_metrics])) for k in ("train_loss", "train_accuracy")}
+            record = {
+                "step": done,
+                "epoch": done // per_epoch,
+                **means,
+                "learning_rate": float(epoch_metrics[-1]["learning_rate"]),
+                "images_per_second": len(epoch_metrics) * config.batch_size / seconds,
+            }
+            writer.write(record)
+            result = evaluate(eval_fn, state, dataset, config.batch_size, placement)
+            writer.write({"step": done, "epoch": done // per_epoch, **result})
+            bar.write(
+                f"epoch {done // per_epoch:3d}/{config.epochs}  train loss {means['train_loss']:.4f}  "
+                f"train acc {means['train_accuracy']:.2%}  test loss {result['eval_loss']:.4f}  "
+                f"test acc {result['eval_accuracy']:.2%}  {record['images_per_second']:.0f} img/s"
+            )
+            reporting.plot(writer.records(), workdir / "metrics.png")
+            store.save(done, state)
+            epoch_metrics, epoch_start = [], time.perf_counter()
+    bar.close()
+    store.close()
+    final = evaluate(eval_fn, state, dataset, config.batch_size, placement)
+    summary = {
+        "step": int(state.step),
+        "finished": int(state.step) == total_steps,
+        "test_accuracy": final["eval_accuracy"],
+        "test_loss": final["eval_loss"],
+        "train_seconds": round(train_time, 2),
+        "images_per_second": trained_images / train_time if train_time else None,
+        "devices": devices_used,
+        "platform": jax.devices()[0].platform,
+        "parameters": n_params,
+    }
+    reporting.write_summary(summary, workdir / "summary.json")
+    return summary

@@ -1,0 +1,185 @@
+"""The training example end to end: a tiny run, exact resumption, a kill mid-save, 8 devices = 1 device."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from mobilenet_training import checkpoints, config, train
+from training_helpers import EXAMPLES, tiny_config, tiny_digits
+
+
+@pytest.fixture(autouse=True)
+def standard_promotion():
+    # The example is user code: it runs under JAX's default promotion rules, not the suite's strict ones.
+    with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
+        yield
+
+
+def _records(workdir):
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tiny_run_learns_and_reports(tmp_path):
+    cfg = tiny_config(epochs=3, learning_rate=1e-2)
+    summary = train.train_and_evaluate(cfg, tmp_path, progress=False, dataset=tiny_digits(train=512, test=128))
+    assert summary["finished"] and summary["step"] == 3 * (512 // 32) and summary["devices"] == 1
+    assert summary["images_per_second"] > 0
+    records = _records(tmp_path)
+    evals = [r for r in records if "eval_accuracy" in r]
+    assert [r["epoch"] for r in evals] == [1, 2, 3] and all("eval_loss" in r for r in evals)
+    trains = [r for r in records if "train_loss" in r]
+    assert trains[-1]["train_loss"] < trains[0]["train_loss"]
+    assert evals[-1]["eval_accuracy"] > 0.3  # 10 classes: chance is 0.1
+    assert summary["test_accuracy"] == evals[-1]["eval_accuracy"]
+    assert (tmp_path / "metrics.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((tmp_path / "summary.json").read_text())["step"] == summary["step"]
+
+
+def test_optimizer_decays_kernels_only_and_warms_up():
+    cfg = tiny_config(warmup_epochs=1.0, epochs=4, learning_rate=0.5)
+    _, schedule = train.create_optimizer(cfg, steps_per_epoch=10)
+    assert float(schedule(0)) == 0.0 and float(schedule(10)) == pytest.approx(0.5)
+    assert float(schedule(25)) == pytest.approx(0.25, rel=1e-5) and float(schedule(40)) == pytest.approx(0.0, abs=1e-7)
+    params = {"kernel": jnp.ones((3, 3, 1, 8)), "scale": jnp.ones(8), "bias": jnp.ones(8), "dense": jnp.ones((8, 2))}
+    assert train.decay_mask(params) == {"kernel": True, "scale": False, "bias": False, "dense": True}
+    for optimizer in ("sgd", "rmsprop", "adamw"):
+        tx, _ = train.create_optimizer(tiny_config(optimizer=optimizer, weight_decay=0.1), 10)
+        zero = jax.tree.map(jnp.zeros_like, params)
+        updates, _ = tx.update(zero, tx.init(params), params)
+        # With a zero gradient only weight decay moves the parameters, and only the kernels.
+        moved = jax.tree.map(lambda u: bool(jnp.any(u != 0)), updates)
+        assert moved == {"kernel": True, "scale": False, "bias": False, "dense": True}, optimizer
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path):
+    dataset = tiny_digits(train=256, test=64)
+    cfg = tiny_config(epochs=2, checkpoint_every=3, ema_decay=0.9, dropout=0.3)  # 8 steps per epoch
+    straight = train.train_and_evaluate(cfg, tmp_path / "straight", progress=False, dataset=dataset)
+    stopped = train.train_and_evaluate(cfg, tmp_path / "resumed", progress=False, dataset=dataset, stop_after_step=11)
+    assert stopped["step"] == 11 and not stopped["finished"]
+    # Steps 10 and 11 were done after the last checkpoint (step 9): the rerun redoes them.
+    resumed = train.train_and_evaluate(cfg, tmp_path / "resumed", progress=False, dataset=dataset)
+    assert resumed["finished"] and resumed["step"] == straight["step"] == 16
+    assert resumed["test_loss"] == pytest.approx(straight["test_loss"], rel=1e-6)
+    assert resumed["test_accuracy"] == straight["test_accuracy"]
+    strip = lambda records: [{k: v for k, v in r.items() if k not in ("time", "images_per_second")} for r in records]
+    assert strip(_records(tmp_path / "resumed")) == pytest.approx(strip(_records(tmp_path / "straight")), rel=1e-6)
+    with pytest.raises(ValueError, match=r"holds a different run \(epochs: 2 there, 3 now\)"):
+        train.train_and_evaluate(
+            tiny_config(epochs=3, checkpoint_every=3, ema_decay=0.9, dropout=0.3),
+            tmp_path / "resumed",
+            progress=False,
+            dataset=dataset,
+        )
+
+
+KILLED_MID_SAVE = """
+import os, pathlib, sys
+import jax.numpy as jnp
+sys.path.insert(0, {examples!r})
+from mobilenet_training import checkpoints, config
+store = checkpoints.Checkpoints(pathlib.Path({workdir!r}), config.Config())
+store.save(1, {{"w": jnp.full((1000,), 1.0)}})
+store._manager.wait_until_finished()
+store.save(2, {{"w": jnp.full((16_000_000,), 2.0)}})  # 64 MB, written in the background
+os._exit(0)  # killed before the save completes
+"""
+
+
+def test_run_killed_mid_save_keeps_the_previous_checkpoint(tmp_path):
+    script = KILLED_MID_SAVE.format(examples=str(EXAMPLES), workdir=str(tmp_path))
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
+    leftovers = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert "1" in leftovers
+    store = checkpoints.Checkpoints(tmp_path, config.Config())
+    restored = store.restore_latest({"w": jnp.zeros((1000,))})
+    store.close()
+    if "2" in leftovers:  # the background write happened to finish: then it is whole
+        pytest.skip(f"the save finished before the kill ({leftovers}); nothing was interrupted")
+    np.testing.assert_array_equal(restored["w"], 1.0)
+
+
+EIGHT_DEVICES = """
+import json, sys
+import jax, numpy as np
+sys.path.insert(0, {examples!r}); sys.path.insert(0, {tests!r})
+from training_helpers import tiny_config, tiny_digits
+from mobilenet_training import data, train
+assert jax.device_count() == 8, jax.devices()
+cfg = tiny_config(batch_size=32, dropout=0.0)
+dataset = tiny_digits(train=64, test=8)
+images, labels = data.train_batch(dataset, 0, batch_size=32, seed=0, augment=False)
+results = []
+for devices in (jax.devices()[:1], jax.devices()):
+    model = train.create_model(cfg, 10, 1)
+    tx, schedule = train.create_optimizer(cfg, 2)
+    graphdef, state = train.create_train_state(model, tx, ema=False)
+    placement = train.Placement.over(devices)
+    step, _ = train.jit_steps(cfg, graphdef, tx, schedule, placement)
+    state = jax.device_put(state, placement.replicated)
+    for _ in range(2):
+        state, metrics = step(state, *placement.global_batch(images, labels))
+    assert len(state.params["classifier"]["kernel"].sharding.device_set) == len(devices)
+    results.append(jax.tree.map(np.asarray, (state.params, state.model_state, metrics)))
+worst = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b)) / (np.max(np.abs(a)) + 1e-12)), *results)
+print(json.dumps(max(jax.tree.leaves(worst))))
+"""
+
+
+def test_eight_devices_take_the_same_step_as_one():
+    script = EIGHT_DEVICES.format(examples=str(EXAMPLES), tests=os.path.dirname(__file__))
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) < 1e-4
+
+
+def test_main_trains_from_the_command_line(tmp_path, capsys):
+    sys.path.insert(0, str(EXAMPLES))
+    import train_mobilenet
+
+    argv = [
+        "--model",
+        "mobilenet_v1",
+        "--width",
+        "0.25",
+        "--image-size",
+        "16",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "256",
+        "--workdir",
+        str(tmp_path),
+        "--no-progress",
+    ]
+    summary = train_mobilenet.main(argv)
+    out = capsys.readouterr().out
+    assert summary["finished"] and "finished at step 5: test accuracy" in out and "epoch   1/1" in out
+    again = train_mobilenet.main(argv)  # the same command again: already done, nothing retrained
+    assert again["step"] == 5 and again["test_accuracy"] == summary["test_accuracy"]
+    assert config.Config(**json.loads((tmp_path / "config.json").read_text())).batch_size == 256
+
+
+@pytest.mark.parametrize("model", ["mobilenet_v1", "mobilenet_v3_small"])
+def test_flax_baseline_is_the_same_network(model):
+    from flax import nnx
+    from mobilenet_training import flax_baseline
+
+    jdw_model = train.create_model(tiny_config(model=model), 10, 3)
+    baseline = flax_baseline.with_flax_grouped_conv(jdw_model)
+    kinds = lambda m: {type(module).__name__ for _, module in nnx.iter_modules(m)}
+    assert "DepthwiseConv" in kinds(jdw_model) and "DepthwiseConv" not in kinds(baseline)
+    count = lambda m: sum(p.size for p in jax.tree.leaves(nnx.state(m, nnx.Param)))
+    assert count(baseline) == count(jdw_model)
+    jdw_model.eval()
+    baseline.eval()
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
+    np.testing.assert_allclose(baseline(x), jdw_model(x), rtol=1e-4, atol=1e-5)
