@@ -227,18 +227,22 @@ def _kernel_grad(x, dy, geom: Geometry) -> jax.Array:
         out = [o1 - o0 for o0, o1 in ranges]
         batch = piece.shape[0]
         group = _batch_group(batch, len(taps)) if interior else 1
+        # Image g of every group of `group` images: indexed after a reshape, not with a batch-strided
+        # slice, which XLA's SPMD partitioner gets wrong on a batch-sharded input (jax 0.10, 8 CPU devices).
+        piece = piece.reshape((batch // group, group) + piece.shape[1:])
+        dy_piece = dy_piece.reshape((batch // group, group) + dy_piece.shape[1:])
         partials = []
         for tap in taps:
             acc = None
             for g in range(group):
-                start = [g, *(t * d for t, d in zip(tap, geom.dilation)), 0, 0]
+                start = [0, *(t * d for t, d in zip(tap, geom.dilation)), 0, 0]
                 limit = [
-                    batch,
+                    batch // group,
                     *(t * d + (o - 1) * s + 1 for t, d, o, s in zip(tap, geom.dilation, out, geom.strides)),
                     *piece.shape[-2:],
                 ]
-                window = lax.slice(piece, start, limit, [group, *geom.strides, 1, 1])
-                grad = lax.slice(dy_piece, [g] + [0] * (nd + 2), dy_piece.shape, [group] + [1] * (nd + 2))
+                window = lax.slice(lax.index_in_dim(piece, g, 1, keepdims=False), start, limit, [1, *geom.strides, 1, 1])
+                grad = lax.index_in_dim(dy_piece, g, 1, keepdims=False)
                 term = window.astype(compute) * grad.astype(compute)
                 acc = term if acc is None else acc + term
             partials.append(acc)
