@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for _ in range(args.repeats):
         for name in networks:
             timings[name] += measure(
-                steps[name], jax.tree.map(np.copy, states[name]), batch, steps=args.steps, repeats=1
+                steps[name], jax.tree.map(lambda a: a.copy(), states[name]), batch, steps=args.steps, repeats=1
             )
     baseline = min(timings["flax nnx.Conv(feature_group_count=C)"])
     records = [

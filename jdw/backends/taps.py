@@ -241,7 +241,8 @@ def _kernel_grad(x, dy, geom: Geometry) -> jax.Array:
                     *(t * d + (o - 1) * s + 1 for t, d, o, s in zip(tap, geom.dilation, out, geom.strides)),
                     *piece.shape[-2:],
                 ]
-                window = lax.slice(lax.index_in_dim(piece, g, 1, keepdims=False), start, limit, [1, *geom.strides, 1, 1])
+                image = lax.index_in_dim(piece, g, 1, keepdims=False)
+                window = lax.slice(image, start, limit, [1, *geom.strides, 1, 1])
                 grad = lax.index_in_dim(dy_piece, g, 1, keepdims=False)
                 term = window.astype(compute) * grad.astype(compute)
                 acc = term if acc is None else acc + term
