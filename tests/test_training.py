@@ -115,47 +115,60 @@ def test_run_killed_mid_save_keeps_the_previous_checkpoint(tmp_path):
 
 EIGHT_DEVICES = """
 import json, sys
-import jax, numpy as np
+import jax, jax.numpy as jnp, numpy as np
+from flax import nnx
+jax.config.update("jax_enable_x64", True)
 sys.path.insert(0, {examples!r}); sys.path.insert(0, {tests!r})
 from training_helpers import tiny_config, tiny_digits
 from mobilenet_training import data, train
 assert jax.device_count() == 8, jax.devices()
-# SGD: Adam's first steps move every weight by about the learning rate whatever the gradient's size,
-# so rounding noise in a near-zero gradient would flip whole updates.
 cfg = tiny_config(batch_size=32, dropout=0.0, optimizer="sgd", learning_rate=0.1, warmup_epochs=0)
 dataset = tiny_digits(train=64, test=8)
 images, labels = data.train_batch(dataset, 0, batch_size=32, seed=0, augment=False)
+to_f64 = lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a
+as_f64 = lambda tree: jax.tree.map(to_f64, tree)
 results = []
 for devices in (jax.devices()[:1], jax.devices()):
     model = train.create_model(cfg, 10, 1)
+    if {float64}:  # the same initial values as float32, then float64 throughout
+        for _, module in nnx.iter_modules(model):
+            if getattr(module, "dtype", None) is not None:
+                module.dtype = jnp.float64
+        nnx.update(model, as_f64(nnx.state(model)))
     tx, schedule = train.create_optimizer(cfg, 2)
     graphdef, state = train.create_train_state(model, tx, ema=False)
+    batch = (images.astype(np.float64) if {float64} else images, labels)
     placement = train.Placement.over(devices)
     step, _ = train.jit_steps(cfg, graphdef, tx, schedule, placement)
     state = jax.device_put(state, placement.replicated)
-    for _ in range(2):
-        state, metrics = step(state, *placement.global_batch(images, labels))
+    for _ in range({steps}):
+        state, metrics = step(state, *placement.global_batch(*batch))
     assert len(state.params["classifier"]["kernel"].sharding.device_set) == len(devices)
     is_key = lambda a: jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
     as_numpy = lambda a: np.asarray(jax.random.key_data(a) if is_key(a) else a)
     results.append(jax.tree.map(as_numpy, (state.params, state.model_state, metrics)))
-worst = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b)) / (np.max(np.abs(a)) + 1e-12)), *results)
+worst = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b)) / (np.max(np.abs(a)) + 1e-30)), *results)
 print(json.dumps(max(jax.tree.leaves(worst))))
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: on 8 host devices the batch-norm MobileNets' gradients differ from 1 device by 1e-4 (V1 width "
-    "0.25) to >100% (V2), far above reordering noise (1e-5), while every single layer agrees to 1e-6; "
-    "see the issue-6 note",
-)
-def test_eight_devices_take_the_same_step_as_one():
-    script = EIGHT_DEVICES.format(examples=str(EXAMPLES), tests=os.path.dirname(__file__))
+def _eight_devices_against_one(*, float64: bool, steps: int) -> float:
+    script = EIGHT_DEVICES.format(examples=str(EXAMPLES), tests=os.path.dirname(__file__), float64=float64, steps=steps)
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1]) < 1e-4
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_eight_devices_take_the_same_steps_as_one():
+    """Two SGD steps with the batch split over 8 devices equal the same steps on 1 device.
+
+    Compared in float64: in float32 this network's batch-norm gradients are only accurate to a few
+    percent in some channels (1 device, float32 against float64: up to 5% at the first step), so
+    float32 runs on different device counts, which sum in different orders, legitimately differ by
+    that much and more after a second step. In float64 the sharded step must agree to rounding.
+    """
+    assert _eight_devices_against_one(float64=True, steps=2) < 1e-9
 
 
 def test_main_trains_from_the_command_line(tmp_path, capsys):

@@ -106,6 +106,11 @@ def create_train_state(
     return graphdef, TrainState(jnp.zeros((), jnp.int32), params, model_state, tx.init(params), ema_params)
 
 
+def _at_least_float32(logits: jax.Array) -> jax.Array:
+    """Logits computed in bfloat16 are upcast for the loss; float64 runs stay in float64."""
+    return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) -> jax.Array:
     """Mean softmax cross-entropy against one-hot labels smoothed by ``label_smoothing``."""
     targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype), label_smoothing)
@@ -128,7 +133,7 @@ def train_step(
     def loss_fn(params):
         model = nnx.merge(graphdef, params, state.model_state)
         model.train()
-        logits = model(images).astype(jnp.float32)
+        logits = _at_least_float32(model(images))
         _, _, model_state = nnx.split(model, nnx.Param, ...)
         return cross_entropy(logits, labels, label_smoothing), (logits, nnx.as_pure(model_state))
 
@@ -156,7 +161,7 @@ def eval_step(
     params = state.params if state.ema_params is None else state.ema_params
     model = nnx.merge(graphdef, params, state.model_state)
     model.eval()
-    logits = model(images).astype(jnp.float32)
+    logits = _at_least_float32(model(images))
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     weights = mask.astype(jnp.float32)
     correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
