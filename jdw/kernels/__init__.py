@@ -1,0 +1,1 @@
+"""Hand-written kernels (Pallas) behind the ``"pallas"`` backend."""
