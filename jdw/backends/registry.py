@@ -34,12 +34,40 @@ class Backend:
         precision, preferred_element_type)``, the transposed convolution whose ``padding`` is that
         of the forward convolution it transposes.
       description: one line for documentation and the benchmark.
+      conv_bias_act: optional ``conv_bias_act(x, kernel, bias, *, activation, strides, padding, dilation,
+        precision, preferred_element_type)``: the convolution with the bias and the activation
+        named ``activation`` fused in. Backends without it get ``conv`` followed by XLA's bias
+        add and activation, which XLA fuses into one elementwise pass.
     """
 
     name: str
     conv: Callable[..., jax.Array]
     conv_transpose: Callable[..., jax.Array]
     description: str
+    conv_bias_act: Callable[..., jax.Array] | None = None
+
+    def method(self, name: str) -> Callable[..., jax.Array]:
+        """``conv``, ``conv_transpose`` or ``conv_bias_act`` (native or composed)."""
+        if name == "conv_bias_act":
+            return functools.partial(_conv_bias_act, self)
+        return getattr(self, name)
+
+
+def _conv_bias_act(backend: Backend, x, kernel, bias, *, activation, epilogue, **kwargs) -> jax.Array:
+    """Convolution, bias and activation: fused where ``backend`` can, else composed.
+
+    ``activation`` is a name the backend may fuse (or ``None``); ``epilogue`` is the same
+    activation as a function, used when the backend does not fuse it.
+    """
+    if backend.conv_bias_act is not None:
+        try:
+            return backend.conv_bias_act(x, kernel, bias, activation=activation, **kwargs)
+        except NotImplementedError:
+            pass
+    y = backend.conv(x, kernel, **kwargs)
+    if bias is not None:
+        y = y + bias.astype(y.dtype).reshape((1,) * (y.ndim - 1) + (-1,))
+    return epilogue(y)
 
 
 _REGISTRY: dict[str, Backend] = {}
@@ -107,7 +135,7 @@ def automatic_choice(platform: str) -> str:
 
 
 def dispatch(implementation: str | None, method: str, *args: Any, **kwargs: Any) -> jax.Array:
-    """Calls ``method`` ("conv" or "conv_transpose") of the chosen backend.
+    """Calls ``method`` ("conv", "conv_transpose" or "conv_bias_act") of the chosen backend.
 
     With ``implementation=None`` the choice is made per lowering platform with
     :func:`jax.lax.platform_dependent`, so a function exported from a CPU machine for
@@ -115,14 +143,14 @@ def dispatch(implementation: str | None, method: str, *args: Any, **kwargs: Any)
     """
     implementation = _FORCED.get() or implementation
     if implementation is not None:
-        return getattr(get(implementation), method)(*args, **kwargs)
+        return get(implementation).method(method)(*args, **kwargs)
     choices = {name: automatic_choice(name) for name in ("cpu", "cuda", "rocm", "tpu")}
     branches = {
-        platform: functools.partial(getattr(get(name), method), **kwargs)
+        platform: functools.partial(get(name).method(method), **kwargs)
         for platform, name in choices.items()
         if name != "xla"
     }
-    default = functools.partial(getattr(get("xla"), method), **kwargs)
+    default = functools.partial(get("xla").method(method), **kwargs)
     if not branches:
         return default(*args)
     branches, default = _same_output_sharding(branches, default, args)

@@ -9,6 +9,7 @@ from jax.typing import ArrayLike, DTypeLike
 from jdw.backends import registry
 from jdw.functional import _arguments as args_lib
 from jdw.functional._arguments import DataFormat, PaddingLike, PaddingMode
+from jdw.functional.activations import ActivationLike, get_activation
 
 
 def depthwise_conv(
@@ -16,6 +17,7 @@ def depthwise_conv(
     kernel: ArrayLike,
     bias: ArrayLike | None = None,
     *,
+    activation: ActivationLike = None,
     strides: int | tuple[int, ...] = 1,
     padding: PaddingLike = "SAME",
     dilation: int | tuple[int, ...] = 1,
@@ -41,6 +43,10 @@ def depthwise_conv(
         A Keras ``DepthwiseConv2D`` kernel ``(kh, kw, C, M)`` becomes this with
         ``kernel.reshape(kh, kw, 1, C * M)``.
       bias: optional ``(C * M,)`` bias added to the output.
+      activation: optional activation applied after the bias: a name (``"relu"``,
+        ``"relu6"``, ``"hard_swish"``, ``"silu"``, ... see :func:`jdw.functional.get_activation`)
+        or a callable. The ``"pallas"`` backend fuses named ones into its kernel's epilogue
+        (no extra pass over memory); elsewhere XLA fuses them with the bias add.
       strides: int or one int per spatial dimension.
       padding: ``"SAME"`` (output size ``ceil(n / stride)``), ``"VALID"``, ``"CAUSAL"``
         (1-D only: pad ``dilation * (k - 1)`` on the left), an int, or one int or
@@ -56,7 +62,9 @@ def depthwise_conv(
         the ``"taps"`` path.
       implementation: ``"xla"`` (``lax.conv_general_dilated`` with ``feature_group_count``,
         the reference), ``"taps"`` (fused tap sum with custom gradients, fastest on CPU),
-        or ``None`` to choose per platform (see :func:`jdw.backends.automatic_choice`).
+        ``"pallas"`` (hand-written kernel: Mosaic on TPU, Triton on NVIDIA GPUs, the Pallas
+        interpreter elsewhere; 1-D and 2-D), or ``None`` to choose per platform (see
+        :func:`jdw.backends.automatic_choice`).
 
     Returns:
       ``(N, *out_spatial, C * M)`` (or channels first / unbatched, like ``x``).
@@ -100,15 +108,19 @@ def depthwise_conv(
     if padding_mode != "zeros":
         x = args_lib.apply_padding_mode(x, pads, padding_mode)
         pads = ((0, 0),) * conv.num_spatial
+    epilogue = get_activation(activation)
     y = registry.dispatch(
         implementation,
-        "conv",
+        "conv_bias_act",
         x,
         kernel,
+        bias,
+        activation=activation if isinstance(activation, str) else None,
+        epilogue=epilogue,
         strides=conv.strides,
         padding=pads,
         dilation=conv.dilation,
         precision=precision,
         preferred_element_type=preferred_element_type,
     )
-    return args_lib.restore_layout(args_lib.add_bias(y, bias), data_format, unbatched)
+    return args_lib.restore_layout(y, data_format, unbatched)

@@ -114,7 +114,11 @@ class BlockSizes:
         if target == "tpu":
             channels = layer.channels if layer.channels <= _LANES else _LANES
             rows = next(
-                (r for r in (64, 32, 16, 8, 4, 2) if vmem_bytes(layer, cls(rows=r, channels=channels)) <= DEFAULT_VMEM_BUDGET),
+                (
+                    r
+                    for r in (64, 32, 16, 8, 4, 2)
+                    if vmem_bytes(layer, cls(rows=r, channels=channels)) <= DEFAULT_VMEM_BUDGET
+                ),
                 1,
             )
             return cls(rows=min(rows, layer.output_rows), channels=channels)
@@ -440,17 +444,25 @@ def kernel_grad(
     block_sizes: BlockSizes | None = None,
     target: str = "tpu",
     interpret: Any = False,
+    per_image: bool = False,
 ) -> jax.Array:
     """``d<dy, forward(x, k)>/dk``: ``x`` ``(N, H, W, C)``, ``dy`` ``(N, Ho, Wo, C)`` -> ``(kh, kw, C)`` float32.
 
     Every grid step writes its own partial sums (no step waits on another, so the grid is
     parallel on TPU cores and GPU blocks alike); one small XLA reduction adds them up.
+    With ``per_image=True`` the result keeps the batch axis, ``(N, kh, kw, C)``, so that a
+    batch-sharded caller can leave the sum over images (and devices) to XLA.
     """
     plan = _plan(x, layer, block_sizes, target)
     n, c = x.shape[0], layer.channels
     xs = plan.split(x)
     taps, rows, cb = plan.taps, plan.blocks.rows, plan.channel_block
-    pads = ((0, 0), (0, plan.out_rows - layer.output_rows), (0, plan.out_cols - layer.output_cols), (0, plan.channels - c))
+    pads = (
+        (0, 0),
+        (0, plan.out_rows - layer.output_rows),
+        (0, plan.out_cols - layer.output_cols),
+        (0, plan.channels - c),
+    )
     dy = jnp.pad(dy, pads)
     body = functools.partial(_kernel_grad_kernel, taps=taps, rows=rows, cols=plan.out_cols)
     partials = pl.pallas_call(
@@ -464,6 +476,8 @@ def kernel_grad(
         interpret=interpret,
         name="jdw_depthwise_kernel_grad",
     )(xs, dy)
+    if per_image:
+        return jnp.sum(partials, axis=1)[:, : len(taps), :c].reshape(n, *layer.kernel_size, c)
     return jnp.sum(partials, axis=(0, 1))[: len(taps), :c].reshape(*layer.kernel_size, c)
 
 
@@ -482,4 +496,14 @@ def reference(x: jax.Array, kernel: jax.Array, layer: Layer) -> jax.Array:
     )
 
 
-__all__ = ["EPILOGUES", "TARGETS", "BlockSizes", "Layer", "forward", "kernel_grad", "phase_split", "reference", "vmem_bytes"]
+__all__ = [
+    "EPILOGUES",
+    "TARGETS",
+    "BlockSizes",
+    "Layer",
+    "forward",
+    "kernel_grad",
+    "phase_split",
+    "reference",
+    "vmem_bytes",
+]

@@ -1,0 +1,372 @@
+"""The ``"pallas"`` backend: jdw's hand-written depthwise kernels (:mod:`jdw.kernels.pallas_depthwise`).
+
+What runs where is decided by the platform the call is *lowered* for
+(:func:`jax.lax.platform_dependent`), so a function exported from a CPU machine carries
+the right kernel for its target:
+
+======== ============================================ ==========================================
+platform kernel                                       why
+======== ============================================ ==========================================
+TPU      Mosaic TPU, compiled                         Pallas's native TPU path
+CUDA     Triton, compiled                             runs on every NVIDIA GPU (T4 to H100);
+                                                      Mosaic GPU (the default for Hopper) only
+                                                      accepts arrays of 128-element multiples
+                                                      and blocked, non-overlapping tiles
+other    Pallas interpreter (TPU block rules)         for tests: slow, exact
+======== ============================================ ==========================================
+
+Gradients go through :func:`jax.custom_vjp` (``pallas_call`` has no transpose rule):
+
+* the input gradient is the transposed convolution: the same forward kernel applied to
+  the stride-dilated cotangent with the flipped kernel;
+* the kernel gradient is its own kernel, reduced over batch and space;
+* the bias gradient is a sum in XLA; with a fused activation its derivative is taken in
+  XLA on the pre-activation output, which the backward pass recomputes (one extra forward
+  pass instead of keeping another array alive between forward and backward);
+* the kernel-gradient kernel's own derivative (second order) falls back to XLA.
+
+Under ``jit`` with a mesh, each kernel call is partitioned with
+:func:`jax.experimental.custom_partitioning`: batch and channel axes stay sharded and
+every device runs the kernel on its shard (the kernel gradient's partial sums are
+reduced by XLA), so no input is gathered.
+
+Only 1-D (as 2-D with one row) and 2-D convolutions are served; 3-D raises
+:class:`NotImplementedError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import functools
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.experimental.custom_partitioning import custom_partitioning
+
+from jdw.backends import registry
+from jdw.kernels import pallas_depthwise as kernels
+
+_INTERPRET: contextvars.ContextVar[Any] = contextvars.ContextVar("jdw_pallas_interpret", default=True)
+
+
+@contextlib.contextmanager
+def interpret_mode(params: Any) -> Iterator[None]:
+    """How the kernels run on platforms without a compiled path (CPU): ``True`` (Pallas's
+    plain interpreter, the default) or ``jax.experimental.pallas.tpu.InterpretParams()``
+    (the TPU interpreter, which also models TPU memory spaces and DMA semantics).
+
+    Read when a function is traced, so use it around the first call (or ``jit`` trace).
+
+    Example:
+      >>> import jax.numpy as jnp, jdw
+      >>> from jax.experimental.pallas import tpu as pltpu
+      >>> with jdw.backends.pallas.interpret_mode(pltpu.InterpretParams()):
+      ...     y = jdw.depthwise_conv(jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 1, 4)), implementation="pallas")
+      >>> float(y[0, 4, 4, 0])
+      9.0
+    """
+    token = _INTERPRET.set(params)
+    try:
+        yield
+    finally:
+        _INTERPRET.reset(token)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Call:
+    """The static part of one 2-D kernel call."""
+
+    layer: kernels.Layer
+    activation: str
+    out_dtype: str
+    interpret: Any
+
+    def with_activation(self, activation: str) -> _Call:
+        return dataclasses.replace(self, activation=activation)
+
+
+def _on_platform(fn, *args, interpret: Any):
+    """``fn(*args, target=..., interpret=...)`` with the target chosen by the lowering platform."""
+    return lax.platform_dependent(
+        *args,
+        tpu=functools.partial(fn, target="tpu", interpret=False),
+        cuda=functools.partial(fn, target="triton", interpret=False),
+        default=functools.partial(fn, target="tpu", interpret=interpret),
+    )
+
+
+def _local_layer(layer: kernels.Layer, channels: int) -> kernels.Layer:
+    return dataclasses.replace(layer, channels=channels)
+
+
+# --- kernel calls, partitioned over batch and channels ---------------------------------------------
+
+
+def _named(mesh, *spec) -> jax.sharding.NamedSharding:
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
+
+
+def _batch_and_channel_axes(sharding: Any) -> tuple[Any, Any]:
+    """The mesh axes of a channels-last 4-D operand's batch and channel dims (spatial dims are never split)."""
+    spec = tuple(getattr(sharding, "spec", ())) + (None,) * 4
+    return spec[0], spec[3]
+
+
+def _partitioned(impl, num_args: int, sharding_rule: str, kernel_like: tuple[int, ...]):
+    """``impl`` wrapped so that under a mesh each device runs it on its batch and channel shard.
+
+    Operand 0 decides the sharding: its batch and channel axes are kept, spatial axes are
+    replicated; operands listed in ``kernel_like`` (kernel, bias) are split on channels only.
+    """
+    wrapped = custom_partitioning(impl)
+
+    def shardings(mesh, arg_shapes):
+        batch, channels = _batch_and_channel_axes(arg_shapes[0].sharding)
+        args = []
+        for i, shape in enumerate(arg_shapes[:num_args]):
+            rank = len(shape.shape)
+            spec = (None,) * (rank - 1) + (channels,) if i in kernel_like else (batch, *(None,) * (rank - 2), channels)
+            args.append(_named(mesh, *spec))
+        return tuple(args), _named(mesh, batch, None, None, channels)
+
+    def partition(mesh, arg_shapes, result_shape):
+        args, out = shardings(mesh, arg_shapes)
+        return mesh, impl, out, args
+
+    wrapped.def_partition(
+        infer_sharding_from_operands=lambda mesh, arg_shapes, result_shape: shardings(mesh, arg_shapes)[1],
+        partition=partition,
+        sharding_rule=sharding_rule,
+    )
+    return wrapped
+
+
+@functools.lru_cache(maxsize=256)
+def _forward_call(call: _Call):
+    def impl(x, kernel, bias):
+        layer = dataclasses.replace(call.layer, channels=x.shape[-1])
+        fn = functools.partial(kernels.forward, layer=layer, activation=call.activation, out_dtype=call.out_dtype)
+        return _on_platform(lambda x, k, b, **kw: fn(x, k, b, **kw), x, kernel, bias, interpret=call.interpret)
+
+    return _partitioned(impl, 3, "n h w c, i j c, c -> n p q c", kernel_like=(1, 2))
+
+
+@functools.lru_cache(maxsize=256)
+def _kernel_grad_call(call: _Call):
+    """Per-image kernel gradients ``(N, kh, kw, C)`` float32; the caller sums over images."""
+
+    def impl(x, dy):
+        layer = dataclasses.replace(call.layer, channels=x.shape[-1])
+        fn = functools.partial(kernels.kernel_grad, layer=layer, per_image=True)
+        return _on_platform(lambda x, dy, **kw: fn(x, dy, **kw), x, dy, interpret=call.interpret)
+
+    return _partitioned(impl, 2, "n h w c, n p q c -> n i j c", kernel_like=())
+
+
+# --- differentiable 2-D convolution --------------------------------------------------------------
+
+
+def _conv_impl(x, kernel, bias, call: _Call) -> jax.Array:
+    return _forward_call(call)(x, kernel, bias)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _conv(x, kernel, bias, call: _Call) -> jax.Array:
+    """``activation(conv(x, kernel) + bias)``; ``x`` ``(N, H, W, C)``, ``kernel`` ``(kh, kw, C)``, ``bias`` ``(C,)``."""
+    return _conv_impl(x, kernel, bias, call)
+
+
+def _conv_fwd(x, kernel, bias, call):
+    return _conv_impl(x, kernel, bias, call), (x, kernel, bias)
+
+
+def _conv_bwd(call: _Call, residuals, dy):
+    x, kernel, bias = residuals
+    if call.activation != "identity":
+        linear = call.with_activation("identity")
+        z = _conv(x, kernel, bias, dataclasses.replace(linear, out_dtype=jnp.result_type(dy).name))
+        _, act_vjp = jax.vjp(kernels.EPILOGUES[call.activation], z.astype(jnp.float32))
+        (dy,) = act_vjp(dy.astype(jnp.float32))
+    dbias = jnp.sum(dy.astype(jnp.float32), axis=(0, 1, 2)).astype(bias.dtype)
+    dx = _input_grad(dy, kernel, call, x.shape, x.dtype)
+    dkernel = _kernel_grad(x, dy.astype(x.dtype), call).astype(kernel.dtype)
+    return dx, dkernel, dbias
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def _adjoint_call(call: _Call, input_shape: tuple[int, ...], dtype) -> tuple[_Call, list, list]:
+    """The stride-1 convolution that computes the input gradient, and how to dilate the cotangent for it."""
+    layer = call.layer
+    config, pads = [(0, 0, 0)], []
+    for n_in, n_out, k, s, d, (low, _) in zip(
+        input_shape[1:3],
+        (layer.output_rows, layer.output_cols),
+        layer.kernel_size,
+        layer.strides,
+        layer.dilation,
+        layer.padding,
+    ):
+        span = (k - 1) * d + 1
+        lo, hi = span - 1 - low, n_in - (n_out - 1) * s - 1 + low
+        config.append((min(lo, 0), min(hi, 0), s - 1))
+        pads.append((max(lo, 0), max(hi, 0)))
+    config.append((0, 0, 0))
+    dilated = tuple(
+        (n - 1) * s + 1 + lo + hi
+        for n, s, (lo, hi, _) in zip((layer.output_rows, layer.output_cols), layer.strides, config[1:3])
+    )
+    adjoint = kernels.Layer(
+        input_size=dilated,
+        kernel_size=layer.kernel_size,
+        strides=(1, 1),
+        padding=tuple(pads),
+        dilation=layer.dilation,
+        channels=layer.channels,
+        itemsize=np.dtype(dtype).itemsize,
+    )
+    return dataclasses.replace(call, layer=adjoint, activation="identity", out_dtype=np.dtype(dtype).name), config
+
+
+def _input_grad(dy, kernel, call: _Call, input_shape, dtype) -> jax.Array:
+    """The transposed convolution of ``dy``: the forward kernel on the stride-dilated ``dy``, kernel flipped."""
+    adjoint, config = _adjoint_call(call, tuple(input_shape), dtype)
+    if any(c != (0, 0, 0) for c in config):
+        dy = lax.pad(dy, jnp.zeros((), dy.dtype), config)
+    flipped = lax.rev(kernel, (0, 1))
+    return _conv(dy.astype(dtype), flipped.astype(dtype), jnp.zeros(kernel.shape[-1:], dtype), adjoint)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _kernel_grad(x, dy, call: _Call) -> jax.Array:
+    """``d<dy, conv(x, k)>/dk`` as ``(kh, kw, C)`` float32."""
+    return jnp.sum(_kernel_grad_call(call)(x, dy), axis=0)
+
+
+def _xla_kernel_grad(x, dy, call: _Call) -> jax.Array:
+    layer = call.layer
+    kernel = jnp.zeros((*layer.kernel_size, x.shape[-1]), x.dtype)
+    _, vjp = jax.vjp(lambda k: kernels.reference(x, k, layer), kernel)
+    return vjp(dy.astype(x.dtype))[0].astype(jnp.float32)
+
+
+def _kernel_grad_fwd(x, dy, call):
+    return _kernel_grad(x, dy, call), (x, dy)
+
+
+def _kernel_grad_bwd(call, residuals, cotangent):
+    # Second-order terms are rare (gradient penalties, meta-learning): XLA's derivative serves them.
+    x, dy = residuals
+    _, vjp = jax.vjp(lambda x, dy: _xla_kernel_grad(x, dy, call), x, dy)
+    return vjp(cotangent)
+
+
+_kernel_grad.defvjp(_kernel_grad_fwd, _kernel_grad_bwd)
+
+
+# --- the backend interface ------------------------------------------------------------------------
+
+
+def _as_2d(x, kernel, strides, padding, dilation):
+    """1-D calls become 2-D calls on one row; 3-D is not served."""
+    nd = kernel.ndim - 2
+    if nd == 2:
+        return x, kernel, tuple(strides), registry.pairs(padding), tuple(dilation)
+    if nd == 1:
+        return (
+            x[:, None],
+            kernel[None],
+            (1, *strides),
+            ((0, 0), *registry.pairs(padding)),
+            (1, *dilation),
+        )
+    raise NotImplementedError(f"the pallas backend serves 1-D and 2-D depthwise convolutions, not {nd}-D")
+
+
+def conv_bias_act(
+    x, kernel, bias, *, activation, strides, padding, dilation, precision=None, preferred_element_type=None
+) -> jax.Array:
+    """Depthwise convolution, bias and activation in one kernel. ``precision`` is unused (float32 products)."""
+    del precision
+    activation = activation or "identity"
+    if activation not in kernels.EPILOGUES:
+        raise NotImplementedError(f"no fused epilogue for {activation!r}")
+    nd = kernel.ndim - 2
+    x2, kernel2, strides2, padding2, dilation2 = _as_2d(x, kernel, strides, padding, dilation)
+    multiplier = kernel.shape[-1] // x.shape[-1]
+    if multiplier > 1:
+        x2 = jnp.repeat(x2, multiplier, axis=-1)  # output channel c*M + m reads input channel c
+    out_dtype = np.dtype(preferred_element_type or x.dtype)
+    layer = kernels.Layer(
+        input_size=tuple(x2.shape[1:3]),
+        kernel_size=tuple(kernel2.shape[:2]),
+        strides=strides2,
+        padding=padding2,
+        dilation=dilation2,
+        channels=kernel2.shape[-1],
+        itemsize=x.dtype.itemsize,
+    )
+    call = _Call(layer, activation, out_dtype.name, _INTERPRET.get())
+    if bias is None:
+        bias = jnp.zeros(kernel.shape[-1:], x.dtype)
+    y = _conv(x2, kernel2[..., 0, :], bias.astype(x.dtype), call)
+    return y[:, 0] if nd == 1 else y
+
+
+def conv(x, kernel, *, strides, padding, dilation, precision=None, preferred_element_type=None) -> jax.Array:
+    """Depthwise convolution with the Pallas kernel (see the module docstring for what runs where)."""
+    return conv_bias_act(
+        x,
+        kernel,
+        None,
+        activation=None,
+        strides=strides,
+        padding=padding,
+        dilation=dilation,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+
+
+def conv_transpose(
+    x, kernel, *, strides, padding, dilation, output_spatial, precision=None, preferred_element_type=None
+) -> jax.Array:
+    """Transposed depthwise convolution, channel ``c`` -> ``c*M + m``: the adjoint of a multiplier-1 :func:`conv`."""
+    del precision
+    nd = kernel.ndim - 2
+    multiplier = kernel.shape[-1] // x.shape[-1]
+    y, kernel2, strides2, padding2, dilation2 = _as_2d(x, kernel, strides, padding, dilation)
+    out_spatial = tuple(output_spatial) if nd == 2 else (1, *output_spatial)
+    out_dtype = np.dtype(preferred_element_type or x.dtype)
+    layer = kernels.Layer(
+        input_size=out_spatial,
+        kernel_size=tuple(kernel2.shape[:2]),
+        strides=strides2,
+        padding=padding2,
+        dilation=dilation2,
+        channels=kernel2.shape[-1],
+        itemsize=x.dtype.itemsize,
+    )
+    call = _Call(layer, "identity", out_dtype.name, _INTERPRET.get())
+    if multiplier > 1:
+        y = jnp.repeat(y, multiplier, axis=-1)
+    out = _input_grad(y, kernel2[..., 0, :], call, (y.shape[0], *out_spatial, kernel2.shape[-1]), out_dtype)
+    return out[:, 0] if nd == 1 else out
+
+
+BACKEND = registry.register(
+    registry.Backend(
+        name="pallas",
+        conv=conv,
+        conv_transpose=conv_transpose,
+        conv_bias_act=conv_bias_act,
+        description="hand-written Pallas kernel (Mosaic TPU, Triton GPU, interpreter elsewhere), custom VJP",
+    )
+)
