@@ -86,6 +86,7 @@ class _Call:
     activation: str
     out_dtype: str
     interpret: Any
+    partition: bool = True  # False inside shard_map, where every array is already the local shard
 
     def with_activation(self, activation: str) -> _Call:
         return dataclasses.replace(self, activation=activation)
@@ -147,25 +148,28 @@ def _partitioned(impl, num_args: int, sharding_rule: str, kernel_like: tuple[int
     return wrapped
 
 
-@functools.lru_cache(maxsize=256)
-def _forward_call(call: _Call):
-    def impl(x, kernel, bias):
-        layer = dataclasses.replace(call.layer, channels=x.shape[-1])
-        fn = functools.partial(kernels.forward, layer=layer, activation=call.activation, out_dtype=call.out_dtype)
-        return _on_platform(lambda x, k, b, **kw: fn(x, k, b, **kw), x, kernel, bias, interpret=call.interpret)
+def _forward_local(call: _Call, x, kernel, bias):
+    layer = dataclasses.replace(call.layer, channels=x.shape[-1])
+    fn = functools.partial(kernels.forward, layer=layer, activation=call.activation, out_dtype=call.out_dtype)
+    return _on_platform(lambda x, k, b, **kw: fn(x, k, b, **kw), x, kernel, bias, interpret=call.interpret)
 
+
+def _kernel_grad_local(call: _Call, x, dy):
+    """Per-image kernel gradients ``(N, kh, kw, C)`` float32; the caller sums over images."""
+    layer = dataclasses.replace(call.layer, channels=x.shape[-1])
+    fn = functools.partial(kernels.kernel_grad, layer=layer, per_image=True)
+    return _on_platform(lambda x, dy, **kw: fn(x, dy, **kw), x, dy, interpret=call.interpret)
+
+
+@functools.lru_cache(maxsize=256)
+def _forward_partitioned(call: _Call):
+    impl = functools.partial(_forward_local, call)
     return _partitioned(impl, 3, "n h w c, i j c, c -> n p q c", kernel_like=(1, 2))
 
 
 @functools.lru_cache(maxsize=256)
-def _kernel_grad_call(call: _Call):
-    """Per-image kernel gradients ``(N, kh, kw, C)`` float32; the caller sums over images."""
-
-    def impl(x, dy):
-        layer = dataclasses.replace(call.layer, channels=x.shape[-1])
-        fn = functools.partial(kernels.kernel_grad, layer=layer, per_image=True)
-        return _on_platform(lambda x, dy, **kw: fn(x, dy, **kw), x, dy, interpret=call.interpret)
-
+def _kernel_grad_partitioned(call: _Call):
+    impl = functools.partial(_kernel_grad_local, call)
     return _partitioned(impl, 2, "n h w c, n p q c -> n i j c", kernel_like=())
 
 
@@ -173,7 +177,9 @@ def _kernel_grad_call(call: _Call):
 
 
 def _conv_impl(x, kernel, bias, call: _Call) -> jax.Array:
-    return _forward_call(call)(x, kernel, bias)
+    if not call.partition:
+        return _forward_local(call, x, kernel, bias)
+    return _forward_partitioned(call)(x, kernel, bias)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -247,7 +253,8 @@ def _input_grad(dy, kernel, call: _Call, input_shape, dtype) -> jax.Array:
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _kernel_grad(x, dy, call: _Call) -> jax.Array:
     """``d<dy, conv(x, k)>/dk`` as ``(kh, kw, C)`` float32."""
-    return jnp.sum(_kernel_grad_call(call)(x, dy), axis=0)
+    per_image = _kernel_grad_partitioned(call)(x, dy) if call.partition else _kernel_grad_local(call, x, dy)
+    return jnp.sum(per_image, axis=0)
 
 
 def _xla_kernel_grad(x, dy, call: _Call) -> jax.Array:
@@ -290,6 +297,19 @@ def _as_2d(x, kernel, strides, padding, dilation):
     raise NotImplementedError(f"the pallas backend serves 1-D and 2-D depthwise convolutions, not {nd}-D")
 
 
+def _explicit_axes(x, kernel) -> tuple[Any, Any, Any] | None:
+    """The mesh and ``x``'s batch and channel axes when ``x`` is typed with explicit axes, else ``None``."""
+    mesh = jax.typeof(x).sharding.mesh
+    if mesh.empty or jax.sharding.AxisType.Explicit not in mesh.axis_types:
+        mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or jax.sharding.AxisType.Explicit not in mesh.axis_types:
+        return None
+    x_spec = tuple(jax.typeof(x).sharding.spec) + (None,) * x.ndim
+    kernel_spec = tuple(jax.typeof(kernel).sharding.spec) + (None,) * kernel.ndim
+    channels = x_spec[x.ndim - 1] if x_spec[x.ndim - 1] is not None else kernel_spec[kernel.ndim - 1]
+    return mesh, x_spec[0], channels
+
+
 def conv_bias_act(
     x, kernel, bias, *, activation, strides, padding, dilation, precision=None, preferred_element_type=None
 ) -> jax.Array:
@@ -300,23 +320,41 @@ def conv_bias_act(
         raise NotImplementedError(f"no fused epilogue for {activation!r}")
     nd = kernel.ndim - 2
     x2, kernel2, strides2, padding2, dilation2 = _as_2d(x, kernel, strides, padding, dilation)
-    multiplier = kernel.shape[-1] // x.shape[-1]
-    if multiplier > 1:
-        x2 = jnp.repeat(x2, multiplier, axis=-1)  # output channel c*M + m reads input channel c
-    out_dtype = np.dtype(preferred_element_type or x.dtype)
-    layer = kernels.Layer(
-        input_size=tuple(x2.shape[1:3]),
-        kernel_size=tuple(kernel2.shape[:2]),
-        strides=strides2,
-        padding=padding2,
-        dilation=dilation2,
-        channels=kernel2.shape[-1],
-        itemsize=x.dtype.itemsize,
-    )
-    call = _Call(layer, activation, out_dtype.name, _INTERPRET.get())
-    if bias is None:
-        bias = jnp.zeros(kernel.shape[-1:], x.dtype)
-    y = _conv(x2, kernel2[..., 0, :], bias.astype(x.dtype), call)
+    kernel2 = kernel2[..., 0, :]
+    bias = jnp.zeros(kernel.shape[-1:], x.dtype) if bias is None else bias.astype(x.dtype)
+    out_dtype = np.dtype(preferred_element_type or x.dtype).name
+    axes = _explicit_axes(x, kernel)
+
+    def local(x, kernel, bias):
+        multiplier = kernel.shape[-1] // x.shape[-1]
+        if multiplier > 1:
+            x = jnp.repeat(x, multiplier, axis=-1)  # output channel c*M + m reads input channel c
+        layer = kernels.Layer(
+            input_size=tuple(x.shape[1:3]),
+            kernel_size=tuple(kernel.shape[:2]),
+            strides=strides2,
+            padding=padding2,
+            dilation=dilation2,
+            channels=kernel.shape[-1],
+            itemsize=x.dtype.itemsize,
+        )
+        call = _Call(layer, activation, out_dtype, _INTERPRET.get(), partition=axes is None)
+        return _conv(x, kernel, bias, call)
+
+    if axes is None:
+        y = local(x2, kernel2, bias)
+    else:  # explicit axes: the shardings are known now, so split by hand (autodiff adds the psum)
+        mesh, batch, channels = axes
+        P = jax.sharding.PartitionSpec
+        specs = (P(batch, None, None, channels), P(None, None, channels), P(channels))
+        args = [
+            jax.sharding.reshard(a, jax.sharding.NamedSharding(mesh, spec))
+            for a, spec in zip((x2, kernel2, bias), specs)
+        ]
+        # check_vma=False: the Pallas interpreter (CPU) cannot track varying axes yet (jax 0.10).
+        # The kernel and bias are unmapped over the batch axes, so shard_map's transpose sums their
+        # per-device gradients (an all-reduce of kh*kw*C numbers).
+        y = jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=specs[0], check_vma=False)(*args)
     return y[:, 0] if nd == 1 else y
 
 

@@ -361,6 +361,11 @@ def _plan(x: jax.Array, layer: Layer, block_sizes: BlockSizes | None, target: st
     return _Plan(layer, blocks, target, x.shape[0])
 
 
+def _out_struct(shape: tuple[int, ...], dtype: Any, *, like: jax.Array) -> jax.ShapeDtypeStruct:
+    """The output type, varying over the same manual mesh axes as ``like`` (inside ``shard_map``)."""
+    return jax.ShapeDtypeStruct(shape, dtype, manual_axis_type=getattr(jax.typeof(like), "mat", None))
+
+
 def _cost(layer: Layer, batch: int, nbytes: int) -> pl.CostEstimate:
     outputs = batch * layer.output_rows * layer.output_cols * layer.channels
     taps = layer.kernel_size[0] * layer.kernel_size[1]
@@ -420,7 +425,7 @@ def forward(
     out_shape = (n, plan.out_rows, plan.out_cols, plan.channels)
     y = pl.pallas_call(
         body,
-        out_shape=jax.ShapeDtypeStruct(out_shape, out_dtype),
+        out_shape=_out_struct(out_shape, out_dtype, like=xs),
         grid=(n, plan.channels // cb, plan.row_blocks),
         in_specs=[
             plan.input_block(xs),
@@ -467,7 +472,7 @@ def kernel_grad(
     body = functools.partial(_kernel_grad_kernel, taps=taps, rows=rows, cols=plan.out_cols)
     partials = pl.pallas_call(
         body,
-        out_shape=jax.ShapeDtypeStruct((n, plan.row_blocks, plan.tap_rows, plan.channels), jnp.float32),
+        out_shape=_out_struct((n, plan.row_blocks, plan.tap_rows, plan.channels), jnp.float32, like=xs),
         grid=(n, plan.channels // cb, plan.row_blocks),
         in_specs=[plan.input_block(xs), pl.BlockSpec((None, rows, plan.out_cols, cb), lambda i, j, r: (i, r, 0, j))],
         out_specs=pl.BlockSpec((None, None, plan.tap_rows, cb), lambda i, j, r: (i, r, 0, j)),
