@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-IMPLEMENTATIONS = ("xla", "taps")
+IMPLEMENTATIONS = ("xla", "taps", "pallas")
 
 # Max abs error allowed, relative to max(1, |reference|), per dtype of the computation.
 _TOLERANCE = {"float64": 1e-12, "float32": 2e-5, "float16": 4e-3, "bfloat16": 3e-2}

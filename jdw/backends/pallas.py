@@ -30,8 +30,8 @@ Under ``jit`` with a mesh, each kernel call is partitioned with
 every device runs the kernel on its shard (the kernel gradient's partial sums are
 reduced by XLA), so no input is gathered.
 
-Only 1-D (as 2-D with one row) and 2-D convolutions are served; 3-D raises
-:class:`NotImplementedError`.
+1-D runs as 2-D on one row; 3-D as a sum over depth taps of 2-D calls (``kd`` passes over
+the input, not tuned).
 """
 
 from __future__ import annotations
@@ -155,31 +155,74 @@ def _forward_local(call: _Call, x, kernel, bias):
 
 
 def _kernel_grad_local(call: _Call, x, dy):
-    """Per-image kernel gradients ``(N, kh, kw, C)`` float32; the caller sums over images."""
+    """Per-image kernel gradients ``(N, kh, kw, C)`` (float32, or float64); the caller sums over images."""
     layer = dataclasses.replace(call.layer, channels=x.shape[-1])
     fn = functools.partial(kernels.kernel_grad, layer=layer, per_image=True)
     return _on_platform(lambda x, dy, **kw: fn(x, dy, **kw), x, dy, interpret=call.interpret)
 
 
+def _fold_batch(args, batched, axis_size):
+    """Stacks vmapped operands into the batch axis (unbatched ones are broadcast): ``(B, N, ...)`` -> ``(B*N, ...)``."""
+    return [
+        (a if b else jnp.broadcast_to(a, (axis_size, *a.shape))).reshape(axis_size * a.shape[-4], *a.shape[-3:])
+        for a, b in zip(args, batched)
+    ]
+
+
+def _fold_channels(args, batched, axis_size):
+    """Stacks vmapped operands into the channel axis: ``(B, ..., C)`` -> ``(..., B*C)``."""
+    out = []
+    for a, b in zip(args, batched):
+        a = jnp.moveaxis(a, 0, -2) if b else jnp.broadcast_to(a[..., None, :], (*a.shape[:-1], axis_size, a.shape[-1]))
+        out.append(a.reshape(*a.shape[:-2], -1))
+    return out
+
+
+def _unfold_channels(y, axis_size):
+    return jnp.moveaxis(y.reshape(*y.shape[:-1], axis_size, -1), -2, 0)
+
+
 @functools.lru_cache(maxsize=256)
-def _forward_partitioned(call: _Call):
+def _forward_op(call: _Call):
+    """The forward kernel call ``(x, kernel, bias) -> y``: partitioned under a mesh and vmappable."""
     impl = functools.partial(_forward_local, call)
-    return _partitioned(impl, 3, "n h w c, i j c, c -> n p q c", kernel_like=(1, 2))
+    if call.partition:
+        impl = _partitioned(impl, 3, "n h w c, i j c, c -> n p q c", kernel_like=(1, 2))
+    op = jax.custom_batching.custom_vmap(impl)
+
+    @op.def_vmap
+    def _(axis_size, in_batched, x, kernel, bias):
+        if not (in_batched[1] or in_batched[2]):  # a stack of inputs: more images
+            (xb,) = _fold_batch([x], [in_batched[0]], axis_size)
+            y = op(xb, kernel, bias)
+            return y.reshape(axis_size, -1, *y.shape[1:]), True
+        # A stack of kernels: more channels (depthwise channels are independent).
+        return _unfold_channels(op(*_fold_channels((x, kernel, bias), in_batched, axis_size)), axis_size), True
+
+    return op
 
 
 @functools.lru_cache(maxsize=256)
-def _kernel_grad_partitioned(call: _Call):
+def _kernel_grad_op(call: _Call):
+    """The kernel-gradient call ``(x, dy) -> (N, kh, kw, C)``: partitioned under a mesh and vmappable."""
     impl = functools.partial(_kernel_grad_local, call)
-    return _partitioned(impl, 2, "n h w c, n p q c -> n i j c", kernel_like=())
+    if call.partition:
+        impl = _partitioned(impl, 2, "n h w c, n p q c -> n i j c", kernel_like=())
+    op = jax.custom_batching.custom_vmap(impl)
+
+    @op.def_vmap
+    def _(axis_size, in_batched, x, dy):
+        grads = op(*_fold_channels((x, dy), in_batched, axis_size))
+        return _unfold_channels(grads, axis_size), True
+
+    return op
 
 
 # --- differentiable 2-D convolution --------------------------------------------------------------
 
 
 def _conv_impl(x, kernel, bias, call: _Call) -> jax.Array:
-    if not call.partition:
-        return _forward_local(call, x, kernel, bias)
-    return _forward_partitioned(call)(x, kernel, bias)
+    return _forward_op(call)(x, kernel, bias)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -189,7 +232,8 @@ def _conv(x, kernel, bias, call: _Call) -> jax.Array:
 
 
 def _conv_fwd(x, kernel, bias, call):
-    return _conv_impl(x, kernel, bias, call), (x, kernel, bias)
+    # Through _conv itself, so that higher-order derivatives of the primal output use its VJP again.
+    return _conv(x, kernel, bias, call), (x, kernel, bias)
 
 
 def _conv_bwd(call: _Call, residuals, dy):
@@ -197,9 +241,10 @@ def _conv_bwd(call: _Call, residuals, dy):
     if call.activation != "identity":
         linear = call.with_activation("identity")
         z = _conv(x, kernel, bias, dataclasses.replace(linear, out_dtype=jnp.result_type(dy).name))
-        _, act_vjp = jax.vjp(kernels.EPILOGUES[call.activation], z.astype(jnp.float32))
-        (dy,) = act_vjp(dy.astype(jnp.float32))
-    dbias = jnp.sum(dy.astype(jnp.float32), axis=(0, 1, 2)).astype(bias.dtype)
+        acc = kernels.accumulator_dtype(dy.dtype)
+        _, act_vjp = jax.vjp(kernels.EPILOGUES[call.activation], z.astype(acc))
+        (dy,) = act_vjp(dy.astype(acc))
+    dbias = jnp.sum(dy.astype(kernels.accumulator_dtype(dy.dtype)), axis=(0, 1, 2)).astype(bias.dtype)
     dx = _input_grad(dy, kernel, call, x.shape, x.dtype)
     dkernel = _kernel_grad(x, dy.astype(x.dtype), call).astype(kernel.dtype)
     return dx, dkernel, dbias
@@ -252,16 +297,15 @@ def _input_grad(dy, kernel, call: _Call, input_shape, dtype) -> jax.Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _kernel_grad(x, dy, call: _Call) -> jax.Array:
-    """``d<dy, conv(x, k)>/dk`` as ``(kh, kw, C)`` float32."""
-    per_image = _kernel_grad_partitioned(call)(x, dy) if call.partition else _kernel_grad_local(call, x, dy)
-    return jnp.sum(per_image, axis=0)
+    """``d<dy, conv(x, k)>/dk`` as ``(kh, kw, C)`` (float32, or float64 for float64 inputs)."""
+    return jnp.sum(_kernel_grad_op(call)(x, dy), axis=0)
 
 
 def _xla_kernel_grad(x, dy, call: _Call) -> jax.Array:
     layer = call.layer
     kernel = jnp.zeros((*layer.kernel_size, x.shape[-1]), x.dtype)
     _, vjp = jax.vjp(lambda k: kernels.reference(x, k, layer), kernel)
-    return vjp(dy.astype(x.dtype))[0].astype(jnp.float32)
+    return vjp(dy.astype(x.dtype))[0].astype(kernels.accumulator_dtype(x.dtype))
 
 
 def _kernel_grad_fwd(x, dy, call):
@@ -294,7 +338,7 @@ def _as_2d(x, kernel, strides, padding, dilation):
             ((0, 0), *registry.pairs(padding)),
             (1, *dilation),
         )
-    raise NotImplementedError(f"the pallas backend serves 1-D and 2-D depthwise convolutions, not {nd}-D")
+    raise NotImplementedError(f"the pallas backend serves 1-D, 2-D and 3-D depthwise convolutions, not {nd}-D")
 
 
 def _explicit_axes(x, kernel) -> tuple[Any, Any, Any] | None:
@@ -319,6 +363,8 @@ def conv_bias_act(
     if activation not in kernels.EPILOGUES:
         raise NotImplementedError(f"no fused epilogue for {activation!r}")
     nd = kernel.ndim - 2
+    if nd == 3:
+        return _conv3d(x, kernel, bias, activation, strides, padding, dilation, preferred_element_type)
     x2, kernel2, strides2, padding2, dilation2 = _as_2d(x, kernel, strides, padding, dilation)
     kernel2 = kernel2[..., 0, :]
     bias = jnp.zeros(kernel.shape[-1:], x.dtype) if bias is None else bias.astype(x.dtype)
@@ -356,6 +402,35 @@ def conv_bias_act(
         # per-device gradients (an all-reduce of kh*kw*C numbers).
         y = jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=specs[0], check_vma=False)(*args)
     return y[:, 0] if nd == 1 else y
+
+
+def _conv3d(x, kernel, bias, activation, strides, padding, dilation, preferred_element_type) -> jax.Array:
+    """3-D as a sum over depth taps of 2-D kernel calls, each on all output depths folded into the batch.
+
+    Reads the input once per depth tap (``kd`` passes instead of one): correct and
+    differentiable through the 2-D kernel, not tuned.
+    """
+    (low, high), kd, sd, dd = padding[0], kernel.shape[0], strides[0], dilation[0]
+    x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (low, high, 0), (0, 0, 0), (0, 0, 0), (0, 0, 0)])
+    n, depth, h, w, c = x.shape
+    out_depth = (depth - ((kd - 1) * dd + 1)) // sd + 1
+    total = None
+    for t in range(kd):
+        planes = lax.slice_in_dim(x, t * dd, t * dd + (out_depth - 1) * sd + 1, stride=sd, axis=1)
+        y = conv_bias_act(
+            planes.reshape(n * out_depth, h, w, c),
+            kernel[t],
+            bias if t == 0 else None,
+            activation=None,
+            strides=strides[1:],
+            padding=padding[1:],
+            dilation=dilation[1:],
+            preferred_element_type=kernels.accumulator_dtype(x.dtype),
+        )
+        total = y if total is None else total + y
+    out_dtype = np.dtype(preferred_element_type or x.dtype)
+    total = kernels.EPILOGUES[activation](total).astype(out_dtype)
+    return total.reshape(n, out_depth, *total.shape[1:])
 
 
 def conv(x, kernel, *, strides, padding, dilation, precision=None, preferred_element_type=None) -> jax.Array:

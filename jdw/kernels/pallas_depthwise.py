@@ -259,24 +259,29 @@ def phase_split(x: jax.Array, layer: Layer, out_rows: int, out_cols: int, channe
     return x.reshape(n, sh * sw, hq, wq, channels)
 
 
-def _forward_kernel(x_ref, w_ref, b_ref, o_ref, *, taps, rows, cols, epilogue):
+def accumulator_dtype(dtype: Any) -> np.dtype:
+    """float32 for 16- and 32-bit floats; float64 stays float64 (interpreter and GPU only)."""
+    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+
+
+def _forward_kernel(x_ref, w_ref, b_ref, o_ref, *, taps, rows, cols, epilogue, acc_dtype):
     # x_ref: (1, phases, rows + halo, Wq, Cb)  w_ref: (taps, Cb)  b_ref: (1, Cb)  o_ref: (rows, cols, Cb)
     acc = None
     for t, (phase, di, dj) in enumerate(taps):
-        window = x_ref[0, phase, pl.ds(di, rows), pl.ds(dj, cols), :].astype(jnp.float32)
-        term = window * w_ref[pl.ds(t, 1), :].astype(jnp.float32)[None]
+        window = x_ref[0, phase, pl.ds(di, rows), pl.ds(dj, cols), :].astype(acc_dtype)
+        term = window * w_ref[pl.ds(t, 1), :].astype(acc_dtype)[None]
         acc = term if acc is None else acc + term
-    acc = acc + b_ref[...].astype(jnp.float32)[None]
+    acc = acc + b_ref[...].astype(acc_dtype)[None]
     o_ref[...] = EPILOGUES[epilogue](acc).astype(o_ref.dtype)
 
 
-def _kernel_grad_kernel(x_ref, dy_ref, o_ref, *, taps, rows, cols):
+def _kernel_grad_kernel(x_ref, dy_ref, o_ref, *, taps, rows, cols, acc_dtype):
     # x_ref: (1, phases, rows + halo, Wq, Cb)  dy_ref: (rows, cols, Cb)  o_ref: (taps padded, Cb), this step's share
-    dy = dy_ref[...].astype(jnp.float32)
+    dy = dy_ref[...].astype(acc_dtype)
     if o_ref.shape[0] > len(taps):
         o_ref[...] = jnp.zeros(o_ref.shape, o_ref.dtype)
     for t, (phase, di, dj) in enumerate(taps):
-        window = x_ref[0, phase, pl.ds(di, rows), pl.ds(dj, cols), :].astype(jnp.float32)
+        window = x_ref[0, phase, pl.ds(di, rows), pl.ds(dj, cols), :].astype(acc_dtype)
         o_ref[pl.ds(t, 1), :] = jnp.sum(jnp.sum(window * dy, axis=0), axis=0, keepdims=True)
 
 
@@ -419,9 +424,10 @@ def forward(
     xs = plan.split(x)
     taps, rows, cb = plan.taps, plan.blocks.rows, plan.channel_block
     w = jnp.pad(kernel.reshape(len(taps), c), ((0, 0), (0, plan.channels - c)))
-    b = jnp.zeros((1, plan.channels), jnp.float32) if bias is None else bias.reshape(1, c)
+    b = jnp.zeros((1, plan.channels), x.dtype) if bias is None else bias.reshape(1, c)
     b = jnp.pad(b, ((0, 0), (0, plan.channels - c)))
-    body = functools.partial(_forward_kernel, taps=taps, rows=rows, cols=plan.out_cols, epilogue=activation)
+    acc = accumulator_dtype(x.dtype)
+    body = functools.partial(_forward_kernel, taps=taps, rows=rows, cols=plan.out_cols, epilogue=activation, acc_dtype=acc)
     out_shape = (n, plan.out_rows, plan.out_cols, plan.channels)
     y = pl.pallas_call(
         body,
@@ -451,7 +457,7 @@ def kernel_grad(
     interpret: Any = False,
     per_image: bool = False,
 ) -> jax.Array:
-    """``d<dy, forward(x, k)>/dk``: ``x`` ``(N, H, W, C)``, ``dy`` ``(N, Ho, Wo, C)`` -> ``(kh, kw, C)`` float32.
+    """``d<dy, forward(x, k)>/dk``: ``x`` ``(N, H, W, C)``, ``dy`` ``(N, Ho, Wo, C)`` -> ``(kh, kw, C)`` in float32 (float64 for float64 inputs).
 
     Every grid step writes its own partial sums (no step waits on another, so the grid is
     parallel on TPU cores and GPU blocks alike); one small XLA reduction adds them up.
@@ -469,10 +475,11 @@ def kernel_grad(
         (0, plan.channels - c),
     )
     dy = jnp.pad(dy, pads)
-    body = functools.partial(_kernel_grad_kernel, taps=taps, rows=rows, cols=plan.out_cols)
+    acc = accumulator_dtype(x.dtype)
+    body = functools.partial(_kernel_grad_kernel, taps=taps, rows=rows, cols=plan.out_cols, acc_dtype=acc)
     partials = pl.pallas_call(
         body,
-        out_shape=_out_struct((n, plan.row_blocks, plan.tap_rows, plan.channels), jnp.float32, like=xs),
+        out_shape=_out_struct((n, plan.row_blocks, plan.tap_rows, plan.channels), acc, like=xs),
         grid=(n, plan.channels // cb, plan.row_blocks),
         in_specs=[plan.input_block(xs), pl.BlockSpec((None, rows, plan.out_cols, cb), lambda i, j, r: (i, r, 0, j))],
         out_specs=pl.BlockSpec((None, None, plan.tap_rows, cb), lambda i, j, r: (i, r, 0, j)),
