@@ -56,14 +56,17 @@ class Backend:
 def _conv_bias_act(backend: Backend, x, kernel, bias, *, activation, epilogue, **kwargs) -> jax.Array:
     """Convolution, bias and activation: fused where ``backend`` can, else composed.
 
-    ``activation`` is a name the backend may fuse (or ``None``); ``epilogue`` is the same
-    activation as a function, used when the backend does not fuse it.
+    ``activation`` is a name the backend may fuse, or ``None`` when the activation is an
+    arbitrary function; ``epilogue`` is the activation as a function, applied here whenever
+    the backend did not apply it.
     """
     if backend.conv_bias_act is not None:
         try:
-            return backend.conv_bias_act(x, kernel, bias, activation=activation, **kwargs)
+            y = backend.conv_bias_act(x, kernel, bias, activation=activation, **kwargs)
         except NotImplementedError:
             pass
+        else:  # an activation that has no name (a callable) runs after the kernel
+            return y if activation is not None else epilogue(y)
     y = backend.conv(x, kernel, **kwargs)
     if bias is not None:
         y = y + bias.astype(y.dtype).reshape((1,) * (y.ndim - 1) + (-1,))

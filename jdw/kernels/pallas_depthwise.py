@@ -427,7 +427,9 @@ def forward(
     b = jnp.zeros((1, plan.channels), x.dtype) if bias is None else bias.reshape(1, c)
     b = jnp.pad(b, ((0, 0), (0, plan.channels - c)))
     acc = accumulator_dtype(x.dtype)
-    body = functools.partial(_forward_kernel, taps=taps, rows=rows, cols=plan.out_cols, epilogue=activation, acc_dtype=acc)
+    body = functools.partial(
+        _forward_kernel, taps=taps, rows=rows, cols=plan.out_cols, epilogue=activation, acc_dtype=acc
+    )
     out_shape = (n, plan.out_rows, plan.out_cols, plan.channels)
     y = pl.pallas_call(
         body,
@@ -457,7 +459,9 @@ def kernel_grad(
     interpret: Any = False,
     per_image: bool = False,
 ) -> jax.Array:
-    """``d<dy, forward(x, k)>/dk``: ``x`` ``(N, H, W, C)``, ``dy`` ``(N, Ho, Wo, C)`` -> ``(kh, kw, C)`` in float32 (float64 for float64 inputs).
+    """The kernel gradient ``d<dy, forward(x, k)>/dk``: ``(N, H, W, C)``, ``(N, Ho, Wo, C)`` -> ``(kh, kw, C)``.
+
+    Accumulates and returns float32 (float64 for float64 inputs).
 
     Every grid step writes its own partial sums (no step waits on another, so the grid is
     parallel on TPU cores and GPU blocks alike); one small XLA reduction adds them up.

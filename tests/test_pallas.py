@@ -1,0 +1,237 @@
+"""The Pallas kernels: interpreted on this CPU (plain and TPU-semantics interpreters), lowered for TPU and CUDA.
+
+The shared backend grid (``IMPLEMENTATIONS`` in ``helpers.py``) already runs every
+``depthwise_conv`` / ``depthwise_conv_transpose`` case through ``implementation="pallas"``;
+these tests add the kernel-level cases (tile sizes that do not divide the layer, both
+targets' block rules, every fused epilogue), the TPU interpreter, block-size validation,
+and compilation for the real targets with ``jax.export``.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpy_reference as ref
+import pytest
+from helpers import assert_close
+from jax.experimental.pallas import tpu as pltpu
+
+import jdw
+from jdw.backends import pallas as pallas_backend
+from jdw.kernels import pallas_depthwise as pd
+
+TRITON_CALL = jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")
+INTERPRETERS = {"plain": True, "tpu": pltpu.InterpretParams()}
+
+# (input H, W, C), kernel, strides, dilation, padding, block sizes per target: sizes chosen not to divide the blocks.
+KERNEL_CASES = [
+    ((9, 11, 5), (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)), {"tpu": (4, 128), "triton": (4, 4)}),
+    ((10, 9, 7), (3, 3), (2, 2), (1, 1), ((0, 1), (1, 1)), {"tpu": (3, 128), "triton": (2, 8)}),
+    ((13, 12, 3), (5, 3), (2, 1), (2, 2), ((2, 3), (4, 0)), {"tpu": (2, 128), "triton": (4, 2)}),
+    ((8, 8, 130), (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)), {"tpu": (8, 128), "triton": (8, 64)}),
+    ((7, 6, 4), (1, 1), (1, 1), (1, 1), ((0, 0), (0, 0)), {"tpu": (7, 128), "triton": (8, 4)}),
+]
+
+
+def _layer(case, dtype=np.float32):
+    (h, w, c), k, s, d, pad, _ = case
+    return pd.Layer((h, w), k, s, pad, d, c, itemsize=np.dtype(dtype).itemsize)
+
+
+def _inputs(case, seed=0):
+    rng = np.random.default_rng(seed)
+    (h, w, c), k = case[0], case[1]
+    x = rng.standard_normal((2, h, w, c)).astype(np.float32)
+    kernel = rng.standard_normal((*k, c)).astype(np.float32)
+    bias = rng.standard_normal((c,)).astype(np.float32)
+    return x, kernel, bias
+
+
+def _numpy_forward(x, kernel, bias, layer):
+    y = ref.depthwise_conv(
+        x.astype(np.float64),
+        kernel[:, :, None, :].astype(np.float64),
+        bias,
+        strides=layer.strides,
+        padding=layer.padding,
+        dilation=layer.dilation,
+    )
+    return y
+
+
+@pytest.mark.parametrize(
+    "case, target, interpreter",
+    list(itertools.product(KERNEL_CASES, pd.TARGETS, INTERPRETERS)),
+    ids=lambda v: "x".join(map(str, v[0])) if isinstance(v, tuple) else str(v),
+)
+def test_forward_and_kernel_grad_kernels_match_numpy(case, target, interpreter):
+    if target == "triton" and interpreter == "tpu":
+        pytest.skip("the TPU interpreter models TPU memory, not Triton's")
+    layer = _layer(case)
+    blocks = pd.BlockSizes(*case[-1][target])
+    x, kernel, bias = _inputs(case)
+    run = dict(block_sizes=blocks, target=target, interpret=INTERPRETERS[interpreter])
+    y = pd.forward(jnp.asarray(x), jnp.asarray(kernel), jnp.asarray(bias), layer, activation="identity", **run)
+    expected = _numpy_forward(x, kernel, bias, layer)
+    assert_close(y, expected)
+    dy = np.random.default_rng(1).standard_normal(expected.shape).astype(np.float32)
+    dk = pd.kernel_grad(jnp.asarray(x), jnp.asarray(dy), layer, **run)
+    _, dk_expected, _ = ref.depthwise_conv_vjp(
+        x.astype(np.float64),
+        kernel[:, :, None, :].astype(np.float64),
+        dy.astype(np.float64),
+        strides=layer.strides,
+        padding=layer.padding,
+        dilation=layer.dilation,
+    )
+    assert_close(dk, dk_expected[:, :, 0, :])
+
+
+@pytest.mark.parametrize("activation", sorted(pd.EPILOGUES))
+def test_every_fused_epilogue(activation):
+    case = KERNEL_CASES[1]
+    layer = _layer(case)
+    x, kernel, bias = _inputs(case)
+    y = pd.forward(jnp.asarray(x), jnp.asarray(kernel), jnp.asarray(bias), layer, activation=activation, interpret=True)
+    z = _numpy_forward(x, kernel, bias, layer)
+    expected = jdw.functional.get_activation(activation)(jnp.asarray(z, jnp.float32))
+    assert_close(y, expected)
+
+
+@pytest.mark.parametrize("activation", ["relu", "relu6", "hard_swish", "silu", None])
+@pytest.mark.parametrize("interpreter", sorted(INTERPRETERS))
+def test_fused_activation_trains_like_xla(activation, interpreter):
+    """Forward and all three gradients of the public op with a fused bias + activation, both interpreters."""
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((2, 9, 10, 3)), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((3, 3, 1, 6)), jnp.float32)
+    bias = jnp.asarray(rng.standard_normal((6,)), jnp.float32)
+
+    def loss(implementation):
+        def f(x, kernel, bias):
+            y = jdw.depthwise_conv(x, kernel, bias, activation=activation, strides=2, implementation=implementation)
+            return jnp.sum(jnp.sin(y))
+
+        return jax.value_and_grad(f, argnums=(0, 1, 2))
+
+    with pallas_backend.interpret_mode(INTERPRETERS[interpreter]):
+        got = loss("pallas")(x, kernel, bias)
+    want = loss("xla")(x, kernel, bias)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        assert_close(a, b)
+
+
+def test_activation_is_fused_into_the_kernel():
+    """Compiled for TPU: one Mosaic kernel and no elementwise max/min/clamp around it (relu6 is in its epilogue)."""
+    x, kernel = jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 1, 4))
+    f = jax.jit(lambda x: jdw.depthwise_conv(x, kernel, activation="relu6", implementation="pallas"))
+    module = jax.export.export(f, platforms=["tpu"])(x).mlir_module()
+    assert module.count("tpu_custom_call") == 1
+    assert not any(op in module for op in ("stablehlo.clamp", "stablehlo.maximum", "stablehlo.minimum"))
+    unfused = jax.jit(lambda x: jdw.depthwise_conv(x, kernel, activation="relu6", implementation="xla"))
+    assert "stablehlo.minimum" in jax.export.export(unfused, platforms=["tpu"])(x).mlir_module()
+
+
+def test_callable_activation_falls_back_to_xla_after_the_kernel():
+    x, kernel = jnp.linspace(-1, 1, 64).reshape(1, 4, 4, 4), jnp.ones((3, 3, 1, 4))
+    got = jdw.depthwise_conv(x, kernel, activation=jnp.tanh, implementation="pallas")
+    assert_close(got, jnp.tanh(jdw.depthwise_conv(x, kernel, implementation="xla")))
+
+
+def test_bfloat16_accumulates_in_float32():
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.standard_normal((2, 12, 12, 8)), jnp.bfloat16)
+    kernel = jnp.asarray(rng.standard_normal((3, 3, 1, 8)), jnp.bfloat16)
+    y = jdw.depthwise_conv(x, kernel, implementation="pallas")
+    assert y.dtype == jnp.bfloat16
+    expected = jdw.depthwise_conv(x.astype(jnp.float32), kernel.astype(jnp.float32), implementation="xla")
+    assert_close(y, expected, dtype="bfloat16")
+
+
+def test_default_block_sizes_follow_each_targets_rules():
+    for h, c, s in [(112, 32, 1), (112, 96, 2), (56, 144, 1), (28, 192, 1), (14, 576, 2), (7, 960, 1)]:
+        layer = pd.Layer((h, h), (3, 3), (s, s), ((1, 1), (1, 1)), (1, 1), c)
+        tpu, gpu = pd.BlockSizes.default(layer, "tpu"), pd.BlockSizes.default(layer, "triton")
+        tpu.check(layer, "tpu")
+        gpu.check(layer, "triton")
+        assert tpu.channels == min(c, 128) and pd.vmem_bytes(layer, tpu) <= pd.DEFAULT_VMEM_BUDGET
+        assert gpu.rows & (gpu.rows - 1) == 0 and gpu.channels & (gpu.channels - 1) == 0
+
+
+@pytest.mark.parametrize(
+    "blocks, target, message",
+    [
+        (dict(rows=0), "tpu", r"BlockSizes.rows must be a positive int, got rows=0"),
+        (dict(rows=8, channels=96), "tpu", r"channels=96 must be a multiple of 128 \(TPU lanes\) or cover all 192"),
+        (dict(rows=4096, channels=128), "tpu", r"needs \d+\.\d MiB of VMEM per step .* more than the 12 MiB budget"),
+        (dict(rows=6, channels=32), "triton", r"powers of two, got rows=6, channels=32"),
+        (dict(rows=64, channels=32), "triton", r"8192-element tile|65536-element tile|-element tile for"),
+    ],
+)
+def test_bad_block_sizes_are_refused_with_the_numbers(blocks, target, message):
+    layer = pd.Layer((112, 112), (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), 192)
+    with pytest.raises(ValueError, match=message):
+        pd.BlockSizes(**blocks).check(layer, target)
+
+
+def test_unknown_target_and_epilogue_are_refused():
+    layer = pd.Layer((8, 8), (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), 4)
+    x, k = jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4))
+    with pytest.raises(ValueError, match=r"target must be one of \('tpu', 'triton'\), got 'cuda'"):
+        pd.forward(x, k, None, layer, target="cuda", interpret=True)
+    with pytest.raises(ValueError, match=r"activation 'gelu' has no fused epilogue"):
+        pd.forward(x, k, None, layer, activation="gelu", interpret=True)
+
+
+# --- compiled for the real targets, from this CPU machine -------------------------------------------
+
+# MobileNetV2's depthwise layers named in the issue, batch 128, bfloat16 and float32.
+MOBILENET_V2_LAYERS = [(112, 32, 1), (112, 96, 2), (28, 192, 1), (7, 960, 1)]
+
+
+def _export(platform, dtype, size, channels, stride, *, grad):
+    x = jax.ShapeDtypeStruct((128, size, size, channels), dtype)
+    kernel = jax.ShapeDtypeStruct((3, 3, 1, channels), dtype)
+    bias = jax.ShapeDtypeStruct((channels,), dtype)
+
+    def f(x, kernel, bias):
+        return jdw.depthwise_conv(x, kernel, bias, strides=stride, activation="relu6", implementation="pallas")
+
+    if grad:
+        g = jax.grad(lambda x, k, b: jnp.sum(f(x, k, b).astype(jnp.float32)), argnums=(0, 1, 2))
+        fn = jax.jit(g)
+    else:
+        fn = jax.jit(f)
+    checks = [TRITON_CALL] if platform == "cuda" else []
+    return jax.export.export(fn, platforms=[platform], disabled_checks=checks)(x, kernel, bias).mlir_module()
+
+
+@pytest.mark.parametrize("size, channels, stride", MOBILENET_V2_LAYERS)
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_lowers_for_tpu_with_mosaic(size, channels, stride, dtype):
+    forward = _export("tpu", dtype, size, channels, stride, grad=False)
+    assert forward.count("tpu_custom_call") == 1 and "stablehlo.convolution" not in forward
+    backward = _export("tpu", dtype, size, channels, stride, grad=True)
+    # forward (recomputed for the activation's derivative), input gradient, kernel gradient
+    assert backward.count("tpu_custom_call") >= 3 and "stablehlo.convolution" not in backward
+
+
+@pytest.mark.parametrize("size, channels, stride", MOBILENET_V2_LAYERS)
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_lowers_for_cuda_with_triton(size, channels, stride, dtype):
+    forward = _export("cuda", dtype, size, channels, stride, grad=False)
+    assert "__gpu$xla.gpu.triton" in forward and "stablehlo.convolution" not in forward
+    backward = _export("cuda", dtype, size, channels, stride, grad=True)
+    assert backward.count("__gpu$xla.gpu.triton") >= 3 and "stablehlo.convolution" not in backward
+
+
+def test_cpu_runs_the_interpreter_while_exports_carry_compiled_kernels():
+    """The platform the call is lowered for picks the kernel, not the machine that traces it."""
+    x, kernel = jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 1, 4))
+    f = jax.jit(lambda x: jdw.depthwise_conv(x, kernel, implementation="pallas"))
+    assert "tpu_custom_call" not in f.lower(x).as_text()
+    assert_close(f(x), jdw.depthwise_conv(x, kernel, implementation="xla"))
+    assert "tpu_custom_call" in jax.export.export(f, platforms=["tpu"])(x).mlir_module()
