@@ -77,7 +77,8 @@ for kind in (AxisType.Auto, AxisType.Explicit):
     run = step("pallas")
     hlo = run.lower(*args).compile().as_text()
     got = run(*args)
-    errors = [float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b))) for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want))]
+    pairs = zip(jax.tree.leaves(got), jax.tree.leaves(want))
+    errors = [float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b))) for a, b in pairs]
     report[str(kind)] = {
         "all_gather": "all-gather" in hlo,
         "error": max(errors),
