@@ -6,7 +6,13 @@ gradient, the kernel gradient, and forward + backward together. It reports
 milliseconds, the forward pass's effective memory bandwidth (input + output +
 kernel bytes over time), its cost in units of one elementwise pass over the input
 (``y = x * a + b``: the memory-bound floor), and speedups over ``"xla"`` measured in
-the same run. ``--json`` prints machine-readable records instead of the table.
+the same run. On accelerators whose memory bandwidth is known (or given with
+``--peak-gbps``) it also reports the fraction of it the forward pass reaches.
+``--json`` prints machine-readable records instead of the table.
+
+By default every registered backend that runs compiled on this platform is timed; the
+``"pallas"`` kernel runs in Pallas's interpreter on CPU, which says nothing about speed,
+so there it is timed only when named in ``--implementations``.
 """
 
 from __future__ import annotations
@@ -56,6 +62,30 @@ MOBILENET_V2 = (
 )
 PARTS = ("forward", "input_grad", "kernel_grad", "forward_backward")
 
+# Peak memory bandwidth in GB/s by ``device_kind`` (vendor data sheets), for the bandwidth fraction.
+PEAK_GBPS = {
+    "NVIDIA H100 80GB HBM3": 3350.0,
+    "NVIDIA H100 PCIe": 2000.0,
+    "NVIDIA H200": 4800.0,
+    "NVIDIA A100-SXM4-80GB": 2039.0,
+    "NVIDIA A100-SXM4-40GB": 1555.0,
+    "NVIDIA L4": 300.0,
+    "Tesla T4": 320.0,
+    "TPU v4": 1228.0,
+    "TPU v5 lite": 819.0,
+    "TPU v5e": 819.0,
+    "TPU v5p": 2765.0,
+    "TPU v6 lite": 1640.0,
+    "TPU v6e": 1640.0,
+}
+
+
+def default_implementations(platform: str | None = None) -> list[str]:
+    """Backends worth timing on ``platform``: all but those that would only be interpreted there."""
+    platform = platform or jax.default_backend()
+    compiled_pallas = platform in ("tpu", "gpu", "cuda")
+    return [name for name in backends.available() if name != "pallas" or compiled_pallas]
+
 
 def _time(fn: Callable, args: Sequence, repeats: int) -> float:
     """Best wall time in ms over ``repeats`` runs after one warm-up (which compiles)."""
@@ -86,6 +116,7 @@ def run(
     dtype: str = "float32",
     repeats: int = 5,
     parts: Sequence[str] = PARTS,
+    peak_gbps: float | None = None,
 ) -> list[dict]:
     """Times every backend on every layer; returns one record per (layer, backend).
 
@@ -95,7 +126,9 @@ def run(
       >>> sorted(records[0])[:4]
       ['batch', 'bytes', 'channels', 'count']
     """
-    implementations = list(implementations or backends.available())
+    implementations = list(implementations or default_implementations())
+    device = jax.devices()[0]
+    peak_gbps = peak_gbps or PEAK_GBPS.get(device.device_kind)
     rng = np.random.default_rng(0)
     records = []
     for layer in layers:
@@ -127,6 +160,8 @@ def run(
             if "forward_ms" in record:
                 record["forward_gbps"] = nbytes / record["forward_ms"] / 1e6
                 record["forward_elementwise_passes"] = record["forward_ms"] / elementwise
+                if peak_gbps:
+                    record["forward_bandwidth_fraction"] = record["forward_gbps"] / peak_gbps
             records.append(record)
     for record in records:
         reference = next((r for r in records if r["layer"] == record["layer"] and r["implementation"] == "xla"), None)
@@ -142,6 +177,7 @@ def _table(records: list[dict], parts: Sequence[str]) -> str:
         "impl",
         *(f"{p} ms" for p in parts),
         "fwd GB/s",
+        "fwd % of peak",
         "fwd/elementwise",
         *(f"{p} vs xla" for p in parts),
     ]
@@ -153,6 +189,7 @@ def _table(records: list[dict], parts: Sequence[str]) -> str:
                 r["implementation"],
                 *(f"{r[f'{p}_ms']:.2f}" for p in parts),
                 f"{r.get('forward_gbps', float('nan')):.1f}",
+                f"{100 * r['forward_bandwidth_fraction']:.0f}%" if "forward_bandwidth_fraction" in r else "-",
                 f"{r.get('forward_elementwise_passes', float('nan')):.2f}",
                 *(f"{r.get(f'{p}_speedup_vs_xla', float('nan')):.1f}x" for p in parts),
             ]
@@ -170,6 +207,7 @@ def _table(records: list[dict], parts: Sequence[str]) -> str:
                 name,
                 *(f"{total[p]:.2f}" for p in parts),
                 "",
+                "",
                 f"{total['forward'] / elementwise:.2f}" if "forward" in total else "",
                 *((f"{ref_total[p] / total[p]:.1f}x" if ref else "") for p in parts),
             ]
@@ -185,9 +223,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument(
         "--implementations",
-        default=",".join(backends.available()),
-        help="comma-separated backends (default: all registered)",
+        default=None,
+        help="comma-separated backends (default: all registered that run compiled here; "
+        "'pallas' is interpreted on CPU and only timed when named)",
     )
+    parser.add_argument("--peak-gbps", type=float, default=None, help="memory bandwidth for the %% of peak column")
     parser.add_argument(
         "--layers",
         default="all",
@@ -202,8 +242,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = set(parts) - set(PARTS)
     if unknown:
         parser.error(f"unknown parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
+    implementations = args.implementations.split(",") if args.implementations else None
     records = run(
-        layers, args.implementations.split(","), batch=args.batch, dtype=args.dtype, repeats=args.repeats, parts=parts
+        layers,
+        implementations,
+        batch=args.batch,
+        dtype=args.dtype,
+        repeats=args.repeats,
+        parts=parts,
+        peak_gbps=args.peak_gbps,
     )
     if args.json:
         json.dump(records, sys.stdout, indent=1)

@@ -20,3 +20,16 @@ def test_bench_table(capsys):
     bench.main(["--batch", "1", "--layers", "7x7x960/s1", "--repeats", "1", "--parts", "forward"])
     out = capsys.readouterr().out
     assert "| 7x7x960/s1" in out and "all 3 layers" in out
+
+
+def test_bench_times_the_pallas_kernel_when_asked(capsys):
+    """On CPU the kernel is interpreted, so it is timed only on request; the record then carries every part."""
+    assert "pallas" not in bench.default_implementations("cpu")
+    assert "pallas" in bench.default_implementations("tpu") and "pallas" in bench.default_implementations("gpu")
+    args = ["--batch", "1", "--layers", "9x9x8/s2", "--repeats", "1", "--implementations", "xla,pallas"]
+    assert bench.main([*args, "--json", "--peak-gbps", "100"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [r["implementation"] for r in records] == ["xla", "pallas"]
+    for r in records:
+        assert all(r[f"{part}_ms"] > 0 for part in bench.PARTS)
+        assert r["forward_bandwidth_fraction"] == r["forward_gbps"] / 100
