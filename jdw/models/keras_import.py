@@ -49,7 +49,7 @@ def from_keras(keras_model: Any, *, implementation: str | None = None, dtype: An
         line up with the jdw model (the message names the layer and both shapes).
 
     Example:
-      >>> import os; os.environ.setdefault("KERAS_BACKEND", "jax")  # doctest: +SKIP
+      >>> import os; _ = os.environ.setdefault("KERAS_BACKEND", "jax")  # before the first keras import
       >>> import keras, jdw
       >>> model = jdw.models.from_keras(keras.applications.MobileNetV2(weights="imagenet"))  # doctest: +SKIP
       >>> logits = model(images / 127.5 - 1.0)  # Keras's MobileNetV2 preprocessing  # doctest: +SKIP
