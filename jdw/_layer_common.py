@@ -81,7 +81,7 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
     The rule of the MobileNet reference implementations (TensorFlow's ``_make_divisible``,
     torchvision's ``_make_divisible``), used for width multipliers and squeeze sizes.
 
-    Example:
+    Examples:
       >>> from jdw._layer_common import make_divisible
       >>> make_divisible(32 * 0.35), make_divisible(960 * 0.25), make_divisible(20)
       (16, 240, 24)

@@ -120,7 +120,7 @@ def run(
 ) -> list[dict]:
     """Times every backend on every layer; returns one record per (layer, backend).
 
-    Example:
+    Examples:
       >>> from jdw import bench
       >>> records = bench.run([bench.Layer(8, 16, 1)], ["xla"], batch=2, repeats=1, parts=["forward"])
       >>> sorted(records[0])[:4]

@@ -76,7 +76,7 @@ def standard_conv(
     Returns:
       The :class:`Cost`.
 
-    Example:
+    Examples:
       >>> from jdw import cost
       >>> cost.standard_conv(3, 1, 3, 1).macs  # one output pixel of a 3x3 conv over RGB
       27
@@ -113,7 +113,7 @@ def depthwise_conv(
     Returns:
       The :class:`Cost`.
 
-    Example:
+    Examples:
       >>> from jdw import cost
       >>> cost.depthwise_conv(3, 3, 1).macs  # 9 per channel
       27
@@ -137,7 +137,7 @@ def pointwise_conv(
     Returns:
       The :class:`Cost`.
 
-    Example:
+    Examples:
       >>> from jdw import cost
       >>> cost.pointwise_conv(32, 64, 112).params
       2048
@@ -168,7 +168,7 @@ def separable_conv(
     Returns:
       The :class:`Cost` of both steps.
 
-    Example:
+    Examples:
       >>> from jdw import cost
       >>> cost.separable_conv(32, 64, 3, 112).macs  # 112*112*(9*32 + 32*64)
       29302784
@@ -229,7 +229,7 @@ def compare(
     Returns:
       A :class:`Comparison`; ``print`` shows a table.
 
-    Example:
+    Examples:
       >>> from jdw import cost
       >>> print(cost.compare(3, 1, 3))
       layer              | params | multiply-adds | per output pixel | vs standard
@@ -300,7 +300,7 @@ def summary(
     Returns:
       A :class:`Summary`; ``print`` shows the per-layer table.
 
-    Example:
+    Examples:
       >>> import jdw
       >>> from flax import nnx
       >>> model = nnx.eval_shape(lambda: jdw.models.MobileNetV2(rngs=nnx.Rngs(0)))

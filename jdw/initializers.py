@@ -18,7 +18,7 @@ def depthwise_kernel_init() -> initializers.Initializer:
     Returns:
       An ``init(key, shape, dtype)`` function.
 
-    Example:
+    Examples:
       >>> import jax, jdw
       >>> kernel = jdw.initializers.depthwise_kernel_init()(jax.random.key(0), (3, 3, 1, 64))
       >>> round(float(kernel.std() * 3), 1)  # sqrt(2 / 9) * 3 = sqrt(2)
@@ -33,7 +33,7 @@ def pointwise_kernel_init() -> initializers.Initializer:
     Returns:
       An ``init(key, shape, dtype)`` function.
 
-    Example:
+    Examples:
       >>> import jax, jdw
       >>> jdw.initializers.pointwise_kernel_init()(jax.random.key(0), (1, 1, 16, 32)).shape
       (1, 1, 16, 32)

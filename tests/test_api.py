@@ -30,7 +30,7 @@ def test_every_public_name_has_a_docstring():
 def test_functions_have_examples_and_args_sections():
     for name in jdw.functional.__all__:
         doc = inspect.getdoc(getattr(jdw.functional, name))
-        assert "Args:" in doc and "Returns:" in doc and "Example:" in doc and ">>>" in doc, name
+        assert "Args:" in doc and "Returns:" in doc and "Examples:" in doc and ">>>" in doc, name
 
 
 def test_layers_document_every_option_with_an_example():
@@ -39,7 +39,7 @@ def test_layers_document_every_option_with_an_example():
         for name in module.__all__:
             cls = getattr(module, name)
             doc = inspect.getdoc(cls)
-            assert section in doc and "Example:" in doc and ">>>" in doc, f"{module.__name__}.{name}"
+            assert section in doc and "Examples:" in doc and ">>>" in doc, f"{module.__name__}.{name}"
             if module is jdw.nnx:
                 options = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
             else:

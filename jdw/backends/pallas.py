@@ -63,7 +63,7 @@ def interpret_mode(params: Any) -> Iterator[None]:
 
     Read when a function is traced, so use it around the first call (or ``jit`` trace).
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, jdw
       >>> from jax.experimental.pallas import tpu as pltpu
       >>> with jdw.backends.pallas.interpret_mode(pltpu.InterpretParams()):

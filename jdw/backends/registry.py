@@ -115,7 +115,7 @@ def forced_implementation(name: str) -> Iterator[None]:
     For tools that trace a computation to inspect it rather than to run it fast, such as
     :func:`jdw.cost.summary`, which counts convolutions on the ``"xla"`` reference.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, jdw
       >>> with jdw.backends.forced_implementation("xla"):
       ...     jaxpr = jax.make_jaxpr(lambda x: jdw.depthwise_conv(x, jnp.ones((3, 3, 1, 4)), implementation="taps"))(

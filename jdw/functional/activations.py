@@ -44,7 +44,7 @@ def get_activation(activation: ActivationLike) -> Activation:
     Raises:
       ValueError: for an unknown name.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from jdw.functional import get_activation
       >>> get_activation("relu6")(jnp.array([-1.0, 3.0, 9.0]))

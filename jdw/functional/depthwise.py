@@ -73,7 +73,7 @@ def depthwise_conv(
       ValueError: for inconsistent shapes or options; the message names the values.
       TypeError: for non-floating inputs or malformed options.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, jdw
       >>> x = jnp.ones((1, 28, 28, 3))                 # one RGB image
       >>> kernel = jnp.ones((3, 3, 1, 3)) / 9.0        # a 3x3 mean filter per channel

@@ -38,7 +38,7 @@ def pointwise_conv(
     Returns:
       ``x`` with its channel axis replaced by ``C_out``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, jdw
       >>> x = jnp.ones((2, 8, 8, 16))
       >>> jdw.pointwise_conv(x, jnp.ones((16, 32))).shape

@@ -52,7 +52,7 @@ def separable_conv(
     Returns:
       ``(N, *out_spatial, C_out)``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, jdw
       >>> x = jnp.ones((2, 32, 32, 16))
       >>> y = jdw.separable_conv(x, jnp.ones((3, 3, 1, 16)), jnp.ones((16, 64)), strides=2)

@@ -70,7 +70,7 @@ def depthwise_conv_transpose(
     Returns:
       ``(N, *out_spatial, C * M)``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, jdw
       >>> x = jnp.ones((1, 7, 7, 16))
       >>> jdw.depthwise_conv_transpose(x, jnp.ones((3, 3, 1, 16)), strides=2).shape

@@ -87,7 +87,7 @@ class BlockSizes:
         On TPU a multiple of 128 (the lane count) unless it covers all of the layer's channels.
         On GPU (Triton) both must be powers of two.
 
-    Example:
+    Examples:
       >>> from jdw.kernels.pallas_depthwise import BlockSizes
       >>> BlockSizes(rows=8, channels=128)
       BlockSizes(rows=8, channels=128)
@@ -408,7 +408,7 @@ def forward(
     Returns:
       ``(N, Ho, Wo, C)``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from jdw.kernels import pallas_depthwise as pd
       >>> layer = pd.Layer((8, 8), (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), channels=4)
@@ -517,6 +517,7 @@ __all__ = [
     "TARGETS",
     "BlockSizes",
     "Layer",
+    "accumulator_dtype",
     "forward",
     "kernel_grad",
     "phase_split",

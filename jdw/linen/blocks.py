@@ -49,7 +49,7 @@ class ConvNormAct(nn.Module):
       kernel_init: initializer of the kernel.
       implementation: backend of a depthwise convolution.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, jdw
       >>> stem = jdw.linen.ConvNormAct(32, 3, strides=2, activation="relu6")
       >>> y, variables = stem.init_with_output(jax.random.key(0), jnp.ones((2, 224, 224, 3)))
@@ -151,7 +151,7 @@ class SqueezeExcite(nn.Module):
       param_dtype: dtype of the parameters.
       precision: passed to the 1x1 convolutions.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, jdw
       >>> se = jdw.linen.SqueezeExcite(gate="hard_sigmoid")
       >>> y, variables = se.init_with_output(jax.random.key(0), jnp.ones((2, 14, 14, 96)))
@@ -210,7 +210,7 @@ class InvertedResidual(nn.Module):
       precision: passed to the convolutions.
       implementation: backend of the depthwise convolution.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, jdw
       >>> block = jdw.linen.InvertedResidual(24, expand_ratio=6)
       >>> y, variables = block.init_with_output(jax.random.key(0), jnp.ones((2, 56, 56, 24)))

@@ -52,7 +52,7 @@ class DepthwiseConv(nn.Module):
       bias_init: initializer of the bias.
       implementation: backend, see :func:`jdw.depthwise_conv`.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, jdw
       >>> layer = jdw.linen.DepthwiseConv(3, strides=2)
       >>> variables = layer.init(jax.random.key(0), jnp.ones((1, 32, 32, 16)))
@@ -119,7 +119,7 @@ class PointwiseConv(nn.Module):
       kernel_init: initializer of the kernel (LeCun normal, as Flax's ``Conv``).
       bias_init: initializer of the bias.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, jdw
       >>> layer = jdw.linen.PointwiseConv(32)
       >>> y, _ = layer.init_with_output(jax.random.key(0), jnp.ones((4, 8, 8, 16)))
@@ -182,7 +182,7 @@ class SeparableConv(nn.Module):
       bias_init: initializer of the biases.
       implementation: backend of the depthwise step.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, jdw
       >>> layer = jdw.linen.SeparableConv(64, activation="relu")
       >>> y, _ = layer.init_with_output(jax.random.key(0), jnp.ones((2, 32, 32, 16)))

@@ -48,7 +48,7 @@ def from_keras(keras_model: Any, *, implementation: str | None = None, dtype: An
       ValueError: if the model is not one of those applications or its weights do not
         line up with the jdw model (the message names the layer and both shapes).
 
-    Example:
+    Examples:
       >>> import os; _ = os.environ.setdefault("KERAS_BACKEND", "jax")  # before the first keras import
       >>> import keras, jdw
       >>> model = jdw.models.from_keras(keras.applications.MobileNetV2(weights="imagenet"))  # doctest: +SKIP

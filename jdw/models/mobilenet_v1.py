@@ -32,7 +32,7 @@ class DepthwiseSeparable(nnx.Module):
       rngs: random number generators.
       **kwargs: passed to both :class:`jdw.nnx.ConvNormAct`.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from flax import nnx
       >>> from jdw.models.mobilenet_v1 import DepthwiseSeparable
@@ -80,7 +80,7 @@ class MobileNetV1(MobileNet):
       param_dtype: dtype of the parameters.
       rngs: random number generators.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, jdw
       >>> from flax import nnx
       >>> model = jdw.models.MobileNetV1(num_classes=10, width=0.25, rngs=nnx.Rngs(0))

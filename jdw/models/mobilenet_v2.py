@@ -40,7 +40,7 @@ class MobileNetV2(MobileNet):
       param_dtype: dtype of the parameters.
       rngs: random number generators (``params``; ``dropout`` for training).
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, jdw
       >>> from flax import nnx
       >>> model = jdw.models.MobileNetV2(num_classes=10, width=0.35, rngs=nnx.Rngs(0))

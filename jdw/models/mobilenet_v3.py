@@ -126,7 +126,7 @@ _DOC = """MobileNetV3-{size}: inverted residuals with squeeze-excite and hard-sw
       param_dtype: dtype of the parameters.
       rngs: random number generators.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, jdw
       >>> from flax import nnx
       >>> model = jdw.models.MobileNetV3{size}(num_classes=10, rngs=nnx.Rngs(0))

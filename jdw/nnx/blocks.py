@@ -52,7 +52,7 @@ class ConvNormAct(nnx.Module):
       implementation: backend of a depthwise convolution.
       rngs: random number generators for the initializers.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, jdw
       >>> from flax import nnx
       >>> stem = jdw.nnx.ConvNormAct(3, 32, 3, strides=2, activation="relu6", rngs=nnx.Rngs(0))
@@ -168,7 +168,7 @@ class SqueezeExcite(nnx.Module):
       precision: passed to the 1x1 convolutions.
       rngs: random number generators for the initializers.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, jdw
       >>> from flax import nnx
       >>> se = jdw.nnx.SqueezeExcite(96, gate="hard_sigmoid", rngs=nnx.Rngs(0))
@@ -246,7 +246,7 @@ class InvertedResidual(nnx.Module):
       implementation: backend of the depthwise convolution.
       rngs: random number generators for initializers and stochastic depth.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, jdw
       >>> from flax import nnx
       >>> block = jdw.nnx.InvertedResidual(24, 24, expand_ratio=6, rngs=nnx.Rngs(0))

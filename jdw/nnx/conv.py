@@ -60,7 +60,7 @@ class DepthwiseConv(nnx.Module):
       kernel_metadata: metadata of the kernel ``nnx.Param`` (for instance ``sharding_names``).
       bias_metadata: metadata of the bias ``nnx.Param``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, jdw
       >>> from flax import nnx
       >>> layer = jdw.nnx.DepthwiseConv(16, 3, strides=2, rngs=nnx.Rngs(0))
@@ -157,7 +157,7 @@ class PointwiseConv(nnx.Module):
       kernel_metadata: metadata of the kernel ``nnx.Param``.
       bias_metadata: metadata of the bias ``nnx.Param``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, jdw
       >>> from flax import nnx
       >>> layer = jdw.nnx.PointwiseConv(16, 32, rngs=nnx.Rngs(0))
@@ -244,7 +244,7 @@ class SeparableConv(nnx.Module):
       implementation: backend of the depthwise step.
       rngs: random number generators for the initializers.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, jdw
       >>> from flax import nnx
       >>> layer = jdw.nnx.SeparableConv(16, 64, 3, activation="relu", rngs=nnx.Rngs(0))
