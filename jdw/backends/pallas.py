@@ -102,10 +102,6 @@ def _on_platform(fn, *args, interpret: Any):
     )
 
 
-def _local_layer(layer: kernels.Layer, channels: int) -> kernels.Layer:
-    return dataclasses.replace(layer, channels=channels)
-
-
 # --- kernel calls, partitioned over batch and channels ---------------------------------------------
 
 
