@@ -91,3 +91,21 @@ def test_the_picture_script_draws_every_picture(tmp_path):
     drawn = sorted(p.name for p in out.iterdir())
     assert drawn == sorted(p.name for p in (DOCS / "images").iterdir())
     assert all((out / name).stat().st_size > 10_000 for name in drawn)
+
+
+PAGES_WITH_CODE = [page for page in sorted(DOCS.rglob("*.md")) if "```python" in page.read_text()]
+
+
+@pytest.mark.parametrize("page", PAGES_WITH_CODE, ids=lambda p: str(p.relative_to(DOCS)))
+def test_docs_python_blocks_run(page, tmp_path, monkeypatch):
+    """Every page's Python blocks run as written, in order (Keras weights random: offline)."""
+    import jax
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
+    namespace: dict = {}
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
+    with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
+        for index, block in enumerate(blocks):
+            code = block.replace('weights="imagenet"', "weights=None")
+            exec(compile(code, f"{page.name} python block {index}", "exec"), namespace)
