@@ -106,22 +106,24 @@ class BlockSizes:
     def default(cls, layer: Layer, target: str = "tpu") -> BlockSizes:
         """Sensible blocks for ``layer`` on ``target`` ("tpu" or "triton").
 
-        TPU: 128 channels (all of them when fewer) and the most rows (up to 64) whose step
-        fits :data:`DEFAULT_VMEM_BUDGET`. GPU: up to 32 channels and the most rows whose
+        TPU: all channels in one block when they are fewer than 128 or not a multiple of it
+        (so no lanes are padded in HBM), else 128; and the most rows (up to 64) whose step fits
+        :data:`DEFAULT_VMEM_BUDGET`. GPU: up to 32 channels and the most rows whose
         accumulator fits :data:`MAX_GPU_TILE_ELEMENTS`, all powers of two.
         """
         _check_target(target)
         if target == "tpu":
-            channels = layer.channels if layer.channels <= _LANES else _LANES
-            rows = next(
-                (
-                    r
-                    for r in (64, 32, 16, 8, 4, 2)
-                    if vmem_bytes(layer, cls(rows=r, channels=channels)) <= DEFAULT_VMEM_BUDGET
-                ),
-                1,
-            )
-            return cls(rows=min(rows, layer.output_rows), channels=channels)
+            # All channels in one block when they are not a multiple of 128 (a block equal to the
+            # full dimension is allowed, and padding 144 channels to 256 would move 1.8x the bytes),
+            # as long as that still leaves a reasonable row block; otherwise 128 lanes at a time.
+            candidates = [layer.channels] if layer.channels <= _LANES or layer.channels % _LANES else []
+            for channels in [*candidates, _LANES]:
+                rows = next(
+                    (r for r in (64, 32, 16, 8, 4, 2, 1) if vmem_bytes(layer, cls(r, channels)) <= DEFAULT_VMEM_BUDGET),
+                    0,
+                )
+                if rows >= min(8, layer.output_rows) or channels == _LANES:
+                    return cls(rows=max(1, min(rows, layer.output_rows)), channels=channels)
         channels = min(32, _next_power_of_two(layer.channels))
         cols = _next_power_of_two(layer.output_cols)
         rows = max(1, MAX_GPU_TILE_ELEMENTS // (cols * channels))
@@ -341,7 +343,7 @@ class _Plan:
     def split(self, x: jax.Array) -> jax.Array:
         return phase_split(x, self.layer, self.out_rows, self.out_cols, self.channels)
 
-    def input_block(self, xs: jax.Array, channels_then_rows: bool = False) -> pl.BlockSpec:
+    def input_block(self, xs: jax.Array) -> pl.BlockSpec:
         _, phases, _, wq, _ = xs.shape
         rows, cb = self.blocks.rows, self.channel_block
         offsets = lambda i, j, r: (i, r * rows, j * cb)  # noqa: E731
