@@ -45,7 +45,10 @@ def _api_text() -> str:
     return "\n".join(p.read_text() for p in sorted((DOCS / "api").glob("*.md")))
 
 
-@pytest.mark.parametrize("module_name, name, obj", list(_public_names()), ids=lambda v: str(v)[:40])
+PUBLIC_NAMES = list(_public_names())
+
+
+@pytest.mark.parametrize("module_name, name, obj", PUBLIC_NAMES, ids=[f"{m}.{n}" for m, n, _ in PUBLIC_NAMES])
 def test_public_name_has_a_docstring(module_name, name, obj):
     assert inspect.getdoc(obj), f"{module_name}.{name} has no docstring"
 

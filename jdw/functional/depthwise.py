@@ -63,7 +63,7 @@ def depthwise_conv(
       implementation: ``"xla"`` (``lax.conv_general_dilated`` with ``feature_group_count``,
         the reference), ``"taps"`` (fused tap sum with custom gradients, fastest on CPU),
         ``"pallas"`` (hand-written kernel: Mosaic on TPU, Triton on NVIDIA GPUs, the Pallas
-        interpreter elsewhere; 1-D and 2-D), or ``None`` to choose per platform (see
+        interpreter elsewhere; 3-D as a sum of 2-D calls), or ``None`` to choose per platform (see
         :func:`jdw.backends.automatic_choice`).
 
     Returns:
