@@ -25,10 +25,11 @@ Gradients go through :func:`jax.custom_vjp` (``pallas_call`` has no transpose ru
   pass instead of keeping another array alive between forward and backward);
 * the kernel-gradient kernel's own derivative (second order) falls back to XLA.
 
-Under ``jit`` with a mesh, each kernel call is partitioned with
-:func:`jax.experimental.custom_partitioning`: batch and channel axes stay sharded and
-every device runs the kernel on its shard (the kernel gradient's partial sums are
-reduced by XLA), so no input is gathered.
+Under ``jit`` with a mesh, batch and channel axes stay sharded and every device runs the
+kernel on its shard (the kernel gradient's partial sums are reduced by XLA), so no input
+is gathered: with an ``Auto`` mesh each kernel call is partitioned with
+:func:`jax.experimental.custom_partitioning`; with an ``Explicit`` mesh (sharding in
+types) the call goes through :func:`jax.shard_map` on the arguments' own shardings.
 
 1-D runs as 2-D on one row; 3-D as a sum over depth taps of 2-D calls (``kd`` passes over
 the input, not tuned).
