@@ -345,10 +345,7 @@ def _explicit_axes(x, kernel) -> tuple[Any, Any, Any] | None:
         mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or jax.sharding.AxisType.Explicit not in mesh.axis_types:
         return None
-    x_spec = tuple(jax.typeof(x).sharding.spec) + (None,) * x.ndim
-    kernel_spec = tuple(jax.typeof(kernel).sharding.spec) + (None,) * kernel.ndim
-    channels = x_spec[x.ndim - 1] if x_spec[x.ndim - 1] is not None else kernel_spec[kernel.ndim - 1]
-    return mesh, x_spec[0], channels
+    return mesh, *registry.sharded_axes(x, kernel)
 
 
 def conv_bias_act(

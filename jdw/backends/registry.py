@@ -183,5 +183,17 @@ def _same_output_sharding(branches: dict[str, Callable], default: Callable, args
     return {platform: resharded(b) for platform, b in branches.items()}, resharded(default)
 
 
+def sharded_axes(x: jax.Array, kernel: jax.Array) -> tuple[Any, Any]:
+    """The mesh axes ``x``'s batch and channels are sharded over (``None`` where unsharded).
+
+    Depthwise channels are independent, so a channel axis sharded on either ``x`` or the
+    kernel can stay sharded in the output; every backend keeps it.
+    """
+    x_spec = tuple(jax.typeof(x).sharding.spec) + (None,) * x.ndim
+    kernel_spec = tuple(jax.typeof(kernel).sharding.spec) + (None,) * kernel.ndim
+    channels = x_spec[x.ndim - 1] if x_spec[x.ndim - 1] is not None else kernel_spec[kernel.ndim - 1]
+    return x_spec[0], channels
+
+
 def pairs(padding: Sequence[Sequence[int]]) -> Pairs:
     return tuple((int(lo), int(hi)) for lo, hi in padding)

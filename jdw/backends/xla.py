@@ -29,10 +29,8 @@ def _out_sharding(x: jax.Array, kernel: jax.Array) -> jax.sharding.PartitionSpec
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or jax.sharding.AxisType.Explicit not in mesh.axis_types:
         return None
-    x_spec = tuple(jax.typeof(x).sharding.spec) + (None,) * x.ndim
-    kernel_spec = tuple(jax.typeof(kernel).sharding.spec) + (None,) * kernel.ndim
-    channels = x_spec[x.ndim - 1] if x_spec[x.ndim - 1] is not None else kernel_spec[kernel.ndim - 1]
-    return jax.sharding.PartitionSpec(x_spec[0], *(None,) * (x.ndim - 2), channels)
+    batch, channels = registry.sharded_axes(x, kernel)
+    return jax.sharding.PartitionSpec(batch, *(None,) * (x.ndim - 2), channels)
 
 
 def conv(x, kernel, *, strides, padding, dilation, precision=None, preferred_element_type=None) -> jax.Array:
