@@ -170,6 +170,50 @@ def test_separable_intermediate_norm_and_activations(rng):
     assert_close(layer(x), np.clip(pointwise(np.maximum(normed, 0)), 0, 6))
 
 
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_depthwise_layer_activation(rng, implementation):
+    """``activation=`` equals the activation applied after the layer, values and gradients, NNX and Linen."""
+    x = jnp.asarray(rng.standard_normal((2, 7, 6, C)), jnp.float32)
+    plain = jdw.nnx.DepthwiseConv(C, 3, strides=2, implementation=implementation, rngs=nnx.Rngs(0))
+    _random_params(rng, plain)
+    fused = jdw.nnx.DepthwiseConv(
+        C, 3, strides=2, implementation=implementation, activation="hard_swish", rngs=nnx.Rngs(0)
+    )
+    nnx.update(fused, nnx.state(plain, nnx.Param))
+    assert_close(fused(x), jax.nn.hard_swish(plain(x)))
+
+    def loss(layer, x):
+        return jnp.sum(jnp.sin(layer(x)))
+
+    fused_grads = nnx.grad(loss, argnums=(0, 1))(fused, x)
+    plain_grads = nnx.grad(lambda layer, x: jnp.sum(jnp.sin(jax.nn.hard_swish(layer(x)))), argnums=(0, 1))(plain, x)
+    jax.tree.map(assert_close, fused_grads, plain_grads)
+
+    linen = jdw.linen.DepthwiseConv(3, strides=2, implementation=implementation, activation="hard_swish")
+    assert_close(linen.apply(linen_variables(plain), x), jax.nn.hard_swish(plain(x)))
+
+
+def test_depthwise_layer_rejects_an_unknown_activation():
+    with pytest.raises(ValueError, match="relu7"):
+        jdw.nnx.DepthwiseConv(C, 3, activation="relu7", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="relu7"):
+        jdw.linen.DepthwiseConv(3, activation="relu7").init(jax.random.key(0), jnp.ones((1, 4, 4, C)))
+
+
+def test_separable_without_norm_fuses_the_intermediate_activation_into_the_depthwise_step(rng):
+    layer = jdw.nnx.SeparableConv(C, 5, 3, depthwise_use_bias=True, intermediate_activation="relu6", rngs=nnx.Rngs(0))
+    _random_params(rng, layer)
+    assert layer.depthwise.activation == "relu6"
+    depthwise = nnx.Conv(C, C, (3, 3), feature_group_count=C, rngs=nnx.Rngs(0))
+    pointwise = nnx.Conv(C, 5, (1, 1), rngs=nnx.Rngs(0))
+    nnx.update(depthwise, nnx.state(layer.depthwise, nnx.Param))
+    nnx.update(pointwise, nnx.state(layer.pointwise, nnx.Param))
+    x = jnp.asarray(rng.standard_normal((2, 8, 7, C)), jnp.float32)
+    assert_close(layer(x), pointwise(jax.nn.relu6(depthwise(x))))
+    normed = jdw.nnx.SeparableConv(C, 5, 3, intermediate_norm=True, intermediate_activation="relu6", rngs=nnx.Rngs(0))
+    assert normed.depthwise.activation is None  # the activation comes after the norm
+
+
 LAYER_PAIRS = {
     "depthwise": (
         lambda r: jdw.nnx.DepthwiseConv(C, 3, depth_multiplier=2, strides=2, rngs=r),
@@ -185,6 +229,16 @@ LAYER_PAIRS = {
         lambda r: jdw.nnx.DepthwiseConv(C, 3, padding_mode="reflect", data_format="channels_first", rngs=r),
         jdw.linen.DepthwiseConv(3, padding_mode="reflect", data_format="channels_first"),
         (2, C, 8, 8),
+    ),
+    "depthwise_activation": (
+        lambda r: jdw.nnx.DepthwiseConv(C, 3, activation="silu", rngs=r),
+        jdw.linen.DepthwiseConv(3, activation="silu"),
+        (2, 8, 8, C),
+    ),
+    "separable_without_norm": (
+        lambda r: jdw.nnx.SeparableConv(C, 6, 3, depthwise_use_bias=True, intermediate_activation="relu", rngs=r),
+        jdw.linen.SeparableConv(6, 3, depthwise_use_bias=True, intermediate_activation="relu"),
+        (2, 8, 8, C),
     ),
     "separable": (
         lambda r: jdw.nnx.SeparableConv(

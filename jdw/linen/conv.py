@@ -51,6 +51,8 @@ class DepthwiseConv(nn.Module):
       kernel_init: initializer of the kernel (He normal with fan-in ``prod(kernel_size)``).
       bias_init: initializer of the bias.
       implementation: backend, see :func:`jdw.depthwise_conv`.
+      activation: activation after the bias (name or callable), ``None`` for none; a named
+        one is fused into the kernel on the ``"pallas"`` backend.
 
     Examples:
       >>> import jax, jax.numpy as jnp, jdw
@@ -75,6 +77,7 @@ class DepthwiseConv(nn.Module):
     kernel_init: Initializer = _DEPTHWISE_INIT
     bias_init: Initializer = initializers.zeros
     implementation: str | None = None
+    activation: ActivationLike = None
 
     @nn.compact
     def __call__(self, x: ArrayLike) -> jax.Array:
@@ -99,6 +102,7 @@ class DepthwiseConv(nn.Module):
             data_format=self.data_format,
             precision=self.precision,
             implementation=self.implementation,
+            activation=self.activation,
         )
         return restore(y)
 
@@ -238,6 +242,9 @@ class SeparableConv(nn.Module):
             kernel_init=self.depthwise_init,
             bias_init=self.bias_init,
             implementation=self.implementation,
+            # Without a norm in between, the intermediate activation is the depthwise layer's own
+            # (fused into the kernel on the pallas backend).
+            activation=None if self.intermediate_norm else self.intermediate_activation,
             name="depthwise",
         )(x)
         if self.intermediate_norm:
@@ -250,7 +257,7 @@ class SeparableConv(nn.Module):
                 param_dtype=self.param_dtype,
                 name="norm",
             )(y)
-        y = get_activation(self.intermediate_activation)(y)
+            y = get_activation(self.intermediate_activation)(y)
         y = PointwiseConv(
             self.features,
             use_bias=self.use_bias,

@@ -56,6 +56,8 @@ class DepthwiseConv(nnx.Module):
       kernel_init: initializer of the kernel (default: He normal with fan-in ``prod(kernel_size)``).
       bias_init: initializer of the bias.
       implementation: backend, see :func:`jdw.depthwise_conv`.
+      activation: activation after the bias (name or callable), ``None`` for none. A named
+        one is fused into the kernel on the ``"pallas"`` backend, see :func:`jdw.depthwise_conv`.
       rngs: random number generators for the initializers.
       kernel_metadata: metadata of the kernel ``nnx.Param`` (for instance ``sharding_names``).
       bias_metadata: metadata of the bias ``nnx.Param``.
@@ -87,11 +89,13 @@ class DepthwiseConv(nnx.Module):
         kernel_init: Initializer = _DEPTHWISE_INIT,
         bias_init: Initializer = initializers.zeros,
         implementation: str | None = None,
+        activation: ActivationLike = None,
         rngs: nnx.Rngs,
         kernel_metadata: Mapping[str, Any] = _NO_METADATA,
         bias_metadata: Mapping[str, Any] = _NO_METADATA,
     ):
         self.kernel_size = common.kernel_size_tuple(kernel_size, num_spatial_dims, "DepthwiseConv")
+        get_activation(activation)  # fail early on a bad name
         common.check_positive_int("DepthwiseConv", in_features=in_features, depth_multiplier=depth_multiplier)
         out_features = in_features * depth_multiplier
         self.kernel = nnx.Param(
@@ -111,6 +115,7 @@ class DepthwiseConv(nnx.Module):
         self.param_dtype = param_dtype
         self.precision = precision
         self.implementation = implementation
+        self.activation = activation
 
     def __call__(self, x: ArrayLike) -> jax.Array:
         """Applies the layer to ``x`` of shape ``(*batch, *spatial, C)`` (or ``(*batch, C, *spatial)``)."""
@@ -131,6 +136,7 @@ class DepthwiseConv(nnx.Module):
             data_format=self.data_format,
             precision=self.precision,
             implementation=self.implementation,
+            activation=self.activation,
         )
         return restore(y)
 
@@ -299,6 +305,9 @@ class SeparableConv(nnx.Module):
             kernel_init=depthwise_init,
             bias_init=bias_init,
             implementation=implementation,
+            # Without a norm in between, the intermediate activation is the depthwise layer's own
+            # (fused into the kernel on the pallas backend).
+            activation=None if intermediate_norm else intermediate_activation,
             rngs=rngs,
         )
         middle = in_features * depth_multiplier
@@ -333,8 +342,7 @@ class SeparableConv(nnx.Module):
 
     def __call__(self, x: ArrayLike) -> jax.Array:
         """Applies depthwise, [norm], [activation], pointwise, [activation]."""
-        y = self.depthwise(x)
+        y = self.depthwise(x)  # with the intermediate activation when there is no norm
         if self.norm is not None:
-            y = self.norm(y)
-        y = get_activation(self.intermediate_activation)(y)
+            y = get_activation(self.intermediate_activation)(self.norm(y))
         return get_activation(self.activation)(self.pointwise(y))
