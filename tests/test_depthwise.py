@@ -152,6 +152,22 @@ def test_unbatched_input(implementation, rng):
     assert_close(y, jdw.depthwise_conv(x, k, implementation=implementation)[0])
 
 
+@pytest.mark.parametrize("spatial", [(5,), (5, 5), (5, 5, 5)])
+def test_empty_batch(implementation, rng, spatial):
+    """A batch of zero images gives an empty output and zero-sized gradients, transposed convolution included."""
+    nd = len(spatial)
+    x, k = _case(rng, 0, spatial, 3, (3,) * nd, 2)
+    bias = np.ones(6, np.float32)
+    y = jdw.depthwise_conv(x, k, bias, strides=2, activation="relu6", implementation=implementation)
+    assert y.shape == (0, *(3,) * nd, 6)
+    gx, gk, gb = jax.grad(
+        lambda *a: jnp.sum(jdw.depthwise_conv(*a, strides=2, implementation=implementation)), argnums=(0, 1, 2)
+    )(x, k, bias)
+    assert gx.shape == x.shape and not np.any(gk) and not np.any(gb) and gk.shape == k.shape
+    t = jdw.depthwise_conv_transpose(x, k, strides=2, implementation=implementation)
+    assert t.shape == (0, *(10,) * nd, 6)
+
+
 def test_jit_and_vmap(implementation, rng):
     x, k = _case(rng, 2, (6, 6), 4, (3, 3), 1)
     f = jax.jit(lambda x, k: jdw.depthwise_conv(x, k, strides=2, implementation=implementation))

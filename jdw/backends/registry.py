@@ -145,6 +145,10 @@ def dispatch(implementation: str | None, method: str, *args: Any, **kwargs: Any)
     TPU or CUDA carries the choice for that platform, not the CPU's.
     """
     implementation = _FORCED.get() or implementation
+    if any(dim == 0 for dim in args[0].shape):
+        # An empty batch has nothing to compute. The reference returns the empty result (and
+        # zero gradients); the others' tiles and batch reshapes assume at least one image.
+        implementation = "xla"
     if implementation is not None:
         return get(implementation).method(method)(*args, **kwargs)
     choices = {name: automatic_choice(name) for name in ("cpu", "cuda", "rocm", "tpu")}
