@@ -1,37 +1,43 @@
 """Pallas kernels for 2-D depthwise convolution: forward (with a fused bias + activation) and kernel gradient.
 
 Depthwise convolution does ``2 k²`` FLOPs per output element and is bound by memory
-traffic, so the kernels are organised around reading each input tile once:
+traffic, so the kernels are organised around reading each input element from HBM once
+and writing each output element once. There are two designs, one per compiler:
 
-* **Phases instead of strides.** A stride-``s`` convolution reads input row
-  ``s * h + i * d`` for output row ``h`` and tap ``i``. Splitting the padded input into
-  its ``s x s`` phases (``x[a::s, b::s]``, one layout change that XLA fuses with the
-  zero padding) turns every tap into a *unit-stride* window of one phase at a static
-  offset ``(i * d) // s``, so the kernel body is a sum of static slices with no strided
-  loads, on every backend.
-* **Tiles.** The grid runs over ``(batch, channel blocks, output-row blocks)``. A row
-  block of ``rows`` outputs reads ``rows + halo`` phase rows, an overlapping window
-  expressed with a :class:`pl.Element` block dimension (element offsets, not block
-  indices), so each input tile is copied to on-chip memory once and every tap reads it
-  from there. Channels sit on the 128 lanes (TPU) and the full padded width on the
-  sublanes; :class:`BlockSizes` says how many rows and channels a step takes and is
-  checked against the on-chip memory the step needs.
-* **Epilogue.** Bias and an activation (``relu``, ``relu6``, ``hard_swish``,
-  ``hard_sigmoid``, ``silu``) are applied to the float32 accumulator before the single
-  store, so the layer MobileNets run next costs no extra pass.
-* **Kernel gradient.** ``dk[t, c] = Σ_{n,h,w} x_phase[n, h + oi, w + oj, c] · dy[n, h, w, c]``
-  accumulates in a float32 output block that stays resident while the grid's batch and
-  row axes (marked ``"arbitrary"``) sweep over it.
+**TPU (Mosaic): halo windows by DMA, no HBM pass besides the kernel's own.** The input
+stays in HBM exactly as XLA stores it (``memory_space=pl.ANY``: no pad, no phase split, no
+relayout). The grid is ``(batch, channel blocks, row blocks)``; every step starts the DMA
+of the *next* row block's input window (its rows plus the halo, clipped to the image)
+into the other half of a double buffer, waits for its own, and widens it into a float32
+VMEM window whose border columns and out-of-image rows are zero (the convolution's zero
+padding, made in VMEM). Channels sit on the 128 lanes in 128-lane tiles (a layer's 144
+channels are one 128-lane tile and one 16-lane tile, not 256 lanes in HBM), width on the
+sublanes; each tap is a static, possibly strided (stride 2), slice of the window. The
+output block is stored straight into the ``(N, Ho, Wo, C)`` result (the edge block is
+clipped by Pallas), so the program moves the input once and the output once.
+The kernel gradient reuses the same windows and accumulates every tap's
+``Σ_{h,w} x · dy`` in a float32 output block that stays resident while the row axis sweeps.
 
-The input gradient is a transposed convolution, which the backend computes with the
-same forward kernel on the stride-dilated cotangent and the flipped kernel (see
-:mod:`jdw.backends.pallas`). Ragged edges are handled by padding: the output's rows are
-padded up to a multiple of ``rows`` and its channels to a multiple of ``channels``, and
-the padding is sliced off; zero cotangents in that padding add nothing to gradients.
+**GPU (Triton): phases instead of strides.** Triton has no manual DMA and wants
+power-of-two tiles, so there the padded input is split into its ``s x s`` stride phases
+(``x[a::s, b::s]``, one layout change that XLA fuses with the zero padding): every tap is
+a unit-stride window of one phase at a static offset ``(i * d) // s``, tiles are
+overlapping :class:`pl.Element` windows, and the ragged edges are padded to the tiles
+and sliced off.
 
-Every kernel takes ``interpret``: ``False`` compiles it (Mosaic on TPU), ``True`` or a
-:class:`jax.experimental.pallas.tpu.InterpretParams` runs it in Pallas's interpreter, which
-is how the CPU test suite checks them.
+Both apply bias and an activation (``relu``, ``relu6``, ``hard_swish``, ``hard_sigmoid``,
+``silu``) to the float32 accumulator before the single store, so the layer MobileNets run
+next costs no extra pass. The input gradient is a transposed convolution, which the
+backend computes with the same forward kernel on the stride-dilated cotangent and the
+flipped kernel (see :mod:`jdw.backends.pallas`).
+
+:class:`BlockSizes` says how many output rows and channels a step takes; on TPU it is
+checked against a model of every kernel's VMEM (:func:`vmem_bytes`), and the kernels ask
+Mosaic for :data:`VMEM_LIMIT` explicitly.
+
+Every kernel takes ``interpret``: ``False`` compiles it (Mosaic on TPU, Triton on GPU),
+``True`` or a :class:`jax.experimental.pallas.tpu.InterpretParams` runs it in Pallas's
+interpreter, which is how the CPU test suite checks them.
 """
 
 from __future__ import annotations
@@ -60,9 +66,14 @@ EPILOGUES = {
 }
 
 _LANES = 128
-# A TPU v5e TensorCore has 128 MiB of VMEM but Mosaic's default scoped limit is 16 MiB (v5e)
-# to 32 MiB (v6e); blocks are sized to stay well inside the smaller one, double buffering included.
-DEFAULT_VMEM_BUDGET = 12 * 2**20
+# TPU v5e and v6e TensorCores have 128 MiB of VMEM, v7x 64 MiB; Mosaic's default scoped limit is
+# 16 to 32 MiB. The kernels ask for VMEM_LIMIT explicitly and size their blocks to
+# DEFAULT_VMEM_BUDGET, leaving the rest for the values Mosaic materialises itself.
+DEFAULT_VMEM_BUDGET = 24 * 2**20
+VMEM_LIMIT = 40 * 2**20
+# Output positions per step and 128-lane tile on TPU: larger tiles only add to the float32
+# accumulator Mosaic keeps in VMEM, not to the bytes moved (the halo is already small at this size).
+MAX_TPU_TILE_POSITIONS = 2048
 # On GPU (Triton) a step's tiles live in registers: at most this many float32 accumulator
 # elements per program (64 per thread with 4 warps) before the compiler spills.
 MAX_GPU_TILE_ELEMENTS = 8192
@@ -106,44 +117,49 @@ class BlockSizes:
     def default(cls, layer: Layer, target: str = "tpu") -> BlockSizes:
         """Sensible blocks for ``layer`` on ``target`` ("tpu" or "triton").
 
-        TPU: all channels in one block when they are fewer than 128 or not a multiple of it
-        (so no lanes are padded in HBM), else 128; and the most rows (up to 64) whose step fits
+        TPU: all channels in one block (when they are a multiple of 128 and that leaves at
+        least 8 rows, else 128 lanes at a time); the most rows, up to all of them, whose
+        tiles stay within :data:`MAX_TPU_TILE_POSITIONS` and whose step fits
         :data:`DEFAULT_VMEM_BUDGET`. GPU: up to 32 channels and the most rows whose
         accumulator fits :data:`MAX_GPU_TILE_ELEMENTS`, all powers of two.
         """
         _check_target(target)
         if target == "tpu":
-            # All channels in one block when they are not a multiple of 128 (a block equal to the
-            # full dimension is allowed, and padding 144 channels to 256 would move 1.8x the bytes),
-            # as long as that still leaves a reasonable row block; otherwise 128 lanes at a time.
-            candidates = [layer.channels] if layer.channels <= _LANES or layer.channels % _LANES else []
-            for channels in [*candidates, _LANES]:
-                rows = next(
-                    (r for r in (64, 32, 16, 8, 4, 2, 1) if vmem_bytes(layer, cls(r, channels)) <= DEFAULT_VMEM_BUDGET),
-                    0,
-                )
-                if rows >= min(8, layer.output_rows) or channels == _LANES:
-                    return cls(rows=max(1, min(rows, layer.output_rows)), channels=channels)
+            out_rows = layer.output_rows
+            by_tile = max(1, MAX_TPU_TILE_POSITIONS // layer.output_cols)
+            wanted = [r for r in (out_rows, 64, 32, 16, 8, 4, 2, 1) if r <= min(out_rows, by_tile)]
+            wanted = sorted(set(wanted), reverse=True)
+            candidates = [layer.channels] + ([_LANES] if layer.channels % _LANES == 0 else [])
+            for channels in candidates:
+                rows = next((r for r in wanted if vmem_bytes(layer, cls(r, channels)) <= DEFAULT_VMEM_BUDGET), 0)
+                if rows >= min(8, out_rows) or channels == candidates[-1]:
+                    return cls(rows=max(rows, 1), channels=channels)
         channels = min(32, _next_power_of_two(layer.channels))
         cols = _next_power_of_two(layer.output_cols)
         rows = max(1, MAX_GPU_TILE_ELEMENTS // (cols * channels))
         rows = min(1 << (rows.bit_length() - 1), _next_power_of_two(layer.output_rows))
         return cls(rows=rows, channels=channels)
 
-    def check(self, layer: Layer, target: str = "tpu") -> None:
-        """Raises ``ValueError`` if these blocks cannot serve ``layer`` on ``target`` or overflow its memory."""
+    def check(self, layer: Layer, target: str = "tpu", *, memory: bool = True) -> None:
+        """Raises ``ValueError`` if these blocks cannot serve ``layer`` on ``target``.
+
+        With ``memory`` (compiled kernels) also if a step overflows the target's on-chip memory.
+        """
         _check_target(target)
         if target == "tpu":
-            if self.channels % _LANES and self.channels < layer.channels:
+            if self.channels < layer.channels and (self.channels % _LANES or layer.channels % self.channels):
                 raise ValueError(
-                    f"BlockSizes.channels={self.channels} must be a multiple of {_LANES} (TPU lanes) or cover "
-                    f"all {layer.channels} channels"
+                    f"BlockSizes.channels={self.channels} must cover all {layer.channels} channels or be a "
+                    f"multiple of {_LANES} (TPU lanes) that divides them"
                 )
             need = vmem_bytes(layer, self)
-            if need > DEFAULT_VMEM_BUDGET:
+            if memory and need > DEFAULT_VMEM_BUDGET:
+                fix = "use fewer rows" if self.rows > 1 else "split the input along its width, or use another backend"
+                if self.rows == 1 and self.channels > _LANES and layer.channels % _LANES == 0:
+                    fix = f"use channels={_LANES}"
                 raise ValueError(
                     f"BlockSizes(rows={self.rows}, channels={self.channels}) needs {need / 2**20:.1f} MiB of VMEM "
-                    f"per step for {layer}, more than the {DEFAULT_VMEM_BUDGET / 2**20:.0f} MiB budget; use fewer rows"
+                    f"per step for {layer}, more than the {DEFAULT_VMEM_BUDGET / 2**20:.0f} MiB budget; {fix}"
                 )
             return
         if not (_is_power_of_two(self.rows) and _is_power_of_two(self.channels)):
@@ -151,7 +167,7 @@ class BlockSizes:
                 f"on GPU (Triton) BlockSizes must be powers of two, got rows={self.rows}, channels={self.channels}"
             )
         elements = self.rows * _next_power_of_two(layer.output_cols) * self.channels
-        if elements > MAX_GPU_TILE_ELEMENTS:
+        if memory and elements > MAX_GPU_TILE_ELEMENTS:
             raise ValueError(
                 f"BlockSizes(rows={self.rows}, channels={self.channels}) gives a {elements}-element tile for {layer}, "
                 f"more than {MAX_GPU_TILE_ELEMENTS} per GPU program; use fewer rows or channels"
@@ -226,20 +242,25 @@ def _round_up(value: int, multiple: int) -> int:
 
 
 def vmem_bytes(layer: Layer, blocks: BlockSizes) -> int:
-    """On-chip bytes one forward step needs: double-buffered input and output tiles plus the accumulator.
+    """On-chip bytes the largest TPU kernel step needs (forward or kernel gradient), TPU tile padding included.
 
-    Counts TPU tile padding: the last dimension is rounded up to 128 lanes and the
-    second-to-last (the width) to the sublane tile (8 rows of 32 bits, 16 of 16 bits).
+    Counts the double-buffered input window, its float32 copy with the zero border, the
+    double-buffered output (or cotangent) tiles and the kernel gradient's resident block,
+    the kernel and bias blocks, and the float32 temporaries of one 128-lane tile (accumulator,
+    window, product). The last dimension is rounded up to 128 lanes and the second-to-last
+    to the sublane tile (8 rows of 32 bits, 16 of 16 bits).
     """
-    halo_rows, halo_cols = layer.halo
-    lanes = _round_up(min(blocks.channels, layer.channels), _LANES)
+    geo = _TpuGeometry(layer, blocks)
     sublanes = 8 * max(1, 4 // layer.itemsize)
-    in_cols = _round_up(layer.output_cols + halo_cols, sublanes)
-    out_cols = _round_up(layer.output_cols, sublanes)
-    tile_in = layer.phases * (blocks.rows + halo_rows) * in_cols * lanes * layer.itemsize
-    tile_out = blocks.rows * out_cols * lanes * layer.itemsize
-    accumulator = blocks.rows * _round_up(layer.output_cols, 8) * lanes * 4
-    return 2 * tile_in + 2 * tile_out + 2 * accumulator
+    lanes = _round_up(geo.channel_block, _LANES)
+    item, acc_item = layer.itemsize, max(4, layer.itemsize)
+    taps = layer.kernel_size[0] * layer.kernel_size[1]
+    window = 2 * geo.rows_in * _round_up(layer.input_size[1], sublanes) * lanes * item
+    widened = geo.rows_in * _round_up(geo.window_cols, 8) * lanes * acc_item
+    tiles = 2 * geo.rows * _round_up(layer.output_cols, sublanes) * lanes * item
+    weights = 2 * (_round_up(taps, sublanes) + sublanes) * lanes * item + 2 * _round_up(taps, 8) * lanes * acc_item
+    temporaries = 3 * geo.rows * _round_up(layer.output_cols, 8) * _LANES * acc_item
+    return window + widened + tiles + weights + temporaries
 
 
 def phase_split(x: jax.Array, layer: Layer, out_rows: int, out_cols: int, channels: int) -> jax.Array:
@@ -359,12 +380,16 @@ class _Plan:
         return pltriton.CompilerParams(num_warps=4, num_stages=2)
 
 
-def _plan(x: jax.Array, layer: Layer, block_sizes: BlockSizes | None, target: str) -> _Plan:
+def _plan(x: jax.Array, layer: Layer, block_sizes: BlockSizes | None, target: str, interpret: Any) -> _Plan:
     _check_target(target)
-    if x.ndim != 4 or x.shape[-1] != layer.channels:
-        raise ValueError(f"expected x of shape (N, H, W, {layer.channels}) for {layer}, got {x.shape}")
+    if x.ndim != 4 or tuple(x.shape[1:]) != (*layer.input_size, layer.channels):
+        raise ValueError(
+            f"expected x of shape (N, {layer.input_size[0]}, {layer.input_size[1]}, {layer.channels}) "
+            f"for {layer}, got {x.shape}"
+        )
     blocks = block_sizes or BlockSizes.default(layer, target)
-    blocks.check(layer, target)
+    # The interpreter has no on-chip memory to overflow: only the blocks' shape rules apply there.
+    blocks.check(layer, target, memory=not interpret)
     return _Plan(layer, blocks, target, x.shape[0])
 
 
@@ -377,6 +402,268 @@ def _cost(layer: Layer, batch: int, nbytes: int) -> pl.CostEstimate:
     outputs = batch * layer.output_rows * layer.output_cols * layer.channels
     taps = layer.kernel_size[0] * layer.kernel_size[1]
     return pl.CostEstimate(flops=2 * taps * outputs, transcendentals=0, bytes_accessed=nbytes)
+
+
+# --- TPU (Mosaic): halo windows by DMA ------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _TpuGeometry:
+    """Where each row block's input window lies, for the TPU kernels (all static)."""
+
+    layer: Layer
+    blocks: BlockSizes
+
+    @property
+    def rows(self) -> int:
+        return min(self.blocks.rows, self.layer.output_rows)
+
+    @property
+    def row_blocks(self) -> int:
+        return -(-self.layer.output_rows // self.rows)
+
+    @property
+    def channel_block(self) -> int:
+        return min(self.blocks.channels, self.layer.channels)
+
+    @property
+    def channel_blocks(self) -> int:
+        return self.layer.channels // self.channel_block
+
+    @property
+    def lane_tiles(self) -> int:
+        return -(-self.channel_block // _LANES)
+
+    @property
+    def rows_in(self) -> int:
+        """Input rows one row block reads: its outputs' rows plus the halo."""
+        (kh, _), (sh, _), (dh, _) = self.layer.kernel_size, self.layer.strides, self.layer.dilation
+        return (self.rows - 1) * sh + (kh - 1) * dh + 1
+
+    @property
+    def lead(self) -> int:
+        """Column where the image starts in the widened window: the left padding rounded up to a sublane tile."""
+        return _round_up(self.layer.padding[1][0], 8)
+
+    @property
+    def window_cols(self) -> int:
+        (_, kw), (_, sw), (_, dw) = self.layer.kernel_size, self.layer.strides, self.layer.dilation
+        read = (self.layer.output_cols - 1) * sw + (kw - 1) * dw + 1  # padded columns the taps read
+        return self.lead + max(self.layer.input_size[1], read - self.layer.padding[1][0])
+
+    def row_window(self, block: int) -> tuple[int, int, int]:
+        """(first image row, first window row, row count) that row block ``block`` copies from the image."""
+        start = block * self.rows * self.layer.strides[0] - self.layer.padding[0][0]
+        first, stop = max(0, start), min(self.layer.input_size[0], start + self.rows_in)
+        return first, first - start, max(0, stop - first)
+
+    def edge_blocks(self) -> tuple[int, ...]:
+        """Row blocks whose window reaches past the image (into the zero padding)."""
+        return tuple(b for b in range(self.row_blocks) if self.row_window(b)[1:] != (0, self.rows_in))
+
+    def taps(self):
+        """(tap index, first window row, first window column) of every tap."""
+        layer, lead = self.layer, self.lead
+        (kh, kw), (dh, dw) = layer.kernel_size, layer.dilation
+        return [(i * kw + j, i * dh, lead - layer.padding[1][0] + j * dw) for i in range(kh) for j in range(kw)]
+
+
+def _tpu_window(x_hbm, buf, window, sem, geo: _TpuGeometry, acc_dtype):
+    """Fills ``window`` with this step's zero-padded float32 input window; prefetches the next step's.
+
+    ``buf`` ``(2, rows_in, W, cb)`` is the DMA double buffer, ``window`` ``(lanes tiles, rows_in,
+    window_cols, 128)``. The row axis must run in order on one core (``"arbitrary"``).
+    """
+    layer = geo.layer
+    n, j, r = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    cb, width, rows_in, edges = geo.channel_block, layer.input_size[1], geo.rows_in, geo.edge_blocks()
+    channels = pl.ds(0, cb) if geo.channel_blocks == 1 else pl.ds(pl.multiple_of(j * cb, _LANES), cb)
+
+    def copies(block, slot):
+        """[(condition or None, DMA descriptor)]: one static copy per edge block, one dynamic one for the rest."""
+        out = []
+        for edge in edges:
+            first, dst, count = geo.row_window(edge)
+            if count:
+                src = x_hbm.at[n, pl.ds(first, count), :, channels]
+                out.append((block == edge, pltpu.make_async_copy(src, buf.at[slot, pl.ds(dst, count)], sem.at[slot])))
+        if len(edges) < geo.row_blocks:
+            interior = functools.reduce(jnp.logical_and, [block != e for e in edges]) if edges else None
+            first = block * geo.rows * layer.strides[0] - layer.padding[0][0]
+            src = x_hbm.at[n, pl.ds(first, rows_in), :, channels]
+            out.append((interior, pltpu.make_async_copy(src, buf.at[slot], sem.at[slot])))
+        return out
+
+    def each(block, slot, method):
+        for condition, copy in copies(block, slot):
+            if condition is None:
+                getattr(copy, method)()
+            else:
+                pl.when(condition)(lambda copy=copy: getattr(copy, method)())
+
+    slot = r % 2
+    lead, cols, tiles = geo.lead, geo.window_cols, geo.lane_tiles
+
+    @pl.when(r == 0)
+    def _():
+        # The border columns are never written by the copies below: zero them once per sweep.
+        if lead:
+            window[:, :, :lead, :] = jnp.zeros((tiles, rows_in, lead, _LANES), acc_dtype)
+        if lead + width < cols:
+            window[:, :, lead + width :, :] = jnp.zeros((tiles, rows_in, cols - lead - width, _LANES), acc_dtype)
+        each(r, 0, "start")
+
+    @pl.when(r + 1 < geo.row_blocks)
+    def _():
+        each(r + 1, 1 - slot, "start")
+
+    each(r, slot, "wait")
+    for t in range(tiles):
+        lanes = min(_LANES, cb - t * _LANES)
+        window[t, :, pl.ds(lead, width), :lanes] = buf[slot, :, :, t * _LANES : t * _LANES + lanes].astype(acc_dtype)
+    for edge in edges:  # rows of the window outside the image are the convolution's zero padding
+        _, dst, count = geo.row_window(edge)
+
+        @pl.when(r == edge)
+        def _(dst=dst, count=count):
+            if dst:
+                window[:, :dst] = jnp.zeros((tiles, dst, cols, _LANES), acc_dtype)
+            if dst + count < rows_in:
+                window[:, dst + count :] = jnp.zeros((tiles, rows_in - dst - count, cols, _LANES), acc_dtype)
+
+
+def _tpu_tap(window, tile: int, row: int, col: int, rows: int, geo: _TpuGeometry):
+    """The window rows and columns one tap multiplies for ``rows`` output rows: ``(rows, Wo, 128)``."""
+    (sh, sw), cols = geo.layer.strides, geo.layer.output_cols
+    return window.at[tile][
+        pl.ds(row, rows, stride=sh) if sh > 1 else pl.ds(row, rows),
+        pl.ds(col, cols, stride=sw) if sw > 1 else pl.ds(col, cols),
+        :,
+    ]
+
+
+def _tpu_forward_kernel(x_hbm, w_ref, b_ref, o_ref, buf, window, sem, *, geo, epilogue, acc_dtype):
+    # x_hbm: (N, H, W, C) in HBM  w_ref: (taps, lanes)  b_ref: (1, lanes)  o_ref: (rows, Wo, cb)
+    _tpu_window(x_hbm, buf, window, sem, geo, acc_dtype)
+    for t in range(geo.lane_tiles):
+        lanes = pl.ds(t * _LANES, _LANES)
+        acc = None
+        for tap, row, col in geo.taps():
+            term = _tpu_tap(window, t, row, col, geo.rows, geo) * w_ref[pl.ds(tap, 1), lanes].astype(acc_dtype)[None]
+            acc = term if acc is None else acc + term
+        acc = EPILOGUES[epilogue](acc + b_ref[:, lanes].astype(acc_dtype)[None])
+        width = min(_LANES, geo.channel_block - t * _LANES)
+        o_ref[:, :, t * _LANES : t * _LANES + width] = acc[:, :, :width].astype(o_ref.dtype)
+
+
+def _tpu_kernel_grad_kernel(x_hbm, dy_ref, o_ref, buf, window, sem, *, geo, acc_dtype):
+    # dy_ref: (rows, Wo, cb), the last row block ragged  o_ref: (taps, lanes), resident over the row axis
+    _tpu_window(x_hbm, buf, window, sem, geo, acc_dtype)
+    r = pl.program_id(2)
+
+    @pl.when(r == 0)
+    def _():
+        o_ref[...] = jnp.zeros(o_ref.shape, o_ref.dtype)
+
+    def accumulate(rows):  # only the rows that exist: the ragged block's tail holds no cotangent
+        for t in range(geo.lane_tiles):
+            width = min(_LANES, geo.channel_block - t * _LANES)
+            dy = dy_ref[:rows, :, t * _LANES : t * _LANES + width].astype(acc_dtype)
+            for tap, row, col in geo.taps():
+                x = _tpu_tap(window, t, row, col, rows, geo)[:, :, :width]
+                o_ref[pl.ds(tap, 1), pl.ds(t * _LANES, width)] += jnp.sum(
+                    jnp.sum(x * dy, axis=0), axis=0, keepdims=True
+                )
+
+    last = geo.layer.output_rows - (geo.row_blocks - 1) * geo.rows
+    if last == geo.rows:
+        accumulate(geo.rows)
+    else:
+        pl.when(r < geo.row_blocks - 1)(lambda: accumulate(geo.rows))
+        pl.when(r == geo.row_blocks - 1)(lambda: accumulate(last))
+
+
+def _tpu_call(body, x, extra_inputs, extra_specs, out_shape, out_spec, geo: _TpuGeometry, interpret, name, cost):
+    acc = accumulator_dtype(x.dtype)
+    layer = geo.layer
+    scratch = [
+        pltpu.VMEM((2, geo.rows_in, layer.input_size[1], geo.channel_block), x.dtype),
+        pltpu.VMEM((geo.lane_tiles, geo.rows_in, geo.window_cols, _LANES), acc),
+        pltpu.SemaphoreType.DMA((2,)),
+    ]
+    params = None
+    if not interpret:
+        params = pltpu.CompilerParams(
+            dimension_semantics=("parallel", "parallel", "arbitrary"), vmem_limit_bytes=VMEM_LIMIT
+        )
+    return pl.pallas_call(
+        body,
+        out_shape=out_shape,
+        grid=(x.shape[0], geo.channel_blocks, geo.row_blocks),
+        in_specs=[pl.BlockSpec(memory_space=pl.ANY), *extra_specs],
+        out_specs=out_spec,
+        scratch_shapes=scratch,
+        compiler_params=params,
+        cost_estimate=cost,
+        interpret=interpret,
+        name=name,
+    )(x, *extra_inputs)
+
+
+def _tpu_lanes(a: jax.Array, geo: _TpuGeometry) -> jax.Array:
+    """``(..., C)`` padded to whole 128-lane tiles per channel block (kernel and bias: a few hundred bytes)."""
+    c, cb = a.shape[-1], geo.channel_block
+    if cb % _LANES == 0:
+        return a
+    return jnp.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, geo.lane_tiles * _LANES - c)])
+
+
+def _tpu_forward(x, kernel, bias, layer, blocks, activation, out_dtype, interpret):
+    geo = _TpuGeometry(layer, blocks)
+    n, c = x.shape[0], layer.channels
+    taps, lanes = len(geo.taps()), geo.lane_tiles * _LANES
+    w = _tpu_lanes(kernel.reshape(taps, c), geo)
+    b = _tpu_lanes(jnp.zeros((1, c), x.dtype) if bias is None else bias.reshape(1, c), geo)
+    out_shape = (n, layer.output_rows, layer.output_cols, c)
+    body = functools.partial(_tpu_forward_kernel, geo=geo, epilogue=activation, acc_dtype=accumulator_dtype(x.dtype))
+    nbytes = x.size * x.dtype.itemsize + math.prod(out_shape) * out_dtype.itemsize
+    return _tpu_call(
+        body,
+        x,
+        (w, b),
+        [pl.BlockSpec((taps, lanes), lambda i, j, r: (0, j)), pl.BlockSpec((1, lanes), lambda i, j, r: (0, j))],
+        _out_struct(out_shape, out_dtype, like=x),
+        pl.BlockSpec((None, geo.rows, layer.output_cols, geo.channel_block), lambda i, j, r: (i, r, 0, j)),
+        geo,
+        interpret,
+        "jdw_depthwise_forward",
+        _cost(layer, n, nbytes),
+    )
+
+
+def _tpu_kernel_grad(x, dy, layer, blocks, interpret):
+    """Per-image kernel gradients ``(N, taps, C)``."""
+    geo = _TpuGeometry(layer, blocks)
+    n, c = x.shape[0], layer.channels
+    taps, lanes = len(geo.taps()), geo.lane_tiles * _LANES
+    acc = accumulator_dtype(x.dtype)
+    body = functools.partial(_tpu_kernel_grad_kernel, geo=geo, acc_dtype=acc)
+    grads = _tpu_call(
+        body,
+        x,
+        (dy,),
+        [pl.BlockSpec((None, geo.rows, layer.output_cols, geo.channel_block), lambda i, j, r: (i, r, 0, j))],
+        _out_struct((n, taps, geo.channel_blocks * lanes), acc, like=x),
+        pl.BlockSpec((None, taps, lanes), lambda i, j, r: (i, 0, j)),
+        geo,
+        interpret,
+        "jdw_depthwise_kernel_grad",
+        _cost(layer, n, x.size * x.dtype.itemsize + dy.size * dy.dtype.itemsize),
+    )
+    return grads[:, :, :c]
+
+
+# --- the kernels, for either target ---------------------------------------------------------------
 
 
 def forward(
@@ -420,9 +707,11 @@ def forward(
     """
     if activation not in EPILOGUES:
         raise ValueError(f"activation {activation!r} has no fused epilogue; fused ones: {sorted(EPILOGUES)}")
-    plan = _plan(x, layer, block_sizes, target)
+    plan = _plan(x, layer, block_sizes, target, interpret)
     n, c = x.shape[0], layer.channels
     out_dtype = np.dtype(out_dtype or x.dtype)
+    if target == "tpu":
+        return _tpu_forward(x, kernel, bias, layer, plan.blocks, activation, out_dtype, interpret)
     xs = plan.split(x)
     taps, rows, cb = plan.taps, plan.blocks.rows, plan.channel_block
     w = jnp.pad(kernel.reshape(len(taps), c), ((0, 0), (0, plan.channels - c)))
@@ -465,13 +754,22 @@ def kernel_grad(
 
     Accumulates and returns float32 (float64 for float64 inputs).
 
-    Every grid step writes its own partial sums (no step waits on another, so the grid is
-    parallel on TPU cores and GPU blocks alike); one small XLA reduction adds them up.
-    With ``per_image=True`` the result keeps the batch axis, ``(N, kh, kw, C)``, so that a
-    batch-sharded caller can leave the sum over images (and devices) to XLA.
+    On TPU each image's taps accumulate in a block that stays in VMEM while the row blocks
+    sweep past it; on GPU every grid step writes its own partial sums (no step waits on
+    another). One small XLA reduction adds them up. With ``per_image=True`` the result
+    keeps the batch axis, ``(N, kh, kw, C)``, so that a batch-sharded caller can leave the
+    sum over images (and devices) to XLA.
     """
-    plan = _plan(x, layer, block_sizes, target)
+    plan = _plan(x, layer, block_sizes, target, interpret)
     n, c = x.shape[0], layer.channels
+    if dy.shape != (n, layer.output_rows, layer.output_cols, c):
+        raise ValueError(
+            f"expected dy of shape {(n, layer.output_rows, layer.output_cols, c)} for {layer}, got {dy.shape}"
+        )
+    if target == "tpu":
+        grads = _tpu_kernel_grad(x, dy, layer, plan.blocks, interpret)
+        grads = grads.reshape(n, *layer.kernel_size, c)
+        return grads if per_image else jnp.sum(grads, axis=0)
     xs = plan.split(x)
     taps, rows, cb = plan.taps, plan.blocks.rows, plan.channel_block
     pads = (
