@@ -10,6 +10,12 @@ the same run. On accelerators whose memory bandwidth is known (or given with
 ``--peak-gbps``) it also reports the fraction of it the forward pass reaches.
 ``--json`` prints machine-readable records instead of the table.
 
+``--target v5e`` (or ``v6e``, ``v4``, ``v5p``) times nothing: it compiles every program for
+that TPU without the hardware (libtpu's compile-only devices, see :mod:`jdw.traffic`) and
+reports the HBM bytes each compiled program moves, against the minimum (read ``x``, write
+``y``; training also reads ``dy`` and writes ``dx``), and the time that traffic takes at the
+chip's memory bandwidth.
+
 By default every registered backend that runs compiled on this platform is timed; the
 ``"pallas"`` kernel runs in Pallas's interpreter on CPU, which says nothing about speed,
 so there it is timed only when named in ``--implementations``.
@@ -19,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -29,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jdw
-from jdw import backends
+from jdw import backends, traffic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,6 +179,135 @@ def run(
     return records
 
 
+def compiled_traffic(
+    layers: Sequence[Layer] = MOBILENET_V2,
+    implementations: Sequence[str] = ("xla", "pallas"),
+    *,
+    chip: str = "v5e",
+    batch: int = 64,
+    dtype: str = "float32",
+) -> list[dict]:
+    """HBM bytes of every layer's forward and training programs compiled for TPU ``chip``; one record per pair.
+
+    The forward program is ``y = conv(x, k)``; the training program returns ``y`` and the
+    gradients for ``x`` and ``k`` given ``dy``. Minimums count each array once: unpadded
+    (``*_min_bytes``) and as the chip stores it (``*_stored_min_bytes``: TPU tiles pad the
+    channel dimension to 128 lanes, which no kernel can avoid reading).
+
+    Examples:
+      >>> from jdw import bench
+      >>> r = bench.compiled_traffic([bench.Layer(8, 128, 1)], ["xla"], batch=2)[0]  # doctest: +SKIP
+      >>> r["forward_hbm_bytes"] >= r["forward_min_bytes"]  # doctest: +SKIP
+      True
+    """
+    device = traffic.tpu_device(chip)
+    peak = traffic.TPU_CHIPS[chip][1]
+    sharding = jax.sharding.SingleDeviceSharding(device)
+    records = []
+    for layer in layers:
+        out_size = -(-layer.size // layer.stride)
+        shape = lambda *dims: jax.ShapeDtypeStruct(dims, dtype, sharding=sharding)  # noqa: E731
+        x = shape(batch, layer.size, layer.size, layer.channels)
+        k = shape(layer.kernel, layer.kernel, 1, layer.channels)
+        y = shape(batch, out_size, out_size, layer.channels)
+        for name in implementations:
+            conv = functools.partial(_conv, stride=layer.stride, implementation=name)
+
+            def training(x, k, dy, conv=conv):
+                y, vjp = jax.vjp(conv, x, k)
+                return y, *vjp(dy)
+
+            record = dict(layer=layer.name, count=layer.count, batch=batch, dtype=dtype, implementation=name, chip=chip)
+            for part, fn, args, arrays in (
+                ("forward", conv, (x, k), (x, y)),
+                ("training", training, (x, k, y), (x, y, y, x)),
+            ):
+                compiled = jax.jit(fn).lower(*args).compile()
+                moved = traffic.hbm_bytes(compiled)["total"]
+                record[f"{part}_hbm_bytes"] = moved
+                record[f"{part}_min_bytes"] = traffic.logical_bytes(*arrays)
+                record[f"{part}_stored_min_bytes"] = _stored_minimum(part, compiled)
+                record[f"{part}_roofline_us"] = moved / peak / 1e3
+            records.append(record)
+    return records
+
+
+def _stored_minimum(part: str, compiled) -> int:
+    """Bytes of x and y as the chip stores them (the layouts XLA chose for the program's arguments and results);
+    training adds dy and dx."""
+    params, results = traffic.entry_arrays(compiled)
+    if part == "forward":  # params x, k; result y
+        return traffic.stored_bytes(params[0]) + traffic.stored_bytes(results[0])
+    # params x, k, dy; results y, dx, dk
+    return sum(traffic.stored_bytes(t) for t in (params[0], params[2], results[0], results[1]))
+
+
+def _conv(x, k, *, stride, implementation):
+    return jdw.depthwise_conv(x, k, strides=stride, implementation=implementation)
+
+
+def _weighted_total(records: list[dict], key: str) -> float:
+    """Sum over layers, each weighted by how often MobileNetV2 uses it."""
+    return sum(r[key] * r["count"] for r in records)
+
+
+def _geomean_ratio(records: list[dict], numerator: str, denominator: str) -> float:
+    return math.exp(np.mean([math.log(r[numerator] / r[denominator]) for r in records]))
+
+
+def _traffic_table(records: list[dict]) -> str:
+    head = [
+        "layer",
+        "impl",
+        "fwd MB",
+        "fwd / min",
+        "fwd / stored min",
+        "fwd roofline us",
+        "train MB",
+        "train / min",
+        "train / stored min",
+    ]
+    rows = []
+    for r in records:
+        rows.append(
+            [
+                r["layer"],
+                r["implementation"],
+                f"{r['forward_hbm_bytes'] / 1e6:.1f}",
+                f"{r['forward_hbm_bytes'] / r['forward_min_bytes']:.2f}x",
+                f"{r['forward_hbm_bytes'] / r['forward_stored_min_bytes']:.2f}x",
+                f"{r['forward_roofline_us']:.0f}",
+                f"{r['training_hbm_bytes'] / 1e6:.1f}",
+                f"{r['training_hbm_bytes'] / r['training_min_bytes']:.2f}x",
+                f"{r['training_hbm_bytes'] / r['training_stored_min_bytes']:.2f}x",
+            ]
+        )
+    for name in dict.fromkeys(r["implementation"] for r in records):
+        mine = [r for r in records if r["implementation"] == name]
+        total = functools.partial(_weighted_total, mine)
+        geomean = functools.partial(_geomean_ratio, mine)
+        rows.append(
+            [
+                f"all {sum(r['count'] for r in mine)} layers (geomean of ratios)",
+                name,
+                f"{total('forward_hbm_bytes') / 1e6:.1f}",
+                f"{geomean('forward_hbm_bytes', 'forward_min_bytes'):.2f}x",
+                f"{geomean('forward_hbm_bytes', 'forward_stored_min_bytes'):.2f}x",
+                f"{total('forward_roofline_us'):.0f}",
+                f"{total('training_hbm_bytes') / 1e6:.1f}",
+                f"{geomean('training_hbm_bytes', 'training_min_bytes'):.2f}x",
+                f"{geomean('training_hbm_bytes', 'training_stored_min_bytes'):.2f}x",
+            ]
+        )
+    return _markdown(head, rows)
+
+
+def _markdown(head: list[str], rows: list[list]) -> str:
+    widths = [max(len(str(row[i])) for row in [head, *rows]) for i in range(len(head))]
+    fmt = lambda row: "| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |"  # noqa: E731
+    return "\n".join([fmt(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(fmt, rows)])
+
+
 def _table(records: list[dict], parts: Sequence[str]) -> str:
     head = [
         "layer",
@@ -212,9 +349,7 @@ def _table(records: list[dict], parts: Sequence[str]) -> str:
                 *((f"{ref_total[p] / total[p]:.1f}x" if ref else "") for p in parts),
             ]
         )
-    widths = [max(len(str(row[i])) for row in [head, *rows]) for i in range(len(head))]
-    fmt = lambda row: "| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |"  # noqa: E731
-    return "\n".join([fmt(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(fmt, rows)])
+    return _markdown(head, rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -236,6 +371,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print JSON records instead of a table")
+    parser.add_argument(
+        "--target",
+        choices=sorted(traffic.TPU_CHIPS),
+        help="time nothing: compile for this TPU without one (needs libtpu) and report each program's HBM bytes",
+    )
     args = parser.parse_args(argv)
     layers = MOBILENET_V2 if args.layers == "all" else [_parse_layer(name) for name in args.layers.split(",")]
     parts = [p for p in args.parts.split(",") if p]
@@ -243,6 +383,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
     implementations = args.implementations.split(",") if args.implementations else None
+    if args.target:
+        batch = args.batch if "--batch" in (argv if argv is not None else sys.argv) else 64
+        records = compiled_traffic(
+            layers, implementations or ("xla", "pallas"), chip=args.target, batch=batch, dtype=args.dtype
+        )
+        if args.json:
+            json.dump(records, sys.stdout, indent=1)
+            print()
+        else:
+            print(
+                f"# jdw.bench --target {args.target}: HBM bytes of the compiled programs, batch {batch}, {args.dtype}"
+            )
+            print(_traffic_table(records))
+        return 0
     records = run(
         layers,
         implementations,
