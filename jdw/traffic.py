@@ -57,7 +57,7 @@ _ITEMSIZE = {
 }
 _ARRAY = re.compile(r"\b(pred|[su](?:8|16|32|64)|bf16|f16|f32|f64|c64|c128)\[([\d,]*)\](\{[^}]*\})?")
 # Operations that move no data of their own (views, bookkeeping, arguments).
-_FREE = {"parameter", "constant", "tuple", "get-tuple-element", "bitcast", "after-all", "copy-done", "opt-barrier"}
+_FREE = {"parameter", "constant", "tuple", "get-tuple-element", "bitcast", "after-all", "opt-barrier"}
 
 
 @functools.cache
@@ -79,7 +79,8 @@ def tpu_device(chip: str = "v5e") -> jax.Device:
         ) from None
     from jax.experimental import topologies  # noqa: PLC0415
 
-    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # no metadata server to ask: this is not a TPU VM
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # compile-only: test workers may each load libtpu
     topology = topologies.get_topology_desc(
         platform="tpu",
         topology_name=TPU_CHIPS[chip][0],
@@ -140,7 +141,12 @@ def hbm_bytes(compiled) -> dict[str, int]:
             continue
         name, result, opcode, rest = match.groups()
         types[name] = result
-        if opcode in _FREE:
+        if opcode in _FREE or opcode.endswith("-done"):  # an asynchronous op's data moves in its "-start"
+            continue
+        if opcode.endswith("-start"):
+            moved = _async_bytes(opcode, result)
+            counts[opcode] = counts.get(opcode, 0) + moved
+            counts["total"] += moved
             continue
         operands = re.findall(r"%([\w.\-]+)", rest.split("),", 1)[0])
         moved = sum(stored_bytes(t.group(0)) for t in _ARRAY.finditer(result) if not _on_chip(t.group(0)))
@@ -151,6 +157,19 @@ def hbm_bytes(compiled) -> dict[str, int]:
         counts[opcode] = counts.get(opcode, 0) + moved
         counts["total"] += moved
     return counts
+
+
+def _async_bytes(opcode: str, result: str) -> int:
+    """HBM bytes of an asynchronous copy or slice, from its ``-start`` result ``(..., destination, ...)``."""
+    arrays = [t.group(0) for t in _ARRAY.finditer(result) if not re.match(r"[su]32\[\]", t.group(0))]
+    if not arrays:
+        return 0
+    hbm = lambda t: 0 if _on_chip(t) else stored_bytes(t)  # noqa: E731
+    if opcode == "copy-start":  # (destination, source, context)
+        return sum(hbm(t) for t in arrays[:2])
+    # (operands, destination, context): the destination's bytes are read from HBM and written where it lives.
+    destination = arrays[-1]
+    return stored_bytes(destination) + hbm(destination)
 
 
 def entry_arrays(compiled) -> tuple[list[str], list[str]]:

@@ -93,13 +93,36 @@ class _Call:
         return dataclasses.replace(self, activation=activation)
 
 
-def _on_platform(fn, *args, interpret: Any):
-    """``fn(*args, target=..., interpret=...)`` with the target chosen by the lowering platform."""
+_PLATFORM_OF_TARGET = {"tpu": "tpu", "triton": "gpu"}
+
+
+def _on_platform(fn, fallback, *args, layer: kernels.Layer, interpret: Any):
+    """``fn(*args, target=..., interpret=...)`` with the target chosen by the lowering platform.
+
+    :func:`lax.platform_dependent` traces every platform's branch, so each target's block
+    rules are checked here, not inside the kernels: a target that cannot serve ``layer``
+    gets ``fallback(*args)`` (XLA) in its branch instead of failing the others' trace. When
+    that target is the platform this process computes on, the call raises instead, with
+    what the caller can change: ``implementation="pallas"`` was asked for explicitly.
+    """
+
+    def branch(target: str, interpret: Any):
+        try:
+            kernels.BlockSizes.default(layer, target).check(layer, target, memory=not interpret)
+        except ValueError as error:
+            if not interpret and jax.default_backend() == _PLATFORM_OF_TARGET[target]:
+                raise ValueError(
+                    f'implementation="pallas" cannot serve {layer} on {jax.default_backend()}: {error}. '
+                    'Use implementation=None (automatic) or "xla" for this layer.'
+                ) from None
+            return fallback
+        return functools.partial(fn, target=target, interpret=interpret)
+
     return lax.platform_dependent(
         *args,
-        tpu=functools.partial(fn, target="tpu", interpret=False),
-        cuda=functools.partial(fn, target="triton", interpret=False),
-        default=functools.partial(fn, target="tpu", interpret=interpret),
+        tpu=branch("tpu", False),
+        cuda=branch("triton", False),
+        default=branch("tpu", interpret),
     )
 
 
@@ -148,14 +171,22 @@ def _partitioned(impl, num_args: int, sharding_rule: str, kernel_like: tuple[int
 def _forward_local(call: _Call, x, kernel, bias):
     layer = dataclasses.replace(call.layer, channels=x.shape[-1])
     fn = functools.partial(kernels.forward, layer=layer, activation=call.activation, out_dtype=call.out_dtype)
-    return _on_platform(lambda x, k, b, **kw: fn(x, k, b, **kw), x, kernel, bias, interpret=call.interpret)
+
+    def fallback(x, k, b):
+        acc = kernels.accumulator_dtype(x.dtype)
+        y = kernels.reference(x.astype(acc), k.astype(acc), layer) + b.astype(acc)
+        return kernels.EPILOGUES[call.activation](y).astype(call.out_dtype)
+
+    return _on_platform(fn, fallback, x, kernel, bias, layer=layer, interpret=call.interpret)
 
 
 def _kernel_grad_local(call: _Call, x, dy):
     """Per-image kernel gradients ``(N, kh, kw, C)`` (float32, or float64); the caller sums over images."""
     layer = dataclasses.replace(call.layer, channels=x.shape[-1])
     fn = functools.partial(kernels.kernel_grad, layer=layer, per_image=True)
-    return _on_platform(lambda x, dy, **kw: fn(x, dy, **kw), x, dy, interpret=call.interpret)
+    local = dataclasses.replace(call, layer=layer)
+    fallback = lambda x, dy: _xla_kernel_grad(x, dy, local)[None]  # noqa: E731  (its sum over images is the same)
+    return _on_platform(fn, fallback, x, dy, layer=layer, interpret=call.interpret)
 
 
 def _fold_batch(args, batched, axis_size):

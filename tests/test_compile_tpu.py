@@ -1,0 +1,129 @@
+"""The Pallas kernels through TPU's real compiler, on this CPU machine (libtpu's compile-only devices).
+
+``jax.export`` (``test_pallas.py``) stops before Mosaic's final compile; here every program
+is compiled for TPU v5e and v6e exactly as on the chip (Mosaic's layout passes, VMEM
+allocation, LLO), so a kernel that would fail on a TPU fails here. The compiled programs
+also say how many bytes they move: :mod:`jdw.traffic` counts them, and the forward must
+move no more than the input and output as the chip stores them.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("libtpu", reason="compiling for TPU without one needs libtpu (jdw's test extra)")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+import jdw  # noqa: E402
+from jdw import traffic  # noqa: E402
+
+CHIPS = ("v5e", "v6e")
+BATCH = 64
+# (size, channels, kernel, stride, dilation): MobileNetV2's 10 depthwise shapes at 224x224, then
+# EfficientNet (5x5, also stride 2), ConvNeXt (7x7) and a DeepLab-style dilated layer.
+MOBILENET_V2 = [
+    (112, 32, 3, 1, 1),
+    (112, 96, 3, 2, 1),
+    (56, 144, 3, 1, 1),
+    (56, 144, 3, 2, 1),
+    (28, 192, 3, 1, 1),
+    (28, 192, 3, 2, 1),
+    (14, 384, 3, 1, 1),
+    (14, 576, 3, 1, 1),
+    (14, 576, 3, 2, 1),
+    (7, 960, 3, 1, 1),
+]
+OTHERS = [(28, 240, 5, 1, 1), (56, 144, 5, 2, 1), (56, 96, 7, 1, 1), (33, 256, 3, 1, 4)]
+
+
+def _name(layer) -> str:
+    size, channels, kernel, stride, dilation = layer
+    return f"{size}x{size}x{channels}-k{kernel}-s{stride}-d{dilation}"
+
+
+def _args(chip, layer, dtype):
+    size, channels, kernel, _, _ = layer
+    sharding = jax.sharding.SingleDeviceSharding(traffic.tpu_device(chip))
+    shape = lambda *dims: jax.ShapeDtypeStruct(dims, dtype, sharding=sharding)  # noqa: E731
+    return shape(BATCH, size, size, channels), shape(kernel, kernel, 1, channels), shape(channels)
+
+
+def _conv(layer, activation="relu6"):
+    _, _, _, stride, dilation = layer
+
+    def conv(x, kernel, bias):
+        return jdw.depthwise_conv(
+            x, kernel, bias, strides=stride, dilation=dilation, activation=activation, implementation="pallas"
+        )
+
+    return conv
+
+
+def _kernels(compiled) -> list[str]:
+    return [line for line in compiled.as_text().splitlines() if 'custom_call_target="tpu_custom_call"' in line]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("layer", MOBILENET_V2 + OTHERS, ids=_name)
+@pytest.mark.parametrize("chip", CHIPS)
+def test_forward_and_training_compile_for_tpu(chip, layer, dtype):
+    """Forward with a fused epilogue, and the whole training vjp (recomputed forward, input and kernel gradients)."""
+    x, kernel, bias = _args(chip, layer, dtype)
+    conv = _conv(layer)
+    forward = jax.jit(conv).lower(x, kernel, bias).compile()
+    assert len(_kernels(forward)) == 1
+    assert "convolution(" not in forward.as_text()
+
+    def training(x, kernel, bias):
+        y, vjp = jax.vjp(conv, x, kernel, bias)
+        return y, *vjp(y)
+
+    compiled = jax.jit(training).lower(x, kernel, bias).compile()
+    names = " ".join(_kernels(compiled))
+    assert "jdw_depthwise_forward" in names and "jdw_depthwise_kernel_grad" in names
+    assert "convolution(" not in compiled.as_text()
+
+
+@pytest.mark.parametrize("activation", sorted(jdw.kernels.pallas_depthwise.EPILOGUES))
+def test_every_epilogue_compiles_for_tpu(activation):
+    x, kernel, bias = _args("v5e", (28, 192, 3, 2, 1), "bfloat16")
+    compiled = jax.jit(_conv((28, 192, 3, 2, 1), activation)).lower(x, kernel, bias).compile()
+    assert len(_kernels(compiled)) == 1
+
+
+# Layers whose activations XLA stores channels-on-lanes ({3,2,1,0}), the layout the kernel reads.
+CHANNELS_ON_LANES = [layer for layer in MOBILENET_V2 if layer[0] <= 56 and layer[:4] != (28, 192, 3, 1)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("layer", CHANNELS_ON_LANES, ids=_name)
+def test_forward_moves_the_stored_minimum(layer, dtype):
+    """Read x once and write y once, as the chip stores them: no pad, phase split, crop or relayout pass."""
+    x, kernel, _ = _args("v5e", layer, dtype)
+    _, _, _, stride, _ = layer
+    f = jax.jit(lambda x, k: jdw.depthwise_conv(x, k, strides=stride, implementation="pallas"))
+    compiled = f.lower(x, kernel).compile()
+    params, results = traffic.entry_arrays(compiled)
+    minimum = traffic.stored_bytes(params[0]) + traffic.stored_bytes(results[0])
+    moved = traffic.hbm_bytes(compiled)["total"]
+    assert moved <= 1.01 * minimum, (moved, minimum)
+
+
+def test_traffic_counts_tile_padding_and_skips_vmem():
+    assert traffic.stored_bytes("f32[2,5,130]{2,1,0:T(8,128)}") == 2 * 8 * 256 * 4
+    assert traffic.stored_bytes("bf16[4,3]{0,1:T(8,128)(2,1)}") == 8 * 128 * 2  # minor dim first: (3, 4) tiled
+    text = """
+ENTRY %main (x: f32[8,128]) -> f32[8,128] {
+  %x = f32[8,128]{1,0:T(8,128)} parameter(0)
+  %a = f32[8,128]{1,0:T(8,128)S(1)} copy(%x)
+  ROOT %b = f32[8,128]{1,0:T(8,128)} negate(%a)
+}
+"""
+    assert traffic.hbm_bytes(text) == {"total": 2 * 4096, "copy": 4096, "negate": 4096}
+
+
+def test_unknown_chip_is_named():
+    with pytest.raises(ValueError, match=r"unknown TPU chip 'v9'; known: v4, v5e, v5p, v6e"):
+        traffic.tpu_device("v9")
