@@ -14,7 +14,6 @@ import pytest
 pytest.importorskip("libtpu", reason="compiling for TPU without one needs libtpu (jdw's test extra)")
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 
 import jdw  # noqa: E402
 from jdw import traffic  # noqa: E402
