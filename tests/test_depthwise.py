@@ -279,3 +279,16 @@ def test_random_cases_against_reference(implementation, case):
     nd, spatial, kernel_size, strides, dilation, pads, mode, channels, multiplier, batch, seed = case
     x, k = _case(np.random.default_rng(seed), batch, spatial, channels, kernel_size, multiplier)
     _check(x, k, implementation, strides=strides, padding=pads, dilation=dilation, padding_mode=mode)
+
+
+@pytest.mark.parametrize(
+    "spatial, kernel_size, strides, pads",
+    [
+        ((1, 1, 1), (2, 1, 1), (3, 1, 1), ((3, 0), (0, 0), (0, 0))),  # found by hypothesis: an output of pure padding
+        ((2, 5), (2, 3), (3, 2), ((4, 0), (1, 1))),
+    ],
+)
+def test_gradient_where_an_output_reads_only_padding(implementation, spatial, kernel_size, strides, pads):
+    """The input gradient's cotangent crop may exceed the dilated cotangent: it is zero there, not an error."""
+    x, k = _case(np.random.default_rng(0), 1, spatial, 2, kernel_size, 1)
+    _check(x, k, implementation, strides=strides, padding=pads, dilation=(1,) * len(spatial), padding_mode="zeros")

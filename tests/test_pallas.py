@@ -92,6 +92,57 @@ def test_forward_and_kernel_grad_kernels_match_numpy(case, target, interpreter):
     assert_close(dk, dk_expected[:, :, 0, :])
 
 
+@pytest.mark.parametrize("interpreter", sorted(INTERPRETERS))
+@pytest.mark.parametrize(
+    "case",
+    [
+        ((7, 7, 5), (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)), (3, 128)),
+        ((9, 11, 130), (3, 3), (2, 2), (1, 1), ((0, 1), (1, 1)), (2, 130)),
+        ((10, 6, 256), (5, 3), (2, 1), (2, 1), ((4, 3), (1, 2)), (8, 128)),
+    ],
+    ids=lambda case: "x".join(map(str, case[0])),
+)
+def test_spatial_major_tpu_kernels_match_numpy(case, interpreter):
+    """Widths off the 8-row sublane tile with a batch of whole tiles: the (H, W, N, C) layout, images on sublanes."""
+    (h, w, c), k, s, d, pad, blocks = case
+    layer = pd.Layer((h, w), k, s, pad, d, c)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((16, h, w, c)).astype(np.float32)
+    kernel = rng.standard_normal((*k, c)).astype(np.float32)
+    bias = rng.standard_normal((c,)).astype(np.float32)
+    assert pd.tpu_layout(layer, 16) == "hwnc" and pd.tpu_layout(layer, 4) == "nhwc"
+    run = dict(block_sizes=pd.BlockSizes(*blocks), target="tpu", interpret=INTERPRETERS[interpreter])
+    y = pd.forward(jnp.asarray(x), jnp.asarray(kernel), jnp.asarray(bias), layer, activation="relu6", **run)
+    z = _numpy_forward(x, kernel, bias, layer)
+    assert_close(y, np.clip(z, 0, 6))
+    dy = rng.standard_normal(z.shape).astype(np.float32)
+    dk = pd.kernel_grad(jnp.asarray(x), jnp.asarray(dy), layer, per_image=True, **run)
+    expected = [
+        ref.depthwise_conv_vjp(
+            x[i : i + 1].astype(np.float64),
+            kernel[:, :, None, :].astype(np.float64),
+            dy[i : i + 1].astype(np.float64),
+            strides=s,
+            padding=pad,
+            dilation=d,
+        )[1][:, :, 0, :]
+        for i in range(16)
+    ]
+    assert_close(dk, np.stack(expected))
+
+
+def test_spatial_major_bfloat16_takes_sixteen_images_per_step():
+    layer = pd.Layer((7, 7), (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), 8, itemsize=2)
+    assert pd.tpu_layout(layer, 16) == "hwnc" and pd.tpu_layout(layer, 8) == "nhwc"
+    rng = np.random.default_rng(6)
+    x = jnp.asarray(rng.standard_normal((16, 7, 7, 8)), jnp.bfloat16)
+    kernel = jnp.asarray(rng.standard_normal((3, 3, 8)), jnp.bfloat16)
+    y = pd.forward(x, kernel, None, layer, interpret=True)
+    expected = pd.reference(x.astype(jnp.float32), kernel.astype(jnp.float32), layer)
+    assert y.dtype == jnp.bfloat16
+    assert_close(y, expected, dtype="bfloat16")
+
+
 @pytest.mark.parametrize("activation", sorted(pd.EPILOGUES))
 def test_every_fused_epilogue(activation):
     case = KERNEL_CASES[1]

@@ -96,7 +96,7 @@ class _Call:
 _PLATFORM_OF_TARGET = {"tpu": "tpu", "triton": "gpu"}
 
 
-def _on_platform(fn, fallback, *args, layer: kernels.Layer, interpret: Any):
+def _on_platform(fn, fallback, *args, layer: kernels.Layer, batch: int, interpret: Any):
     """``fn(*args, target=..., interpret=...)`` with the target chosen by the lowering platform.
 
     :func:`lax.platform_dependent` traces every platform's branch, so each target's block
@@ -108,7 +108,8 @@ def _on_platform(fn, fallback, *args, layer: kernels.Layer, interpret: Any):
 
     def branch(target: str, interpret: Any):
         try:
-            kernels.BlockSizes.default(layer, target).check(layer, target, memory=not interpret)
+            blocks = kernels.BlockSizes.default(layer, target, batch)
+            blocks.check(layer, target, memory=not interpret, batch=batch)
         except ValueError as error:
             if not interpret and jax.default_backend() == _PLATFORM_OF_TARGET[target]:
                 raise ValueError(
@@ -177,7 +178,7 @@ def _forward_local(call: _Call, x, kernel, bias):
         y = kernels.reference(x.astype(acc), k.astype(acc), layer) + b.astype(acc)
         return kernels.EPILOGUES[call.activation](y).astype(call.out_dtype)
 
-    return _on_platform(fn, fallback, x, kernel, bias, layer=layer, interpret=call.interpret)
+    return _on_platform(fn, fallback, x, kernel, bias, layer=layer, batch=x.shape[0], interpret=call.interpret)
 
 
 def _kernel_grad_local(call: _Call, x, dy):
@@ -186,7 +187,7 @@ def _kernel_grad_local(call: _Call, x, dy):
     fn = functools.partial(kernels.kernel_grad, layer=layer, per_image=True)
     local = dataclasses.replace(call, layer=layer)
     fallback = lambda x, dy: _xla_kernel_grad(x, dy, local)[None]  # noqa: E731  (its sum over images is the same)
-    return _on_platform(fn, fallback, x, dy, layer=layer, interpret=call.interpret)
+    return _on_platform(fn, fallback, x, dy, layer=layer, batch=x.shape[0], interpret=call.interpret)
 
 
 def _fold_batch(args, batched, axis_size):
@@ -293,10 +294,9 @@ def _adjoint_call(call: _Call, input_shape: tuple[int, ...], dtype) -> tuple[_Ca
         layer.dilation,
         layer.padding,
     ):
-        span = (k - 1) * d + 1
-        lo, hi = span - 1 - low, n_in - (n_out - 1) * s - 1 + low
-        config.append((min(lo, 0), min(hi, 0), s - 1))
-        pads.append((max(lo, 0), max(hi, 0)))
+        crop, pad = registry.adjoint_padding(n_in, n_out, k, s, d, low)
+        config.append(crop)
+        pads.append(pad)
     config.append((0, 0, 0))
     dilated = tuple(
         (n - 1) * s + 1 + lo + hi

@@ -201,3 +201,29 @@ def sharded_axes(x: jax.Array, kernel: jax.Array) -> tuple[Any, Any]:
 
 def pairs(padding: Sequence[Sequence[int]]) -> Pairs:
     return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+def adjoint_padding(
+    n_in: int, n_out: int, kernel: int, stride: int, dilation: int, low: int
+) -> tuple[tuple[int, int, int], tuple[int, int]]:
+    """How the transposed convolution of one spatial dimension is computed as a stride-1 convolution.
+
+    The cotangent (``n_out`` long) is dilated by ``stride`` and padded so that a stride-1
+    convolution with the flipped kernel gives the ``n_in`` input positions. Returns the
+    ``lax.pad`` config ``(low, high, interior)`` applied to the cotangent (crops are negative)
+    and the zero padding ``(low, high)`` left to the convolution, which a backend may fuse.
+    Where the crop would consume the whole dilated cotangent (an output reading only
+    padding), all of the padding goes to ``lax.pad``.
+
+    Examples:
+      >>> adjoint_padding(n_in=8, n_out=4, kernel=3, stride=2, dilation=1, low=0)  # SAME, stride 2
+      ((0, 0, 1), (2, 1))
+      >>> adjoint_padding(n_in=1, n_out=1, kernel=2, stride=3, dilation=1, low=3)  # reads only padding
+      ((-2, 3, 2), (0, 0))
+    """
+    span = (kernel - 1) * dilation + 1
+    lo, hi = span - 1 - low, n_in - (n_out - 1) * stride - 1 + low
+    dilated = (n_out - 1) * stride + 1
+    if dilated + min(lo, 0) + min(hi, 0) < 1:
+        return (lo, hi, stride - 1), (0, 0)
+    return (min(lo, 0), min(hi, 0), stride - 1), (max(lo, 0), max(hi, 0))

@@ -193,10 +193,9 @@ def _adjoint_impl(y, kernel, geom: Geometry) -> jax.Array:
     for n_in, n_out, k, s, d, (pl, _) in zip(
         geom.input_spatial, geom.output_spatial, geom.kernel_size, geom.strides, geom.dilation, geom.padding
     ):
-        ke = (k - 1) * d + 1
-        lo, hi = ke - 1 - pl, n_in - (n_out - 1) * s - 1 + pl
-        config.append((min(lo, 0), min(hi, 0), s - 1))
-        pads.append((max(lo, 0), max(hi, 0)))
+        crop, pad = registry.adjoint_padding(n_in, n_out, k, s, d, pl)
+        config.append(crop)
+        pads.append(pad)
     config += [(0, 0, 0), (0, 0, 0)]
     if any(c != (0, 0, 0) for c in config):
         y = lax.pad(y, jnp.zeros((), y.dtype), config)

@@ -114,7 +114,7 @@ class BlockSizes:
                 raise ValueError(f"BlockSizes.{name} must be a positive int, got {name}={value!r}")
 
     @classmethod
-    def default(cls, layer: Layer, target: str = "tpu") -> BlockSizes:
+    def default(cls, layer: Layer, target: str = "tpu", batch: int = 1) -> BlockSizes:
         """Sensible blocks for ``layer`` on ``target`` ("tpu" or "triton").
 
         TPU: all channels in one block (when they are a multiple of 128 and that leaves at
@@ -131,7 +131,8 @@ class BlockSizes:
             wanted = sorted(set(wanted), reverse=True)
             candidates = [layer.channels] + ([_LANES] if layer.channels % _LANES == 0 else [])
             for channels in candidates:
-                rows = next((r for r in wanted if vmem_bytes(layer, cls(r, channels)) <= DEFAULT_VMEM_BUDGET), 0)
+                fits = lambda r, c=channels: vmem_bytes(layer, cls(r, c), batch) <= DEFAULT_VMEM_BUDGET  # noqa: E731
+                rows = next((r for r in wanted if fits(r)), 0)
                 if rows >= min(8, out_rows) or channels == candidates[-1]:
                     return cls(rows=max(rows, 1), channels=channels)
         channels = min(32, _next_power_of_two(layer.channels))
@@ -140,10 +141,11 @@ class BlockSizes:
         rows = min(1 << (rows.bit_length() - 1), _next_power_of_two(layer.output_rows))
         return cls(rows=rows, channels=channels)
 
-    def check(self, layer: Layer, target: str = "tpu", *, memory: bool = True) -> None:
+    def check(self, layer: Layer, target: str = "tpu", *, memory: bool = True, batch: int = 1) -> None:
         """Raises ``ValueError`` if these blocks cannot serve ``layer`` on ``target``.
 
-        With ``memory`` (compiled kernels) also if a step overflows the target's on-chip memory.
+        With ``memory`` (compiled kernels) also if a step overflows the target's on-chip memory;
+        ``batch`` decides the TPU kernels' layout (:func:`tpu_layout`).
         """
         _check_target(target)
         if target == "tpu":
@@ -152,7 +154,7 @@ class BlockSizes:
                     f"BlockSizes.channels={self.channels} must cover all {layer.channels} channels or be a "
                     f"multiple of {_LANES} (TPU lanes) that divides them"
                 )
-            need = vmem_bytes(layer, self)
+            need = vmem_bytes(layer, self, batch)
             if memory and need > DEFAULT_VMEM_BUDGET:
                 fix = "use fewer rows" if self.rows > 1 else "split the input along its width, or use another backend"
                 if self.rows == 1 and self.channels > _LANES and layer.channels % _LANES == 0:
@@ -241,8 +243,11 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def vmem_bytes(layer: Layer, blocks: BlockSizes) -> int:
+def vmem_bytes(layer: Layer, blocks: BlockSizes, batch: int = 1) -> int:
     """On-chip bytes the largest TPU kernel step needs (forward or kernel gradient), TPU tile padding included.
+
+    ``batch`` decides the layout (:func:`tpu_layout`): in the spatial-major one a step
+    takes a sublane tile of images.
 
     Counts the double-buffered input window, its float32 copy with the zero border, the
     double-buffered output (or cotangent) tiles and the kernel gradient's resident block,
@@ -250,16 +255,25 @@ def vmem_bytes(layer: Layer, blocks: BlockSizes) -> int:
     window, product). The last dimension is rounded up to 128 lanes and the second-to-last
     to the sublane tile (8 rows of 32 bits, 16 of 16 bits).
     """
-    geo = _TpuGeometry(layer, blocks)
+    geo = _tpu_geometry(layer, blocks, batch)
     sublanes = 8 * max(1, 4 // layer.itemsize)
     lanes = _round_up(geo.channel_block, _LANES)
     item, acc_item = layer.itemsize, max(4, layer.itemsize)
     taps = layer.kernel_size[0] * layer.kernel_size[1]
-    window = 2 * geo.rows_in * _round_up(layer.input_size[1], sublanes) * lanes * item
-    widened = geo.rows_in * _round_up(geo.window_cols, 8) * lanes * acc_item
-    tiles = 2 * geo.rows * _round_up(layer.output_cols, sublanes) * lanes * item
-    weights = 2 * (_round_up(taps, sublanes) + sublanes) * lanes * item + 2 * _round_up(taps, 8) * lanes * acc_item
-    temporaries = 3 * geo.rows * _round_up(layer.output_cols, 8) * _LANES * acc_item
+    if geo.images:  # (rows, columns, images, lanes): columns are a major dimension, images fill the sublanes
+        columns, window_columns, out_columns = (layer.input_size[1], geo.window_cols, layer.output_cols)
+        columns, window_columns, out_columns = (v * geo.images for v in (columns, window_columns, out_columns))
+        acc_columns = out_columns
+    else:
+        columns = _round_up(layer.input_size[1], sublanes)
+        window_columns = _round_up(geo.window_cols, 8)
+        out_columns, acc_columns = _round_up(layer.output_cols, sublanes), _round_up(layer.output_cols, 8)
+    window = 2 * geo.rows_in * columns * lanes * item
+    widened = geo.rows_in * window_columns * lanes * acc_item
+    tiles = 2 * geo.rows * out_columns * lanes * item
+    gradient = 2 * _round_up(taps, 8) * max(1, geo.images) * lanes * acc_item
+    weights = 2 * (_round_up(taps, sublanes) + sublanes) * lanes * item + gradient
+    temporaries = 3 * geo.rows * acc_columns * _LANES * acc_item
     return window + widened + tiles + weights + temporaries
 
 
@@ -387,9 +401,9 @@ def _plan(x: jax.Array, layer: Layer, block_sizes: BlockSizes | None, target: st
             f"expected x of shape (N, {layer.input_size[0]}, {layer.input_size[1]}, {layer.channels}) "
             f"for {layer}, got {x.shape}"
         )
-    blocks = block_sizes or BlockSizes.default(layer, target)
+    blocks = block_sizes or BlockSizes.default(layer, target, x.shape[0])
     # The interpreter has no on-chip memory to overflow: only the blocks' shape rules apply there.
-    blocks.check(layer, target, memory=not interpret)
+    blocks.check(layer, target, memory=not interpret, batch=x.shape[0])
     return _Plan(layer, blocks, target, x.shape[0])
 
 
@@ -409,10 +423,16 @@ def _cost(layer: Layer, batch: int, nbytes: int) -> pl.CostEstimate:
 
 @dataclasses.dataclass(frozen=True)
 class _TpuGeometry:
-    """Where each row block's input window lies, for the TPU kernels (all static)."""
+    """Where each row block's input window lies, for the TPU kernels (all static).
+
+    ``images`` is 0 for the ``(N, H, W, C)`` layout (one image per step, width on the
+    sublanes) and the images per step for the spatial-major ``(H, W, N, C)`` layout (images
+    on the sublanes: every tap is an address offset, no sublane shifts).
+    """
 
     layer: Layer
     blocks: BlockSizes
+    images: int = 0
 
     @property
     def rows(self) -> int:
@@ -442,8 +462,16 @@ class _TpuGeometry:
 
     @property
     def lead(self) -> int:
-        """Column where the image starts in the widened window: the left padding rounded up to a sublane tile."""
-        return _round_up(self.layer.padding[1][0], 8)
+        """Column where the image starts in the widened window: the left padding, rounded up to a sublane
+        tile when the columns are on the sublanes."""
+        low = self.layer.padding[1][0]
+        return low if self.images else _round_up(low, 8)
+
+    def source(self, x_hbm, block, first, count, channels):
+        """The HBM rows ``[first, first + count)`` of grid block ``block`` (image or image block)."""
+        if self.images:
+            return x_hbm.at[pl.ds(first, count), :, pl.ds(block * self.images, self.images), channels]
+        return x_hbm.at[block, pl.ds(first, count), :, channels]
 
     @property
     def window_cols(self) -> int:
@@ -471,8 +499,8 @@ class _TpuGeometry:
 def _tpu_window(x_hbm, buf, window, sem, geo: _TpuGeometry, acc_dtype):
     """Fills ``window`` with this step's zero-padded float32 input window; prefetches the next step's.
 
-    ``buf`` ``(2, rows_in, W, cb)`` is the DMA double buffer, ``window`` ``(lanes tiles, rows_in,
-    window_cols, 128)``. The row axis must run in order on one core (``"arbitrary"``).
+    ``buf`` ``(2, rows_in, W, [images,] cb)`` is the DMA double buffer, ``window`` ``(lane tiles,
+    rows_in, window_cols, [images,] 128)``. The row axis must run in order on one core (``"arbitrary"``).
     """
     layer = geo.layer
     n, j, r = pl.program_id(0), pl.program_id(1), pl.program_id(2)
@@ -485,12 +513,12 @@ def _tpu_window(x_hbm, buf, window, sem, geo: _TpuGeometry, acc_dtype):
         for edge in edges:
             first, dst, count = geo.row_window(edge)
             if count:
-                src = x_hbm.at[n, pl.ds(first, count), :, channels]
+                src = geo.source(x_hbm, n, first, count, channels)
                 out.append((block == edge, pltpu.make_async_copy(src, buf.at[slot, pl.ds(dst, count)], sem.at[slot])))
         if len(edges) < geo.row_blocks:
             interior = functools.reduce(jnp.logical_and, [block != e for e in edges]) if edges else None
             first = block * geo.rows * layer.strides[0] - layer.padding[0][0]
-            src = x_hbm.at[n, pl.ds(first, rows_in), :, channels]
+            src = geo.source(x_hbm, n, first, rows_in, channels)
             out.append((interior, pltpu.make_async_copy(src, buf.at[slot], sem.at[slot])))
         return out
 
@@ -502,15 +530,15 @@ def _tpu_window(x_hbm, buf, window, sem, geo: _TpuGeometry, acc_dtype):
                 pl.when(condition)(lambda copy=copy: getattr(copy, method)())
 
     slot = r % 2
-    lead, cols, tiles = geo.lead, geo.window_cols, geo.lane_tiles
+    lead, cols, tiles, inner = geo.lead, geo.window_cols, geo.lane_tiles, window.shape[3:]
 
     @pl.when(r == 0)
     def _():
         # The border columns are never written by the copies below: zero them once per sweep.
         if lead:
-            window[:, :, :lead, :] = jnp.zeros((tiles, rows_in, lead, _LANES), acc_dtype)
+            window[:, :, :lead] = jnp.zeros((tiles, rows_in, lead, *inner), acc_dtype)
         if lead + width < cols:
-            window[:, :, lead + width :, :] = jnp.zeros((tiles, rows_in, cols - lead - width, _LANES), acc_dtype)
+            window[:, :, lead + width :] = jnp.zeros((tiles, rows_in, cols - lead - width, *inner), acc_dtype)
         each(r, 0, "start")
 
     @pl.when(r + 1 < geo.row_blocks)
@@ -518,46 +546,53 @@ def _tpu_window(x_hbm, buf, window, sem, geo: _TpuGeometry, acc_dtype):
         each(r + 1, 1 - slot, "start")
 
     each(r, slot, "wait")
+    middle = (slice(None),) * len(inner[:-1])  # the images dimension of the spatial-major layout
     for t in range(tiles):
         lanes = min(_LANES, cb - t * _LANES)
-        window[t, :, pl.ds(lead, width), :lanes] = buf[slot, :, :, t * _LANES : t * _LANES + lanes].astype(acc_dtype)
+        source = buf[(slot, slice(None), slice(None), *middle, slice(t * _LANES, t * _LANES + lanes))]
+        window[(t, slice(None), pl.ds(lead, width), *middle, slice(0, lanes))] = source.astype(acc_dtype)
     for edge in edges:  # rows of the window outside the image are the convolution's zero padding
         _, dst, count = geo.row_window(edge)
 
         @pl.when(r == edge)
         def _(dst=dst, count=count):
             if dst:
-                window[:, :dst] = jnp.zeros((tiles, dst, cols, _LANES), acc_dtype)
+                window[:, :dst] = jnp.zeros((tiles, dst, cols, *inner), acc_dtype)
             if dst + count < rows_in:
-                window[:, dst + count :] = jnp.zeros((tiles, rows_in - dst - count, cols, _LANES), acc_dtype)
+                window[:, dst + count :] = jnp.zeros((tiles, rows_in - dst - count, cols, *inner), acc_dtype)
 
 
 def _tpu_tap(window, tile: int, row: int, col: int, rows: int, geo: _TpuGeometry):
-    """The window rows and columns one tap multiplies for ``rows`` output rows: ``(rows, Wo, 128)``."""
+    """The window rows and columns one tap multiplies for ``rows`` output rows: ``(rows, Wo, [images,] 128)``."""
     (sh, sw), cols = geo.layer.strides, geo.layer.output_cols
     return window.at[tile][
         pl.ds(row, rows, stride=sh) if sh > 1 else pl.ds(row, rows),
         pl.ds(col, cols, stride=sw) if sw > 1 else pl.ds(col, cols),
-        :,
     ]
 
 
 def _tpu_forward_kernel(x_hbm, w_ref, b_ref, o_ref, buf, window, sem, *, geo, epilogue, acc_dtype):
-    # x_hbm: (N, H, W, C) in HBM  w_ref: (taps, lanes)  b_ref: (1, lanes)  o_ref: (rows, Wo, cb)
+    # x_hbm: (N, H, W, C) or (H, W, N, C) in HBM  w_ref: (taps, lanes)  b_ref: (1, lanes)
+    # o_ref: (rows, Wo, cb) or (rows, Wo, images, cb)
     _tpu_window(x_hbm, buf, window, sem, geo, acc_dtype)
+    lane_vector = (1,) * (o_ref.ndim - 1) + (_LANES,)  # a channel vector, broadcast over the other dims
     for t in range(geo.lane_tiles):
         lanes = pl.ds(t * _LANES, _LANES)
         acc = None
         for tap, row, col in geo.taps():
-            term = _tpu_tap(window, t, row, col, geo.rows, geo) * w_ref[pl.ds(tap, 1), lanes].astype(acc_dtype)[None]
+            weight = w_ref[pl.ds(tap, 1), lanes].astype(acc_dtype).reshape(lane_vector)
+            term = _tpu_tap(window, t, row, col, geo.rows, geo) * weight
             acc = term if acc is None else acc + term
-        acc = EPILOGUES[epilogue](acc + b_ref[:, lanes].astype(acc_dtype)[None])
+        acc = EPILOGUES[epilogue](acc + b_ref[:, lanes].astype(acc_dtype).reshape(lane_vector))
         width = min(_LANES, geo.channel_block - t * _LANES)
-        o_ref[:, :, t * _LANES : t * _LANES + width] = acc[:, :, :width].astype(o_ref.dtype)
+        o_ref[(*(slice(None),) * (o_ref.ndim - 1), slice(t * _LANES, t * _LANES + width))] = acc[..., :width].astype(
+            o_ref.dtype
+        )
 
 
 def _tpu_kernel_grad_kernel(x_hbm, dy_ref, o_ref, buf, window, sem, *, geo, acc_dtype):
-    # dy_ref: (rows, Wo, cb), the last row block ragged  o_ref: (taps, lanes), resident over the row axis
+    # dy_ref: (rows, Wo, [images,] cb), the last row block ragged
+    # o_ref: (taps, lanes) or (taps, images, lanes), resident over the row axis
     _tpu_window(x_hbm, buf, window, sem, geo, acc_dtype)
     r = pl.program_id(2)
 
@@ -566,14 +601,17 @@ def _tpu_kernel_grad_kernel(x_hbm, dy_ref, o_ref, buf, window, sem, *, geo, acc_
         o_ref[...] = jnp.zeros(o_ref.shape, o_ref.dtype)
 
     def accumulate(rows):  # only the rows that exist: the ragged block's tail holds no cotangent
+        middle = (slice(None),) * (dy_ref.ndim - 2)  # columns, and images in the spatial-major layout
         for t in range(geo.lane_tiles):
             width = min(_LANES, geo.channel_block - t * _LANES)
-            dy = dy_ref[:rows, :, t * _LANES : t * _LANES + width].astype(acc_dtype)
+            dy = dy_ref[(slice(0, rows), *middle, slice(t * _LANES, t * _LANES + width))].astype(acc_dtype)
             for tap, row, col in geo.taps():
-                x = _tpu_tap(window, t, row, col, rows, geo)[:, :, :width]
-                o_ref[pl.ds(tap, 1), pl.ds(t * _LANES, width)] += jnp.sum(
-                    jnp.sum(x * dy, axis=0), axis=0, keepdims=True
-                )
+                x = _tpu_tap(window, t, row, col, rows, geo)[..., :width]
+                partial = jnp.sum(jnp.sum(x * dy, axis=0), axis=0)  # over rows and columns: per image
+                if geo.images:
+                    o_ref[tap, :, pl.ds(t * _LANES, width)] += partial
+                else:
+                    o_ref[pl.ds(tap, 1), pl.ds(t * _LANES, width)] += partial[None]
 
     last = geo.layer.output_rows - (geo.row_blocks - 1) * geo.rows
     if last == geo.rows:
@@ -586,11 +624,13 @@ def _tpu_kernel_grad_kernel(x_hbm, dy_ref, o_ref, buf, window, sem, *, geo, acc_
 def _tpu_call(body, x, extra_inputs, extra_specs, out_shape, out_spec, geo: _TpuGeometry, interpret, name, cost):
     acc = accumulator_dtype(x.dtype)
     layer = geo.layer
+    images = (geo.images,) if geo.images else ()
     scratch = [
-        pltpu.VMEM((2, geo.rows_in, layer.input_size[1], geo.channel_block), x.dtype),
-        pltpu.VMEM((geo.lane_tiles, geo.rows_in, geo.window_cols, _LANES), acc),
+        pltpu.VMEM((2, geo.rows_in, layer.input_size[1], *images, geo.channel_block), x.dtype),
+        pltpu.VMEM((geo.lane_tiles, geo.rows_in, geo.window_cols, *images, _LANES), acc),
         pltpu.SemaphoreType.DMA((2,)),
     ]
+    batch = x.shape[2] // geo.images if geo.images else x.shape[0]
     params = None
     if not interpret:
         params = pltpu.CompilerParams(
@@ -599,7 +639,7 @@ def _tpu_call(body, x, extra_inputs, extra_specs, out_shape, out_spec, geo: _Tpu
     return pl.pallas_call(
         body,
         out_shape=out_shape,
-        grid=(x.shape[0], geo.channel_blocks, geo.row_blocks),
+        grid=(batch, geo.channel_blocks, geo.row_blocks),
         in_specs=[pl.BlockSpec(memory_space=pl.ANY), *extra_specs],
         out_specs=out_spec,
         scratch_shapes=scratch,
@@ -618,49 +658,91 @@ def _tpu_lanes(a: jax.Array, geo: _TpuGeometry) -> jax.Array:
     return jnp.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, geo.lane_tiles * _LANES - c)])
 
 
+def _tpu_images(itemsize: int) -> int:
+    """Images per step in the spatial-major layout: one sublane tile of them (8 of 32 bits, 16 of 16 bits)."""
+    return 8 * max(1, 4 // itemsize)
+
+
+def tpu_layout(layer: Layer, batch: int) -> str:
+    """``"nhwc"`` or ``"hwnc"``: the layout the TPU kernels read and write for this layer.
+
+    XLA's TPU layout assignment stores an ``(N, H, W, C)`` activation whose width is not a
+    multiple of the 8-row sublane tile (MobileNets' 28, 14 and 7) spatial-major, images on
+    the sublanes (layout ``{3,0,2,1}``), so that is the kernel's layout there too: the
+    transposes around the kernel are then free (bitcasts) and no relayout copy runs.
+    """
+    if layer.input_size[1] % 8 and batch % _tpu_images(layer.itemsize) == 0:
+        return "hwnc"
+    return "nhwc"
+
+
+def _tpu_geometry(layer: Layer, blocks: BlockSizes, batch: int) -> _TpuGeometry:
+    images = _tpu_images(layer.itemsize) if tpu_layout(layer, batch) == "hwnc" else 0
+    return _TpuGeometry(layer, blocks, images)
+
+
 def _tpu_forward(x, kernel, bias, layer, blocks, activation, out_dtype, interpret):
-    geo = _TpuGeometry(layer, blocks)
     n, c = x.shape[0], layer.channels
+    geo = _tpu_geometry(layer, blocks, n)
     taps, lanes = len(geo.taps()), geo.lane_tiles * _LANES
     w = _tpu_lanes(kernel.reshape(taps, c), geo)
     b = _tpu_lanes(jnp.zeros((1, c), x.dtype) if bias is None else bias.reshape(1, c), geo)
-    out_shape = (n, layer.output_rows, layer.output_cols, c)
+    ho, wo = layer.output_rows, layer.output_cols
     body = functools.partial(_tpu_forward_kernel, geo=geo, epilogue=activation, acc_dtype=accumulator_dtype(x.dtype))
-    nbytes = x.size * x.dtype.itemsize + math.prod(out_shape) * out_dtype.itemsize
-    return _tpu_call(
+    nbytes = x.size * x.dtype.itemsize + n * ho * wo * c * out_dtype.itemsize
+    if geo.images:  # spatial-major: free transposes where XLA stores the activations this way
+        x = jnp.transpose(x, (1, 2, 0, 3))
+        out_shape = (ho, wo, n, c)
+        out_spec = pl.BlockSpec((geo.rows, wo, geo.images, geo.channel_block), lambda i, j, r: (r, 0, i, j))
+    else:
+        out_shape = (n, ho, wo, c)
+        out_spec = pl.BlockSpec((None, geo.rows, wo, geo.channel_block), lambda i, j, r: (i, r, 0, j))
+    y = _tpu_call(
         body,
         x,
         (w, b),
         [pl.BlockSpec((taps, lanes), lambda i, j, r: (0, j)), pl.BlockSpec((1, lanes), lambda i, j, r: (0, j))],
         _out_struct(out_shape, out_dtype, like=x),
-        pl.BlockSpec((None, geo.rows, layer.output_cols, geo.channel_block), lambda i, j, r: (i, r, 0, j)),
+        out_spec,
         geo,
         interpret,
         "jdw_depthwise_forward",
         _cost(layer, n, nbytes),
     )
+    return jnp.transpose(y, (2, 0, 1, 3)) if geo.images else y
 
 
 def _tpu_kernel_grad(x, dy, layer, blocks, interpret):
     """Per-image kernel gradients ``(N, taps, C)``."""
-    geo = _TpuGeometry(layer, blocks)
     n, c = x.shape[0], layer.channels
+    geo = _tpu_geometry(layer, blocks, n)
     taps, lanes = len(geo.taps()), geo.lane_tiles * _LANES
     acc = accumulator_dtype(x.dtype)
     body = functools.partial(_tpu_kernel_grad_kernel, geo=geo, acc_dtype=acc)
+    wo, cb = layer.output_cols, geo.channel_block
+    if geo.images:
+        x, dy = jnp.transpose(x, (1, 2, 0, 3)), jnp.transpose(dy, (1, 2, 0, 3))
+        dy_spec = pl.BlockSpec((geo.rows, wo, geo.images, cb), lambda i, j, r: (r, 0, i, j))
+        out_shape = (taps, n, geo.channel_blocks * lanes)
+        out_spec = pl.BlockSpec((taps, geo.images, lanes), lambda i, j, r: (0, i, j))
+    else:
+        dy_spec = pl.BlockSpec((None, geo.rows, wo, cb), lambda i, j, r: (i, r, 0, j))
+        out_shape = (n, taps, geo.channel_blocks * lanes)
+        out_spec = pl.BlockSpec((None, taps, lanes), lambda i, j, r: (i, 0, j))
     grads = _tpu_call(
         body,
         x,
         (dy,),
-        [pl.BlockSpec((None, geo.rows, layer.output_cols, geo.channel_block), lambda i, j, r: (i, r, 0, j))],
-        _out_struct((n, taps, geo.channel_blocks * lanes), acc, like=x),
-        pl.BlockSpec((None, taps, lanes), lambda i, j, r: (i, 0, j)),
+        [dy_spec],
+        _out_struct(out_shape, acc, like=x),
+        out_spec,
         geo,
         interpret,
         "jdw_depthwise_kernel_grad",
         _cost(layer, n, x.size * x.dtype.itemsize + dy.size * dy.dtype.itemsize),
     )
-    return grads[:, :, :c]
+    grads = grads[..., :c]
+    return jnp.transpose(grads, (1, 0, 2)) if geo.images else grads
 
 
 # --- the kernels, for either target ---------------------------------------------------------------
@@ -822,5 +904,6 @@ __all__ = [
     "kernel_grad",
     "phase_split",
     "reference",
+    "tpu_layout",
     "vmem_bytes",
 ]
