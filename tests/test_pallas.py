@@ -110,7 +110,7 @@ def test_spatial_major_tpu_kernels_match_numpy(case, interpreter):
     x = rng.standard_normal((16, h, w, c)).astype(np.float32)
     kernel = rng.standard_normal((*k, c)).astype(np.float32)
     bias = rng.standard_normal((c,)).astype(np.float32)
-    assert pd.tpu_layout(layer, 16) == "hwnc" and pd.tpu_layout(layer, 4) == "nhwc"
+    assert pd.tpu_layout(layer, 16) == "hwnc" and pd.tpu_layout(layer, 4) != "hwnc"
     run = dict(block_sizes=pd.BlockSizes(*blocks), target="tpu", interpret=INTERPRETERS[interpreter])
     y = pd.forward(jnp.asarray(x), jnp.asarray(kernel), jnp.asarray(bias), layer, activation="relu6", **run)
     z = _numpy_forward(x, kernel, bias, layer)
@@ -129,6 +129,38 @@ def test_spatial_major_tpu_kernels_match_numpy(case, interpreter):
         for i in range(16)
     ]
     assert_close(dk, np.stack(expected))
+
+
+@pytest.mark.parametrize("interpreter", sorted(INTERPRETERS))
+@pytest.mark.parametrize(
+    "case",
+    [
+        ((9, 130, 4), (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)), (4, 128)),
+        ((7, 200, 16), (3, 5), (2, 1), (1, 2), ((2, 0), (3, 1)), (2, 16)),
+    ],
+    ids=lambda case: "x".join(map(str, case[0])),
+)
+def test_width_on_lanes_tpu_kernels_match_numpy(case, interpreter):
+    """Few channels and a wide image: the (N, H, C, W) layout, width on the lanes (MobileNetV2's 112x112x32)."""
+    (h, w, c), k, s, d, pad, blocks = case
+    layer = pd.Layer((h, w), k, s, pad, d, c)
+    assert pd.tpu_layout(layer, 2) == "nhcw"
+    x, kernel, bias = _inputs(((h, w, c), k))
+    run = dict(block_sizes=pd.BlockSizes(*blocks), target="tpu", interpret=INTERPRETERS[interpreter])
+    y = pd.forward(jnp.asarray(x), jnp.asarray(kernel), jnp.asarray(bias), layer, activation="hard_swish", **run)
+    z = _numpy_forward(x, kernel, bias, layer)
+    assert_close(y, jdw.functional.get_activation("hard_swish")(jnp.asarray(z, jnp.float32)))
+    dy = np.random.default_rng(1).standard_normal(z.shape).astype(np.float32)
+    dk = pd.kernel_grad(jnp.asarray(x), jnp.asarray(dy), layer, **run)
+    _, dk_expected, _ = ref.depthwise_conv_vjp(
+        x.astype(np.float64),
+        kernel[:, :, None, :].astype(np.float64),
+        dy.astype(np.float64),
+        strides=s,
+        padding=pad,
+        dilation=d,
+    )
+    assert_close(dk, dk_expected[:, :, 0, :])
 
 
 def test_spatial_major_bfloat16_takes_sixteen_images_per_step():

@@ -260,6 +260,14 @@ def vmem_bytes(layer: Layer, blocks: BlockSizes, batch: int = 1) -> int:
     lanes = _round_up(geo.channel_block, _LANES)
     item, acc_item = layer.itemsize, max(4, layer.itemsize)
     taps = layer.kernel_size[0] * layer.kernel_size[1]
+    if geo.wide:  # (rows, channels, columns): channels on the sublanes, columns on the lanes
+        channels = _round_up(geo.channel_block, sublanes)
+        window = 2 * geo.rows_in * channels * _round_up(layer.input_size[1], _LANES) * item
+        widened = geo.rows_in * _round_up(geo.channel_block, 8) * _round_up(geo.window_cols, _LANES) * acc_item
+        out = geo.rows * _round_up(geo.channel_block, 8) * _round_up(layer.output_cols, _LANES)
+        tiles = 2 * geo.rows * channels * _round_up(layer.output_cols, _LANES) * item
+        weights = 2 * (taps + 1) * _round_up(geo.channel_block, 8) * _LANES * (item + acc_item)
+        return window + widened + tiles + weights + 3 * out * acc_item
     if geo.images:  # (rows, columns, images, lanes): columns are a major dimension, images fill the sublanes
         columns, window_columns, out_columns = (layer.input_size[1], geo.window_cols, layer.output_cols)
         columns, window_columns, out_columns = (v * geo.images for v in (columns, window_columns, out_columns))
@@ -427,12 +435,14 @@ class _TpuGeometry:
 
     ``images`` is 0 for the ``(N, H, W, C)`` layout (one image per step, width on the
     sublanes) and the images per step for the spatial-major ``(H, W, N, C)`` layout (images
-    on the sublanes: every tap is an address offset, no sublane shifts).
+    on the sublanes: every tap is an address offset, no sublane shifts). ``wide`` is the
+    ``(N, H, C, W)`` layout: channels on the sublanes, the width on the lanes.
     """
 
     layer: Layer
     blocks: BlockSizes
     images: int = 0
+    wide: bool = False
 
     @property
     def rows(self) -> int:
@@ -465,12 +475,14 @@ class _TpuGeometry:
         """Column where the image starts in the widened window: the left padding, rounded up to a sublane
         tile when the columns are on the sublanes."""
         low = self.layer.padding[1][0]
-        return low if self.images else _round_up(low, 8)
+        return low if self.images or self.wide else _round_up(low, 8)
 
     def source(self, x_hbm, block, first, count, channels):
         """The HBM rows ``[first, first + count)`` of grid block ``block`` (image or image block)."""
         if self.images:
             return x_hbm.at[pl.ds(first, count), :, pl.ds(block * self.images, self.images), channels]
+        if self.wide:
+            return x_hbm.at[block, pl.ds(first, count), channels, :]
         return x_hbm.at[block, pl.ds(first, count), :, channels]
 
     @property
@@ -496,16 +508,18 @@ class _TpuGeometry:
         return [(i * kw + j, i * dh, lead - layer.padding[1][0] + j * dw) for i in range(kh) for j in range(kw)]
 
 
-def _tpu_window(x_hbm, buf, window, sem, geo: _TpuGeometry, acc_dtype):
-    """Fills ``window`` with this step's zero-padded float32 input window; prefetches the next step's.
+def _tpu_fetch(x_hbm, buf, sem, geo: _TpuGeometry, first_step):
+    """Brings this step's input rows into ``buf[slot]`` and starts the next step's copy; returns ``slot``.
 
-    ``buf`` ``(2, rows_in, W, [images,] cb)`` is the DMA double buffer, ``window`` ``(lane tiles,
-    rows_in, window_cols, [images,] 128)``. The row axis must run in order on one core (``"arbitrary"``).
+    ``buf`` is the DMA double buffer ``(2, rows_in, ...)``; rows past the image are not
+    copied (the caller zeroes them in its window). ``first_step()`` runs once per sweep of
+    the row axis, which must run in order on one core (``"arbitrary"``).
     """
     layer = geo.layer
     n, j, r = pl.program_id(0), pl.program_id(1), pl.program_id(2)
-    cb, width, rows_in, edges = geo.channel_block, layer.input_size[1], geo.rows_in, geo.edge_blocks()
-    channels = pl.ds(0, cb) if geo.channel_blocks == 1 else pl.ds(pl.multiple_of(j * cb, _LANES), cb)
+    cb, rows_in, edges = geo.channel_block, geo.rows_in, geo.edge_blocks()
+    align = 8 if geo.wide else _LANES
+    channels = pl.ds(0, cb) if geo.channel_blocks == 1 else pl.ds(pl.multiple_of(j * cb, align), cb)
 
     def copies(block, slot):
         """[(condition or None, DMA descriptor)]: one static copy per edge block, one dynamic one for the rest."""
@@ -530,15 +544,10 @@ def _tpu_window(x_hbm, buf, window, sem, geo: _TpuGeometry, acc_dtype):
                 pl.when(condition)(lambda copy=copy: getattr(copy, method)())
 
     slot = r % 2
-    lead, cols, tiles, inner = geo.lead, geo.window_cols, geo.lane_tiles, window.shape[3:]
 
     @pl.when(r == 0)
     def _():
-        # The border columns are never written by the copies below: zero them once per sweep.
-        if lead:
-            window[:, :, :lead] = jnp.zeros((tiles, rows_in, lead, *inner), acc_dtype)
-        if lead + width < cols:
-            window[:, :, lead + width :] = jnp.zeros((tiles, rows_in, cols - lead - width, *inner), acc_dtype)
+        first_step()
         each(r, 0, "start")
 
     @pl.when(r + 1 < geo.row_blocks)
@@ -546,20 +555,67 @@ def _tpu_window(x_hbm, buf, window, sem, geo: _TpuGeometry, acc_dtype):
         each(r + 1, 1 - slot, "start")
 
     each(r, slot, "wait")
-    middle = (slice(None),) * len(inner[:-1])  # the images dimension of the spatial-major layout
-    for t in range(tiles):
-        lanes = min(_LANES, cb - t * _LANES)
-        source = buf[(slot, slice(None), slice(None), *middle, slice(t * _LANES, t * _LANES + lanes))]
-        window[(t, slice(None), pl.ds(lead, width), *middle, slice(0, lanes))] = source.astype(acc_dtype)
-    for edge in edges:  # rows of the window outside the image are the convolution's zero padding
+    return slot
+
+
+def _zero_outside_image(window, geo: _TpuGeometry, row_axis: int):
+    """Zeroes the window rows that lie outside the image in the edge row blocks (the convolution's padding)."""
+    r = pl.program_id(2)
+    for edge in geo.edge_blocks():
         _, dst, count = geo.row_window(edge)
 
         @pl.when(r == edge)
         def _(dst=dst, count=count):
+            lead = (slice(None),) * row_axis
             if dst:
-                window[:, :dst] = jnp.zeros((tiles, dst, cols, *inner), acc_dtype)
-            if dst + count < rows_in:
-                window[:, dst + count :] = jnp.zeros((tiles, rows_in - dst - count, cols, *inner), acc_dtype)
+                window[(*lead, slice(0, dst))] = jnp.zeros(
+                    window.shape[:row_axis] + (dst,) + window.shape[row_axis + 1 :], window.dtype
+                )
+            if dst + count < geo.rows_in:
+                rest = geo.rows_in - dst - count
+                window[(*lead, slice(dst + count, geo.rows_in))] = jnp.zeros(
+                    window.shape[:row_axis] + (rest,) + window.shape[row_axis + 1 :], window.dtype
+                )
+
+
+def _tpu_window(x_hbm, buf, window, sem, geo: _TpuGeometry, acc_dtype):
+    """Fills ``window`` with this step's zero-padded float32 input window; prefetches the next step's.
+
+    Channels on lanes: ``buf`` ``(2, rows_in, W, [images,] cb)``, ``window`` ``(lane tiles, rows_in,
+    window_cols, [images,] 128)``. Columns on lanes (``geo.wide``): ``buf`` ``(2, rows_in, cb, W)``,
+    ``window`` ``(rows_in, cb, window_cols)``.
+    """
+    width, rows_in, lead, cols = geo.layer.input_size[1], geo.rows_in, geo.lead, geo.window_cols
+    if geo.wide:
+
+        def first_step():  # the border columns are never written by the copies: zero them once per sweep
+            cb = geo.channel_block
+            if lead:
+                window[:, :, :lead] = jnp.zeros((rows_in, cb, lead), acc_dtype)
+            if lead + width < cols:
+                window[:, :, lead + width :] = jnp.zeros((rows_in, cb, cols - lead - width), acc_dtype)
+
+        slot = _tpu_fetch(x_hbm, buf, sem, geo, first_step)
+        window[:, :, pl.ds(lead, width)] = buf[slot].astype(acc_dtype)
+        _zero_outside_image(window, geo, row_axis=0)
+        return
+
+    tiles, inner = geo.lane_tiles, window.shape[3:]
+
+    def first_step():
+        if lead:
+            window[:, :, :lead] = jnp.zeros((tiles, rows_in, lead, *inner), acc_dtype)
+        if lead + width < cols:
+            window[:, :, lead + width :] = jnp.zeros((tiles, rows_in, cols - lead - width, *inner), acc_dtype)
+
+    slot = _tpu_fetch(x_hbm, buf, sem, geo, first_step)
+    middle = (slice(None),) * len(inner[:-1])  # the images dimension of the spatial-major layout
+    cb = geo.channel_block
+    for t in range(tiles):
+        lanes = min(_LANES, cb - t * _LANES)
+        source = buf[(slot, slice(None), slice(None), *middle, slice(t * _LANES, t * _LANES + lanes))]
+        window[(t, slice(None), pl.ds(lead, width), *middle, slice(0, lanes))] = source.astype(acc_dtype)
+    _zero_outside_image(window, geo, row_axis=1)
 
 
 def _tpu_tap(window, tile: int, row: int, col: int, rows: int, geo: _TpuGeometry):
@@ -621,15 +677,57 @@ def _tpu_kernel_grad_kernel(x_hbm, dy_ref, o_ref, buf, window, sem, *, geo, acc_
         pl.when(r == geo.row_blocks - 1)(lambda: accumulate(last))
 
 
+def _tpu_wide_forward_kernel(x_hbm, w_ref, b_ref, o_ref, buf, window, sem, *, geo, epilogue, acc_dtype):
+    # x_hbm: (N, H, C, W) in HBM  w_ref: (taps, cb, 1)  b_ref: (cb, 1)  o_ref: (rows, cb, Wo)
+    _tpu_window(x_hbm, buf, window, sem, geo, acc_dtype)
+    rows, (sh, _), cols = geo.rows, geo.layer.strides, geo.layer.output_cols
+    acc = None
+    for tap, row, col in geo.taps():
+        rs = pl.ds(row, rows, stride=sh) if sh > 1 else pl.ds(row, rows)
+        term = window[rs, :, pl.ds(col, cols)] * w_ref[tap].astype(acc_dtype)[None]
+        acc = term if acc is None else acc + term
+    acc = EPILOGUES[epilogue](acc + b_ref[...].astype(acc_dtype)[None])
+    o_ref[...] = acc.astype(o_ref.dtype)
+
+
+def _tpu_wide_kernel_grad_kernel(x_hbm, dy_ref, o_ref, buf, window, sem, *, geo, acc_dtype):
+    # dy_ref: (rows, cb, Wo), the last row block ragged  o_ref: (taps, cb, 1), resident over the row axis
+    _tpu_window(x_hbm, buf, window, sem, geo, acc_dtype)
+    r, (sh, _), cols = pl.program_id(2), geo.layer.strides, geo.layer.output_cols
+
+    @pl.when(r == 0)
+    def _():
+        o_ref[...] = jnp.zeros(o_ref.shape, o_ref.dtype)
+
+    def accumulate(rows):
+        dy = dy_ref[:rows].astype(acc_dtype)
+        for tap, row, col in geo.taps():
+            rs = pl.ds(row, rows, stride=sh) if sh > 1 else pl.ds(row, rows)
+            o_ref[tap] += jnp.sum(jnp.sum(window[rs, :, pl.ds(col, cols)] * dy, axis=0), axis=-1, keepdims=True)
+
+    last = geo.layer.output_rows - (geo.row_blocks - 1) * geo.rows
+    if last == geo.rows:
+        accumulate(geo.rows)
+    else:
+        pl.when(r < geo.row_blocks - 1)(lambda: accumulate(geo.rows))
+        pl.when(r == geo.row_blocks - 1)(lambda: accumulate(last))
+
+
 def _tpu_call(body, x, extra_inputs, extra_specs, out_shape, out_spec, geo: _TpuGeometry, interpret, name, cost):
     acc = accumulator_dtype(x.dtype)
     layer = geo.layer
     images = (geo.images,) if geo.images else ()
-    scratch = [
-        pltpu.VMEM((2, geo.rows_in, layer.input_size[1], *images, geo.channel_block), x.dtype),
-        pltpu.VMEM((geo.lane_tiles, geo.rows_in, geo.window_cols, *images, _LANES), acc),
-        pltpu.SemaphoreType.DMA((2,)),
-    ]
+    if geo.wide:
+        buffers = [
+            pltpu.VMEM((2, geo.rows_in, geo.channel_block, layer.input_size[1]), x.dtype),
+            pltpu.VMEM((geo.rows_in, geo.channel_block, geo.window_cols), acc),
+        ]
+    else:
+        buffers = [
+            pltpu.VMEM((2, geo.rows_in, layer.input_size[1], *images, geo.channel_block), x.dtype),
+            pltpu.VMEM((geo.lane_tiles, geo.rows_in, geo.window_cols, *images, _LANES), acc),
+        ]
+    scratch = [*buffers, pltpu.SemaphoreType.DMA((2,))]
     batch = x.shape[2] // geo.images if geo.images else x.shape[0]
     params = None
     if not interpret:
@@ -663,27 +761,85 @@ def _tpu_images(itemsize: int) -> int:
     return 8 * max(1, 4 // itemsize)
 
 
-def tpu_layout(layer: Layer, batch: int) -> str:
-    """``"nhwc"`` or ``"hwnc"``: the layout the TPU kernels read and write for this layer.
+def _lane_padding(size: int) -> float:
+    return _round_up(size, _LANES) / size
 
-    XLA's TPU layout assignment stores an ``(N, H, W, C)`` activation whose width is not a
-    multiple of the 8-row sublane tile (MobileNets' 28, 14 and 7) spatial-major, images on
-    the sublanes (layout ``{3,0,2,1}``), so that is the kernel's layout there too: the
-    transposes around the kernel are then free (bitcasts) and no relayout copy runs.
+
+def tpu_layout(layer: Layer, batch: int) -> str:
+    """``"nhwc"``, ``"hwnc"`` or ``"nhcw"``: the layout the TPU kernels read and write for this layer.
+
+    XLA's TPU layout assignment stores an ``(N, H, W, C)`` activation so as to pad the
+    128-lane and 8-row tiles least, and the kernel follows it, so that the transposes around
+    it are free (bitcasts) and no relayout copy runs: ``"hwnc"`` (images on the sublanes,
+    layout ``{3,0,2,1}``) when the width is not a multiple of the 8-row sublane tile
+    (MobileNets' 28, 14 and 7) on input and output; ``"nhcw"`` (width on the lanes, layout
+    ``{2,3,1,0}``) when the width fills the lanes better than the channels on input and
+    output alike (MobileNetV2's 112x112x32; a stride-2 layer whose output prefers the
+    channels on lanes is not served this way); ``"nhwc"`` otherwise.
     """
-    if layer.input_size[1] % 8 and batch % _tpu_images(layer.itemsize) == 0:
+    (width, out_width), channels = (layer.input_size[1], layer.output_cols), layer.channels
+    if width % 8 and out_width % 8 and batch % _tpu_images(layer.itemsize) == 0:
         return "hwnc"
+    if _lane_padding(width) < _lane_padding(channels) and _lane_padding(out_width) < _lane_padding(channels):
+        if layer.strides[1] == 1:
+            return "nhcw"
     return "nhwc"
 
 
 def _tpu_geometry(layer: Layer, blocks: BlockSizes, batch: int) -> _TpuGeometry:
-    images = _tpu_images(layer.itemsize) if tpu_layout(layer, batch) == "hwnc" else 0
-    return _TpuGeometry(layer, blocks, images)
+    layout = tpu_layout(layer, batch)
+    images = _tpu_images(layer.itemsize) if layout == "hwnc" else 0
+    return _TpuGeometry(layer, blocks, images, wide=layout == "nhcw")
+
+
+def _tpu_wide_forward(x, kernel, bias, geo: _TpuGeometry, activation, out_dtype, interpret):
+    """The ``(N, H, C, W)`` layout: channels on sublanes, width on lanes; free transposes where XLA stores it so."""
+    layer, (n, c) = geo.layer, (x.shape[0], geo.layer.channels)
+    taps, cb, (ho, wo) = len(geo.taps()), geo.channel_block, (layer.output_rows, layer.output_cols)
+    w = kernel.reshape(taps, c, 1)
+    b = (jnp.zeros((c,), x.dtype) if bias is None else bias).reshape(c, 1)
+    body = functools.partial(
+        _tpu_wide_forward_kernel, geo=geo, epilogue=activation, acc_dtype=accumulator_dtype(x.dtype)
+    )
+    nbytes = x.size * x.dtype.itemsize + n * ho * wo * c * out_dtype.itemsize
+    y = _tpu_call(
+        body,
+        jnp.transpose(x, (0, 1, 3, 2)),
+        (w, b),
+        [pl.BlockSpec((taps, cb, 1), lambda i, j, r: (0, j, 0)), pl.BlockSpec((cb, 1), lambda i, j, r: (j, 0))],
+        _out_struct((n, ho, c, wo), out_dtype, like=x),
+        pl.BlockSpec((None, geo.rows, cb, wo), lambda i, j, r: (i, r, j, 0)),
+        geo,
+        interpret,
+        "jdw_depthwise_forward",
+        _cost(layer, n, nbytes),
+    )
+    return jnp.transpose(y, (0, 1, 3, 2))
+
+
+def _tpu_wide_kernel_grad(x, dy, geo: _TpuGeometry, interpret):
+    layer, (n, c) = geo.layer, (x.shape[0], geo.layer.channels)
+    taps, cb, acc = len(geo.taps()), geo.channel_block, accumulator_dtype(x.dtype)
+    grads = _tpu_call(
+        functools.partial(_tpu_wide_kernel_grad_kernel, geo=geo, acc_dtype=acc),
+        jnp.transpose(x, (0, 1, 3, 2)),
+        (jnp.transpose(dy, (0, 1, 3, 2)),),
+        [pl.BlockSpec((None, geo.rows, cb, layer.output_cols), lambda i, j, r: (i, r, j, 0))],
+        _out_struct((n, taps, c, 1), acc, like=x),
+        pl.BlockSpec((None, taps, cb, 1), lambda i, j, r: (i, 0, j, 0)),
+        geo,
+        interpret,
+        "jdw_depthwise_kernel_grad",
+        _cost(layer, n, x.size * x.dtype.itemsize + dy.size * dy.dtype.itemsize),
+    )
+    return grads[..., 0]
 
 
 def _tpu_forward(x, kernel, bias, layer, blocks, activation, out_dtype, interpret):
     n, c = x.shape[0], layer.channels
     geo = _tpu_geometry(layer, blocks, n)
+    if geo.wide:
+        return _tpu_wide_forward(x, kernel, bias, geo, activation, out_dtype, interpret)
     taps, lanes = len(geo.taps()), geo.lane_tiles * _LANES
     w = _tpu_lanes(kernel.reshape(taps, c), geo)
     b = _tpu_lanes(jnp.zeros((1, c), x.dtype) if bias is None else bias.reshape(1, c), geo)
@@ -716,6 +872,8 @@ def _tpu_kernel_grad(x, dy, layer, blocks, interpret):
     """Per-image kernel gradients ``(N, taps, C)``."""
     n, c = x.shape[0], layer.channels
     geo = _tpu_geometry(layer, blocks, n)
+    if geo.wide:
+        return _tpu_wide_kernel_grad(x, dy, geo, interpret)
     taps, lanes = len(geo.taps()), geo.lane_tiles * _LANES
     acc = accumulator_dtype(x.dtype)
     body = functools.partial(_tpu_kernel_grad_kernel, geo=geo, acc_dtype=acc)
