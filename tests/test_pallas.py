@@ -137,14 +137,17 @@ def test_spatial_major_tpu_kernels_match_numpy(case, interpreter):
     [
         ((9, 130, 4), (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)), (4, 128)),
         ((7, 200, 16), (3, 5), (2, 1), (1, 2), ((2, 0), (3, 1)), (2, 16)),
+        ((6, 150, 24), (3, 3), (2, 2), (1, 1), ((0, 1), (0, 1)), (2, 24)),
+        ((5, 131, 8), (3, 3), (1, 3), (1, 1), ((1, 1), (2, 0)), (8, 8)),
     ],
     ids=lambda case: "x".join(map(str, case[0])),
 )
 def test_width_on_lanes_tpu_kernels_match_numpy(case, interpreter):
-    """Few channels and a wide image: the (N, H, C, W) layout, width on the lanes (MobileNetV2's 112x112x32)."""
+    """Few channels and a wide image: width on the lanes (MobileNetV2's 112x112x32); with a stride along the
+    width the output has the channels on the lanes (112x112x96/s2), the MXU selecting and transposing."""
     (h, w, c), k, s, d, pad, blocks = case
     layer = pd.Layer((h, w), k, s, pad, d, c)
-    assert pd.tpu_layout(layer, 2) == "nhcw"
+    assert pd.tpu_layout(layer, 2) == ("nhcw" if s[1] == 1 else "nhcw>nhwc")
     x, kernel, bias = _inputs(((h, w, c), k))
     run = dict(block_sizes=pd.BlockSizes(*blocks), target="tpu", interpret=INTERPRETERS[interpreter])
     y = pd.forward(jnp.asarray(x), jnp.asarray(kernel), jnp.asarray(bias), layer, activation="hard_swish", **run)

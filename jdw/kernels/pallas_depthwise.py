@@ -436,13 +436,35 @@ class _TpuGeometry:
     ``images`` is 0 for the ``(N, H, W, C)`` layout (one image per step, width on the
     sublanes) and the images per step for the spatial-major ``(H, W, N, C)`` layout (images
     on the sublanes: every tap is an address offset, no sublane shifts). ``wide`` is the
-    ``(N, H, C, W)`` layout: channels on the sublanes, the width on the lanes.
+    ``(N, H, C, W)`` layout: channels on the sublanes, the width on the lanes; with
+    ``channels_last_out`` its output is ``(N, H, W, C)``, each row's stride-1 accumulation
+    ``(C, W)`` turned into ``(Wo, C)`` by one matrix product with a 0/1 selection matrix
+    (the MXU is otherwise idle in a depthwise convolution, and there are no strided or
+    transposing lane loads).
     """
 
     layer: Layer
     blocks: BlockSizes
     images: int = 0
     wide: bool = False
+    channels_last_out: bool = False  # wide only: the output (and cotangent) in (N, H, W, C), the MXU transposing
+
+    @property
+    def full_cols(self) -> int:
+        """Columns of the stride-1 (in width) accumulation a strided or transposing wide kernel selects from."""
+        return (self.layer.output_cols - 1) * self.layer.strides[1] + 1
+
+    def selection(self) -> jax.Array:
+        """``(Wo, full_cols)`` 0/1 matrix picking every stride-th column, for the MXU.
+
+        Computed (iota), not a constant: ``custom_partitioning`` refuses captured constants.
+        """
+        shape = (self.layer.output_cols, self.full_cols)
+        picked = (
+            lax.broadcasted_iota(jnp.int32, shape, 1)
+            == lax.broadcasted_iota(jnp.int32, shape, 0) * self.layer.strides[1]
+        )
+        return picked.astype(jnp.float32)
 
     @property
     def rows(self) -> int:
@@ -677,33 +699,72 @@ def _tpu_kernel_grad_kernel(x_hbm, dy_ref, o_ref, buf, window, sem, *, geo, acc_
         pl.when(r == geo.row_blocks - 1)(lambda: accumulate(last))
 
 
-def _tpu_wide_forward_kernel(x_hbm, w_ref, b_ref, o_ref, buf, window, sem, *, geo, epilogue, acc_dtype):
-    # x_hbm: (N, H, C, W) in HBM  w_ref: (taps, cb, 1)  b_ref: (cb, 1)  o_ref: (rows, cb, Wo)
+def _select(selection, row, acc_dtype):
+    """``(Wo, full) x (C, full) -> (Wo, C)``: one output row's strided columns, channels last (MXU, exact 0/1)."""
+    return lax.dot_general(
+        selection, row, (((1,), (1,)), ((), ())), precision=lax.Precision.HIGHEST, preferred_element_type=acc_dtype
+    )
+
+
+def _wide_tap(window, row: int, col: int, rows: int, cols: int, row_stride: int):
+    """One tap's ``(rows, cb, cols)`` of a columns-on-lanes window: a strided row load reads whole lanes
+    (Mosaic's rule), and the lane window is then sliced from the value."""
+    if row_stride == 1:
+        return window[pl.ds(row, rows), :, pl.ds(col, cols)]
+    return window[pl.ds(row, rows, stride=row_stride)][..., col : col + cols]
+
+
+def _tpu_wide_forward_kernel(x_hbm, w_ref, b_ref, *refs, geo, epilogue, acc_dtype):
+    # x_hbm: (N, H, C, W) in HBM  w_ref: (taps, cb, 1)  b_ref: (cb, 1), or (1, cb) with channels_last_out
+    # [s_ref: (Wo, full_cols) selection]  o_ref: (rows, cb, Wo), or (rows, Wo, cb) with channels_last_out
+    s_ref, o_ref, buf, window, sem = refs if geo.channels_last_out else (None, *refs)
     _tpu_window(x_hbm, buf, window, sem, geo, acc_dtype)
-    rows, (sh, _), cols = geo.rows, geo.layer.strides, geo.layer.output_cols
+    rows, (sh, _) = geo.rows, geo.layer.strides
+    cols = geo.full_cols if geo.channels_last_out else geo.layer.output_cols
     acc = None
     for tap, row, col in geo.taps():
-        rs = pl.ds(row, rows, stride=sh) if sh > 1 else pl.ds(row, rows)
-        term = window[rs, :, pl.ds(col, cols)] * w_ref[tap].astype(acc_dtype)[None]
+        term = _wide_tap(window, row, col, rows, cols, sh) * w_ref[tap].astype(acc_dtype)[None]
         acc = term if acc is None else acc + term
-    acc = EPILOGUES[epilogue](acc + b_ref[...].astype(acc_dtype)[None])
-    o_ref[...] = acc.astype(o_ref.dtype)
+    if not geo.channels_last_out:
+        acc = EPILOGUES[epilogue](acc + b_ref[...].astype(acc_dtype)[None])
+        o_ref[...] = acc.astype(o_ref.dtype)
+        return
+    selection, bias = s_ref[...].astype(acc_dtype), b_ref[...].astype(acc_dtype)
+    for row in range(rows):
+        o_ref[row] = EPILOGUES[epilogue](_select(selection, acc[row], acc_dtype) + bias).astype(o_ref.dtype)
 
 
-def _tpu_wide_kernel_grad_kernel(x_hbm, dy_ref, o_ref, buf, window, sem, *, geo, acc_dtype):
-    # dy_ref: (rows, cb, Wo), the last row block ragged  o_ref: (taps, cb, 1), resident over the row axis
+def _tpu_wide_kernel_grad_kernel(x_hbm, dy_ref, *refs, geo, acc_dtype):
+    # dy_ref: (rows, cb, Wo), or (rows, Wo, cb) with channels_last_out; the last row block ragged
+    # [s_ref: (Wo, full_cols)]  o_ref: (taps, cb, 1), resident over the row axis
+    s_ref, o_ref, buf, window, sem = refs if geo.channels_last_out else (None, *refs)
     _tpu_window(x_hbm, buf, window, sem, geo, acc_dtype)
-    r, (sh, _), cols = pl.program_id(2), geo.layer.strides, geo.layer.output_cols
+    r, (sh, _) = pl.program_id(2), geo.layer.strides
+    cols = geo.full_cols if geo.channels_last_out else geo.layer.output_cols
 
     @pl.when(r == 0)
     def _():
         o_ref[...] = jnp.zeros(o_ref.shape, o_ref.dtype)
 
     def accumulate(rows):
-        dy = dy_ref[:rows].astype(acc_dtype)
+        if geo.channels_last_out:  # each row's cotangent spread back onto the stride-1 columns: (cb, full_cols)
+            selection = s_ref[...].astype(acc_dtype)
+            spread = [
+                lax.dot_general(
+                    dy_ref[row].astype(acc_dtype),
+                    selection,
+                    (((0,), (0,)), ((), ())),
+                    precision=lax.Precision.HIGHEST,
+                    preferred_element_type=acc_dtype,
+                )
+                for row in range(rows)
+            ]
+            dy = jnp.stack(spread)
+        else:
+            dy = dy_ref[:rows].astype(acc_dtype)
         for tap, row, col in geo.taps():
-            rs = pl.ds(row, rows, stride=sh) if sh > 1 else pl.ds(row, rows)
-            o_ref[tap] += jnp.sum(jnp.sum(window[rs, :, pl.ds(col, cols)] * dy, axis=0), axis=-1, keepdims=True)
+            x = _wide_tap(window, row, col, rows, cols, sh)
+            o_ref[tap] += jnp.sum(jnp.sum(x * dy, axis=0), axis=-1, keepdims=True)
 
     last = geo.layer.output_rows - (geo.row_blocks - 1) * geo.rows
     if last == geo.rows:
@@ -766,7 +827,7 @@ def _lane_padding(size: int) -> float:
 
 
 def tpu_layout(layer: Layer, batch: int) -> str:
-    """``"nhwc"``, ``"hwnc"`` or ``"nhcw"``: the layout the TPU kernels read and write for this layer.
+    """``"nhwc"``, ``"hwnc"``, ``"nhcw"`` or ``"nhcw>nhwc"``: the layouts the TPU kernels read and write.
 
     XLA's TPU layout assignment stores an ``(N, H, W, C)`` activation so as to pad the
     128-lane and 8-row tiles least, and the kernel follows it, so that the transposes around
@@ -774,30 +835,45 @@ def tpu_layout(layer: Layer, batch: int) -> str:
     layout ``{3,0,2,1}``) when the width is not a multiple of the 8-row sublane tile
     (MobileNets' 28, 14 and 7) on input and output; ``"nhcw"`` (width on the lanes, layout
     ``{2,3,1,0}``) when the width fills the lanes better than the channels on input and
-    output alike (MobileNetV2's 112x112x32; a stride-2 layer whose output prefers the
-    channels on lanes is not served this way); ``"nhwc"`` otherwise.
+    output alike (MobileNetV2's 112x112x32); ``"nhcw>nhwc"``, read with the width on the
+    lanes and written with the channels on the lanes, when only the input's width does
+    (a stride along the width: MobileNetV2's 112x112x96/s2); ``"nhwc"`` otherwise.
     """
     (width, out_width), channels = (layer.input_size[1], layer.output_cols), layer.channels
     if width % 8 and out_width % 8 and batch % _tpu_images(layer.itemsize) == 0:
         return "hwnc"
-    if _lane_padding(width) < _lane_padding(channels) and _lane_padding(out_width) < _lane_padding(channels):
-        if layer.strides[1] == 1:
+    if _lane_padding(width) < _lane_padding(channels):
+        if _lane_padding(out_width) < _lane_padding(channels) and layer.strides[1] == 1:
             return "nhcw"
+        return "nhcw>nhwc"
     return "nhwc"
 
 
 def _tpu_geometry(layer: Layer, blocks: BlockSizes, batch: int) -> _TpuGeometry:
     layout = tpu_layout(layer, batch)
     images = _tpu_images(layer.itemsize) if layout == "hwnc" else 0
-    return _TpuGeometry(layer, blocks, images, wide=layout == "nhcw")
+    wide = layout.startswith("nhcw")
+    return _TpuGeometry(layer, blocks, images, wide=wide, channels_last_out=layout == "nhcw>nhwc")
 
 
 def _tpu_wide_forward(x, kernel, bias, geo: _TpuGeometry, activation, out_dtype, interpret):
     """The ``(N, H, C, W)`` layout: channels on sublanes, width on lanes; free transposes where XLA stores it so."""
     layer, (n, c) = geo.layer, (x.shape[0], geo.layer.channels)
     taps, cb, (ho, wo) = len(geo.taps()), geo.channel_block, (layer.output_rows, layer.output_cols)
-    w = kernel.reshape(taps, c, 1)
-    b = (jnp.zeros((c,), x.dtype) if bias is None else bias).reshape(c, 1)
+    bias = jnp.zeros((c,), x.dtype) if bias is None else bias
+    inputs = [kernel.reshape(taps, c, 1)]
+    specs = [pl.BlockSpec((taps, cb, 1), lambda i, j, r: (0, j, 0))]
+    if geo.channels_last_out:
+        inputs += [bias.reshape(1, c), geo.selection()]
+        specs += [
+            pl.BlockSpec((1, cb), lambda i, j, r: (0, j)),
+            pl.BlockSpec((wo, geo.full_cols), lambda i, j, r: (0, 0)),
+        ]
+        out_shape, out_spec = (n, ho, wo, c), pl.BlockSpec((None, geo.rows, wo, cb), lambda i, j, r: (i, r, 0, j))
+    else:
+        inputs += [bias.reshape(c, 1)]
+        specs += [pl.BlockSpec((cb, 1), lambda i, j, r: (j, 0))]
+        out_shape, out_spec = (n, ho, c, wo), pl.BlockSpec((None, geo.rows, cb, wo), lambda i, j, r: (i, r, j, 0))
     body = functools.partial(
         _tpu_wide_forward_kernel, geo=geo, epilogue=activation, acc_dtype=accumulator_dtype(x.dtype)
     )
@@ -805,26 +881,35 @@ def _tpu_wide_forward(x, kernel, bias, geo: _TpuGeometry, activation, out_dtype,
     y = _tpu_call(
         body,
         jnp.transpose(x, (0, 1, 3, 2)),
-        (w, b),
-        [pl.BlockSpec((taps, cb, 1), lambda i, j, r: (0, j, 0)), pl.BlockSpec((cb, 1), lambda i, j, r: (j, 0))],
-        _out_struct((n, ho, c, wo), out_dtype, like=x),
-        pl.BlockSpec((None, geo.rows, cb, wo), lambda i, j, r: (i, r, j, 0)),
+        inputs,
+        specs,
+        _out_struct(out_shape, out_dtype, like=x),
+        out_spec,
         geo,
         interpret,
         "jdw_depthwise_forward",
         _cost(layer, n, nbytes),
     )
-    return jnp.transpose(y, (0, 1, 3, 2))
+    return y if geo.channels_last_out else jnp.transpose(y, (0, 1, 3, 2))
 
 
 def _tpu_wide_kernel_grad(x, dy, geo: _TpuGeometry, interpret):
     layer, (n, c) = geo.layer, (x.shape[0], geo.layer.channels)
-    taps, cb, acc = len(geo.taps()), geo.channel_block, accumulator_dtype(x.dtype)
+    taps, cb, acc, wo = len(geo.taps()), geo.channel_block, accumulator_dtype(x.dtype), layer.output_cols
+    if geo.channels_last_out:
+        inputs = (dy, geo.selection())
+        specs = [
+            pl.BlockSpec((None, geo.rows, wo, cb), lambda i, j, r: (i, r, 0, j)),
+            pl.BlockSpec((wo, geo.full_cols), lambda i, j, r: (0, 0)),
+        ]
+    else:
+        inputs = (jnp.transpose(dy, (0, 1, 3, 2)),)
+        specs = [pl.BlockSpec((None, geo.rows, cb, wo), lambda i, j, r: (i, r, j, 0))]
     grads = _tpu_call(
         functools.partial(_tpu_wide_kernel_grad_kernel, geo=geo, acc_dtype=acc),
         jnp.transpose(x, (0, 1, 3, 2)),
-        (jnp.transpose(dy, (0, 1, 3, 2)),),
-        [pl.BlockSpec((None, geo.rows, cb, layer.output_cols), lambda i, j, r: (i, r, j, 0))],
+        inputs,
+        specs,
         _out_struct((n, taps, c, 1), acc, like=x),
         pl.BlockSpec((None, taps, cb, 1), lambda i, j, r: (i, 0, j, 0)),
         geo,
