@@ -196,7 +196,7 @@ def compiled_traffic(
 
     Examples:
       >>> from jdw import bench
-      >>> r = bench.compiled_traffic([bench.Layer(8, 128, 1)], ["xla"], batch=2)[0]  # doctest: +SKIP
+      >>> r = bench.compiled_traffic([bench.Layer(8, 128, 1)], ["xla"], batch=2)[0]  # doctest: +SKIP (needs libtpu)
       >>> r["forward_hbm_bytes"] >= r["forward_min_bytes"]  # doctest: +SKIP
       True
     """

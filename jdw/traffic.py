@@ -25,6 +25,7 @@ import functools
 import math
 import os
 import re
+from typing import Any
 
 import jax
 import numpy as np
@@ -119,7 +120,7 @@ def _on_chip(array_type: str) -> bool:
     return bool(re.search(r":[^}]*S\([1-9]\)", array_type))
 
 
-def hbm_bytes(compiled) -> dict[str, int]:
+def hbm_bytes(compiled: Any) -> dict[str, int]:
     """HBM bytes read and written by each top-level operation of a compiled program.
 
     Args:
@@ -172,8 +173,15 @@ def _async_bytes(opcode: str, result: str) -> int:
     return stored_bytes(destination) + hbm(destination)
 
 
-def entry_arrays(compiled) -> tuple[list[str], list[str]]:
-    """The array types, layouts included, of a compiled program's parameters (in order) and of its results."""
+def entry_arrays(compiled: Any) -> tuple[list[str], list[str]]:
+    """The array types, layouts included, of a compiled program's parameters (in order) and of its results.
+
+    Args:
+      compiled: what ``jax.jit(f).lower(...).compile()`` returns (or its ``as_text()``).
+
+    Returns:
+      ``(parameter types, result types)``, such as ``"f32[64,28,28,192]{3,0,2,1:T(8,128)}"``.
+    """
     text = compiled if isinstance(compiled, str) else compiled.as_text()
     entry = text[text.index("\nENTRY ") :]
     entry = entry[: entry.index("\n}") + 1]
@@ -182,8 +190,8 @@ def entry_arrays(compiled) -> tuple[list[str], list[str]]:
     return [params[i] for i in sorted(params)], [m.group(0) for m in _ARRAY.finditer(root)]
 
 
-def logical_bytes(*arrays) -> int:
-    """Bytes of the arrays' elements, no padding: the floor any layout could reach."""
+def logical_bytes(*arrays: Any) -> int:
+    """Bytes of the arrays' elements (arrays or ``jax.ShapeDtypeStruct``), no padding: the floor any layout reaches."""
     return sum(math.prod(a.shape) * np.dtype(a.dtype).itemsize for a in arrays)
 
 

@@ -126,3 +126,13 @@ ENTRY %main (x: f32[8,128]) -> f32[8,128] {
 def test_unknown_chip_is_named():
     with pytest.raises(ValueError, match=r"unknown TPU chip 'v9'; known: v4, v5e, v5p, v6e"):
         traffic.tpu_device("v9")
+
+
+def test_bench_reports_compiled_traffic(capsys):
+    from jdw import bench
+
+    assert bench.main(["--target", "v5e", "--layers", "14x14x384/s1", "--batch", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "HBM bytes of the compiled programs, batch 8" in out
+    pallas = next(line for line in out.splitlines() if line.startswith("| 14x14x384/s1") and "pallas" in line)
+    assert "| 1.00x" in pallas  # the forward moves exactly its input and output

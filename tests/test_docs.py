@@ -29,9 +29,21 @@ PUBLIC = [
     "jdw.backends",
     "jdw.initializers",
     "jdw.kernels.pallas_depthwise",
+    "jdw.traffic",
 ]
 # Names that are sub-packages or constants rather than documented callables.
-NOT_CALLABLE = {"backends", "cost", "initializers", "linen", "models", "nnx", "pallas", "EPILOGUES", "TARGETS"}
+NOT_CALLABLE = {
+    "backends",
+    "cost",
+    "initializers",
+    "linen",
+    "models",
+    "nnx",
+    "pallas",
+    "EPILOGUES",
+    "TARGETS",
+    "TPU_CHIPS",
+}
 
 
 def _public_names():
