@@ -175,7 +175,7 @@ def _forward_local(call: _Call, x, kernel, bias):
 
     def fallback(x, k, b):
         acc = kernels.accumulator_dtype(x.dtype)
-        y = kernels.reference(x.astype(acc), k.astype(acc), layer) + b.astype(acc)
+        y = kernels.reference(x.astype(acc), k.astype(acc), layer) + b.astype(acc).reshape(1, 1, 1, -1)
         return kernels.EPILOGUES[call.activation](y).astype(call.out_dtype)
 
     return _on_platform(fn, fallback, x, kernel, bias, layer=layer, batch=x.shape[0], interpret=call.interpret)
