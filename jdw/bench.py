@@ -195,8 +195,8 @@ def compiled_traffic(
     channel dimension to 128 lanes, which no kernel can avoid reading).
 
     Examples:
-      >>> from jdw import bench
-      >>> r = bench.compiled_traffic([bench.Layer(8, 128, 1)], ["xla"], batch=2)[0]  # doctest: +SKIP (needs libtpu)
+      >>> from jdw import bench  # compiling for TPU needs libtpu; tests/test_compile_tpu.py runs the same
+      >>> r = bench.compiled_traffic([bench.Layer(8, 128, 1)], ["xla"], batch=2)[0]  # doctest: +SKIP
       >>> r["forward_hbm_bytes"] >= r["forward_min_bytes"]  # doctest: +SKIP
       True
     """
