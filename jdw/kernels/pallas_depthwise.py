@@ -6,17 +6,25 @@ and writing each output element once. There are two designs, one per compiler:
 
 **TPU (Mosaic): halo windows by DMA, no HBM pass besides the kernel's own.** The input
 stays in HBM exactly as XLA stores it (``memory_space=pl.ANY``: no pad, no phase split, no
-relayout). The grid is ``(batch, channel blocks, row blocks)``; every step starts the DMA
+relayout). The grid is ``(images, channel blocks, row blocks)``; every step starts the DMA
 of the *next* row block's input window (its rows plus the halo, clipped to the image)
 into the other half of a double buffer, waits for its own, and widens it into a float32
 VMEM window whose border columns and out-of-image rows are zero (the convolution's zero
-padding, made in VMEM). Channels sit on the 128 lanes in 128-lane tiles (a layer's 144
-channels are one 128-lane tile and one 16-lane tile, not 256 lanes in HBM), width on the
-sublanes; each tap is a static, possibly strided (stride 2), slice of the window. The
-output block is stored straight into the ``(N, Ho, Wo, C)`` result (the edge block is
-clipped by Pallas), so the program moves the input once and the output once.
-The kernel gradient reuses the same windows and accumulates every tap's
-``Σ_{h,w} x · dy`` in a float32 output block that stays resident while the row axis sweeps.
+padding, made in VMEM). Each tap is a static, possibly strided (stride 2), slice of the
+window. The output block is stored straight into the result (the edge block is clipped by
+Pallas), so the program moves the input once and the output once. The kernel gradient
+reuses the same windows and accumulates every tap's ``Σ_{h,w} x · dy`` in a float32 block
+that stays resident while the row axis sweeps.
+
+XLA stores a TPU activation so as to pad its ``(8, 128)`` tiles least, not always
+channels-last, and the kernels read and write it the way it is stored (:func:`tpu_layout`),
+so that the transposes around them are bitcasts: channels on the lanes in 128-lane tiles
+(144 channels are a 128-lane and a 16-lane tile) with the width on the sublanes
+(``"nhwc"``) or, spatial-major, a sublane tile of images on the sublanes (``"hwnc"``: every
+tap an address offset); or the width on the lanes and the channels on the sublanes
+(``"nhcw"``), where a stride along the width is taken by the MXU, which selects the strided
+columns and transposes each output row to channels-last in one 0/1 matrix product
+(``"nhcw>nhwc"``).
 
 **GPU (Triton): phases instead of strides.** Triton has no manual DMA and wants
 power-of-two tiles, so there the padded input is split into its ``s x s`` stride phases
