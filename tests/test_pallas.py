@@ -10,6 +10,7 @@ and compilation for the real targets with ``jax.export``.
 from __future__ import annotations
 
 import itertools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -340,22 +341,23 @@ def test_cpu_runs_the_interpreter_while_exports_carry_compiled_kernels():
 @pytest.mark.parametrize(
     "shape, kernel_shape",
     [
-        ((1, 8, 600, 32), (3, 3, 1, 32)),  # over Triton's register tile even at one row
-        ((1, 4, 4096, 128), (3, 3, 1, 128)),  # over the TPU VMEM budget even at one row
-        ((1, 10000, 4), (3, 1, 4)),  # a long 1-D sequence
+        ((2, 8, 600, 32), (3, 3, 1, 32)),  # over Triton's register tile even at one row
+        ((2, 4, 4096, 128), (3, 3, 1, 128)),  # over the TPU VMEM budget even at one row
+        ((3, 10000, 4), (3, 1, 4)),  # a long 1-D sequence
     ],
     ids=["wide-for-triton", "wide-for-tpu", "long-1d"],
 )
 def test_a_target_that_cannot_serve_a_shape_leaves_the_others_alone(shape, kernel_shape):
     """Each target's block rules are checked in its own branch: one that cannot serve falls back to XLA there."""
-    x, kernel = jnp.ones(shape), jnp.ones(kernel_shape)
+    x, kernel = jnp.linspace(-1, 1, math.prod(shape)).reshape(shape), jnp.ones(kernel_shape)
     f = jax.jit(lambda x: jdw.depthwise_conv(x, kernel, implementation="pallas"))
     assert_close(f(x), jdw.depthwise_conv(x, kernel, implementation="xla"))  # the CPU's interpreter serves it
     grad = jax.jit(jax.grad(lambda x, k: jdw.depthwise_conv(x, k, implementation="pallas").sum(), argnums=(0, 1)))
     for platform, checks in (("tpu", []), ("cuda", [TRITON_CALL])):
         module = jax.export.export(f, platforms=[platform], disabled_checks=checks)(x).mlir_module()
         assert "tpu_custom_call" in module or "triton" in module or "stablehlo.convolution" in module
-        jax.export.export(grad, platforms=[platform], disabled_checks=checks)(x, kernel)
+        exported = jax.export.export(grad, platforms=[platform], disabled_checks=checks)(x, kernel)
+        assert [a.shape for a in exported.out_avals] == [x.shape, kernel.shape]
 
 
 def test_a_layer_the_local_accelerator_cannot_serve_names_the_fix(monkeypatch):

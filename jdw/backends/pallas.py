@@ -186,7 +186,10 @@ def _kernel_grad_local(call: _Call, x, dy):
     layer = dataclasses.replace(call.layer, channels=x.shape[-1])
     fn = functools.partial(kernels.kernel_grad, layer=layer, per_image=True)
     local = dataclasses.replace(call, layer=layer)
-    fallback = lambda x, dy: _xla_kernel_grad(x, dy, local)[None]  # noqa: E731  (its sum over images is the same)
+
+    def fallback(x, dy):  # per image, like the kernel: every platform's branch returns the same shape
+        return jax.vmap(lambda x, dy: _xla_kernel_grad(x[None], dy[None], local))(x, dy)
+
     return _on_platform(fn, fallback, x, dy, layer=layer, batch=x.shape[0], interpret=call.interpret)
 
 
