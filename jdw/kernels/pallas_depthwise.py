@@ -354,7 +354,8 @@ def _halo_block(phases: int, rows: int, cols: int, channels: int, offsets) -> pl
 
 @dataclasses.dataclass(frozen=True)
 class _Plan:
-    """Padded sizes and grid of one call, from the layer, the blocks and the target."""
+    """Padded sizes and grid of one call, from the layer, the blocks and the target (its sizes: the GPU's
+    phase-split kernels; the TPU kernels take only the checked blocks from it)."""
 
     layer: Layer
     blocks: BlockSizes
@@ -363,7 +364,7 @@ class _Plan:
 
     @property
     def channel_block(self) -> int:
-        return min(self.blocks.channels, self.layer.channels) if self.target == "tpu" else self.blocks.channels
+        return self.blocks.channels
 
     @property
     def channels(self) -> int:
@@ -379,8 +380,7 @@ class _Plan:
 
     @property
     def out_cols(self) -> int:
-        cols = self.layer.output_cols
-        return cols if self.target == "tpu" else _next_power_of_two(cols)
+        return _next_power_of_two(self.layer.output_cols)
 
     @property
     def taps(self) -> tuple[tuple[int, int, int], ...]:
@@ -388,8 +388,8 @@ class _Plan:
 
     @property
     def tap_rows(self) -> int:
-        """Rows of the per-step kernel-gradient block: the taps, a power of two on GPU."""
-        return len(self.taps) if self.target == "tpu" else _next_power_of_two(len(self.taps))
+        """Rows of the per-step kernel-gradient block: the taps, padded to a power of two."""
+        return _next_power_of_two(len(self.taps))
 
     def split(self, x: jax.Array) -> jax.Array:
         return phase_split(x, self.layer, self.out_rows, self.out_cols, self.channels)
@@ -403,8 +403,6 @@ class _Plan:
     def compiler_params(self, interpret: Any) -> Any:
         if interpret:
             return None
-        if self.target == "tpu":
-            return pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "parallel"))
         from jax.experimental.pallas import triton as pltriton  # noqa: PLC0415  (GPU-only module)
 
         return pltriton.CompilerParams(num_warps=4, num_stages=2)
