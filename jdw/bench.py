@@ -255,6 +255,24 @@ def _geomean_ratio(records: list[dict], numerator: str, denominator: str) -> flo
     return math.exp(np.mean([math.log(r[numerator] / r[denominator]) for r in records]))
 
 
+def _ratio_of(record: dict) -> Callable[[str, str], float]:
+    return lambda numerator, denominator: record[numerator] / record[denominator]
+
+
+def _traffic_cells(label: str, name: str, amount: Callable[[str], float], ratio: Callable[[str, str], float]):
+    """One table row: bytes and roofline from ``amount(key)``, ratios to the minimums from ``ratio(a, b)``."""
+    cells = [label, name]
+    for part in ("forward", "training"):
+        cells += [
+            f"{amount(f'{part}_hbm_bytes') / 1e6:.1f}",
+            f"{ratio(f'{part}_hbm_bytes', f'{part}_min_bytes'):.2f}x",
+            f"{ratio(f'{part}_hbm_bytes', f'{part}_stored_min_bytes'):.2f}x",
+        ]
+        if part == "forward":
+            cells.append(f"{amount('forward_roofline_us'):.0f}")
+    return cells
+
+
 def _traffic_table(records: list[dict]) -> str:
     head = [
         "layer",
@@ -267,38 +285,12 @@ def _traffic_table(records: list[dict]) -> str:
         "train / min",
         "train / stored min",
     ]
-    rows = []
-    for r in records:
-        rows.append(
-            [
-                r["layer"],
-                r["implementation"],
-                f"{r['forward_hbm_bytes'] / 1e6:.1f}",
-                f"{r['forward_hbm_bytes'] / r['forward_min_bytes']:.2f}x",
-                f"{r['forward_hbm_bytes'] / r['forward_stored_min_bytes']:.2f}x",
-                f"{r['forward_roofline_us']:.0f}",
-                f"{r['training_hbm_bytes'] / 1e6:.1f}",
-                f"{r['training_hbm_bytes'] / r['training_min_bytes']:.2f}x",
-                f"{r['training_hbm_bytes'] / r['training_stored_min_bytes']:.2f}x",
-            ]
-        )
+    rows = [_traffic_cells(r["layer"], r["implementation"], r.__getitem__, _ratio_of(r)) for r in records]
     for name in dict.fromkeys(r["implementation"] for r in records):
         mine = [r for r in records if r["implementation"] == name]
-        total = functools.partial(_weighted_total, mine)
-        geomean = functools.partial(_geomean_ratio, mine)
-        rows.append(
-            [
-                f"all {sum(r['count'] for r in mine)} layers (geomean of ratios)",
-                name,
-                f"{total('forward_hbm_bytes') / 1e6:.1f}",
-                f"{geomean('forward_hbm_bytes', 'forward_min_bytes'):.2f}x",
-                f"{geomean('forward_hbm_bytes', 'forward_stored_min_bytes'):.2f}x",
-                f"{total('forward_roofline_us'):.0f}",
-                f"{total('training_hbm_bytes') / 1e6:.1f}",
-                f"{geomean('training_hbm_bytes', 'training_min_bytes'):.2f}x",
-                f"{geomean('training_hbm_bytes', 'training_stored_min_bytes'):.2f}x",
-            ]
-        )
+        label = f"all {sum(r['count'] for r in mine)} layers (geomean of ratios)"
+        total, geomean = functools.partial(_weighted_total, mine), functools.partial(_geomean_ratio, mine)
+        rows.append(_traffic_cells(label, name, total, geomean))
     return _markdown(head, rows)
 
 

@@ -646,6 +646,18 @@ def _tpu_window(x_hbm, buf, window, sem, geo: _TpuGeometry, acc_dtype):
     _zero_outside_image(window, geo, row_axis=1)
 
 
+def _over_existing_rows(accumulate, geo: _TpuGeometry) -> None:
+    """``accumulate(rows)`` with this step's static count of output rows that exist: the ragged last row
+    block's tail holds no cotangent (Pallas leaves it unspecified), so the kernel gradients must not read it."""
+    r = pl.program_id(2)
+    last = geo.layer.output_rows - (geo.row_blocks - 1) * geo.rows
+    if last == geo.rows:
+        accumulate(geo.rows)
+    else:
+        pl.when(r < geo.row_blocks - 1)(lambda: accumulate(geo.rows))
+        pl.when(r == geo.row_blocks - 1)(lambda: accumulate(last))
+
+
 def _tpu_tap(window, tile: int, row: int, col: int, rows: int, geo: _TpuGeometry):
     """The window rows and columns one tap multiplies for ``rows`` output rows: ``(rows, Wo, [images,] 128)``."""
     (sh, sw), cols = geo.layer.strides, geo.layer.output_cols
@@ -697,12 +709,7 @@ def _tpu_kernel_grad_kernel(x_hbm, dy_ref, o_ref, buf, window, sem, *, geo, acc_
                 else:
                     o_ref[pl.ds(tap, 1), pl.ds(t * _LANES, width)] += partial[None]
 
-    last = geo.layer.output_rows - (geo.row_blocks - 1) * geo.rows
-    if last == geo.rows:
-        accumulate(geo.rows)
-    else:
-        pl.when(r < geo.row_blocks - 1)(lambda: accumulate(geo.rows))
-        pl.when(r == geo.row_blocks - 1)(lambda: accumulate(last))
+    _over_existing_rows(accumulate, geo)
 
 
 def _select(selection, row, acc_dtype):
@@ -772,12 +779,7 @@ def _tpu_wide_kernel_grad_kernel(x_hbm, dy_ref, *refs, geo, acc_dtype):
             x = _wide_tap(window, row, col, rows, cols, sh)
             o_ref[tap] += jnp.sum(jnp.sum(x * dy, axis=0), axis=-1, keepdims=True)
 
-    last = geo.layer.output_rows - (geo.row_blocks - 1) * geo.rows
-    if last == geo.rows:
-        accumulate(geo.rows)
-    else:
-        pl.when(r < geo.row_blocks - 1)(lambda: accumulate(geo.rows))
-        pl.when(r == geo.row_blocks - 1)(lambda: accumulate(last))
+    _over_existing_rows(accumulate, geo)
 
 
 def _tpu_call(body, x, extra_inputs, extra_specs, out_shape, out_spec, geo: _TpuGeometry, interpret, name, cost):
