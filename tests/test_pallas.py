@@ -29,8 +29,8 @@ INTERPRETERS = {"plain": True, "tpu": pltpu.InterpretParams()}
 
 # (input H, W, C), kernel, strides, dilation, padding, block sizes per target: sizes chosen not to divide the blocks.
 KERNEL_CASES = [
-    ((9, 11, 5), (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)), {"tpu": (4, 128), "triton": (4, 4)}),
-    ((10, 9, 7), (3, 3), (2, 2), (1, 1), ((0, 1), (1, 1)), {"tpu": (3, 128), "triton": (2, 8)}),
+    ((9, 11, 5), (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)), {"tpu": (4, 128), "triton": (4, 4, 2)}),
+    ((10, 9, 7), (3, 3), (2, 2), (1, 1), ((0, 1), (1, 1)), {"tpu": (3, 128), "triton": (2, 8, 4)}),
     ((13, 12, 3), (5, 3), (2, 1), (2, 2), ((2, 3), (4, 0)), {"tpu": (2, 128), "triton": (4, 2)}),
     ((8, 8, 130), (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)), {"tpu": (8, 130), "triton": (8, 64)}),
     ((6, 5, 256), (3, 3), (2, 2), (1, 1), ((1, 1), (1, 1)), {"tpu": (2, 128), "triton": (2, 64)}),
@@ -193,7 +193,7 @@ def test_every_fused_epilogue(activation):
 @pytest.mark.parametrize("activation", ["relu", "relu6", "hard_swish", "silu", None])
 @pytest.mark.parametrize("interpreter", sorted(INTERPRETERS))
 def test_fused_activation_trains_like_xla(activation, interpreter):
-    """Forward and all three gradients of the public op with a fused bias + activation, both interpreters."""
+    """Forward and all three gradients of the public op with a fused bias + activation, both TPU interpreters."""
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.standard_normal((2, 9, 10, 3)), jnp.float32)
     kernel = jnp.asarray(rng.standard_normal((3, 3, 1, 6)), jnp.float32)
@@ -268,8 +268,9 @@ def test_default_block_sizes_follow_each_targets_rules():
             "tpu",
             r"needs \d+\.\d MiB of VMEM per step .* more than the 24 MiB budget; use fewer rows",
         ),
-        (dict(rows=6, channels=32), "triton", r"powers of two, got rows=6, channels=32"),
-        (dict(rows=64, channels=32), "triton", r"8192-element tile|65536-element tile|-element tile for"),
+        (dict(rows=6, channels=32), "triton", r"powers of two, got rows=6, cols=8, channels=32"),
+        (dict(rows=4, channels=32, cols=3), "triton", r"powers of two, got rows=4, cols=3, channels=32"),
+        (dict(rows=64, channels=32), "triton", r"gives a 16384-element tile .* more than 2048 per GPU program"),
     ],
 )
 def test_bad_block_sizes_are_refused_with_the_numbers(blocks, target, message):
@@ -367,3 +368,89 @@ def test_a_layer_the_local_accelerator_cannot_serve_names_the_fix(monkeypatch):
         ValueError, match=r'implementation="pallas" cannot serve .* on tpu: .*VMEM.*"xla" for this layer'
     ):
         pallas_backend._on_platform(None, None, jnp.ones((1, 4, 4096, 128)), layer=layer, batch=1, interpret=False)
+
+
+# --- the GPU (Triton) kernels behind the whole backend, in the plain interpreter ---------------------
+
+
+@pytest.mark.parametrize(
+    "stride, dilation, padding",
+    [
+        (1, 1, "SAME"),
+        (2, 1, "SAME"),
+        (2, 1, "VALID"),
+        (3, 2, ((2, 0), (1, 3))),
+        (1, 3, "SAME"),
+        (2, 2, ((0, 3), (4, 1))),
+    ],
+)
+def test_gpu_kernels_train_transpose_and_differentiate_twice_like_xla(stride, dilation, padding):
+    """Forward (fused bias + relu6), the three gradients, the transposed convolution and a second-order
+    gradient, all through the Triton kernels: the input gradient reads the cotangent in place (masked
+    dilation holes), tiles that divide nothing, a channel multiplier of 2."""
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.standard_normal((2, 11, 9, 3)), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((3, 3, 1, 6)), jnp.float32)
+    bias = jnp.asarray(rng.standard_normal((6,)), jnp.float32)
+    conv = dict(strides=stride, dilation=dilation, padding=padding)
+
+    def results(implementation):
+        def loss(x, kernel, bias):
+            y = jdw.depthwise_conv(x, kernel, bias, activation="relu6", implementation=implementation, **conv)
+            return jnp.sum(jnp.sin(y))
+
+        def transpose(y, kernel):
+            return jdw.depthwise_conv_transpose(y, kernel, implementation=implementation, **conv)
+
+        def curvature(kernel):  # d/dk of |dL/dx|²: the input gradient's own derivative
+            return jnp.sum(
+                jax.grad(
+                    lambda x: jnp.sum(jnp.sin(jdw.depthwise_conv(x, kernel, implementation=implementation, **conv)))
+                )(x)
+                ** 2
+            )
+
+        y = jdw.depthwise_conv(x, kernel, implementation="xla", **conv)
+        ty, t_vjp = jax.vjp(transpose, y[..., :3], kernel)
+        return (
+            jax.value_and_grad(loss, argnums=(0, 1, 2))(x, kernel, bias),
+            ty,
+            t_vjp(jnp.cos(ty)),
+            jax.grad(curvature)(kernel),
+        )
+
+    with pallas_backend.interpret_mode(True, "triton"):
+        got = jax.jit(lambda: results("pallas"))()
+    want = results("xla")
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        assert_close(a, b)
+
+
+def test_gpu_kernels_serve_long_sequences_and_wide_images_in_tiles():
+    """No width is too wide for the GPU kernels: columns are tiled like rows (the old kernel held whole rows)."""
+    rng = np.random.default_rng(8)
+    for shape, kernel_shape in (((2, 3, 600, 8), (3, 3, 1, 8)), ((2, 1000, 5), (4, 1, 5))):
+        x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+        kernel = jnp.asarray(rng.standard_normal(kernel_shape), jnp.float32)
+        layer = pd.Layer(
+            (shape[1], shape[2]) if len(shape) == 4 else (1, shape[1]),
+            kernel_shape[:2] if len(shape) == 4 else (1, 4),
+            (1, 1),
+            ((1, 1), (1, 1)) if len(shape) == 4 else ((0, 0), (3, 0)),
+            (1, 1),
+            shape[-1],
+        )
+        pd.BlockSizes.default(layer, "triton").check(layer, "triton")
+        padding = "SAME" if len(shape) == 4 else ((3, 0),)
+        with pallas_backend.interpret_mode(True, "triton"):
+            got = jdw.depthwise_conv(x, kernel, padding=padding, implementation="pallas")
+        assert_close(got, jdw.depthwise_conv(x, kernel, padding=padding, implementation="xla"))
+
+
+def test_interpret_mode_names_what_it_runs():
+    with pytest.raises(ValueError, match=r"target must be one of \('tpu', 'triton'\), got 'rocm'"):
+        with pallas_backend.interpret_mode(True, "rocm"):
+            pass
+    with pytest.raises(ValueError, match=r"plain interpreter only"):
+        with pallas_backend.interpret_mode(pltpu.InterpretParams(), "triton"):
+            pass

@@ -18,7 +18,9 @@ other    Pallas interpreter (TPU block rules)         for tests: slow, exact
 Gradients go through :func:`jax.custom_vjp` (``pallas_call`` has no transpose rule):
 
 * the input gradient is the transposed convolution: the same forward kernel applied to
-  the stride-dilated cotangent with the flipped kernel;
+  the stride-dilated cotangent with the flipped kernel (the GPU kernel reads the cotangent
+  where it is, masking the dilation's holes; on TPU XLA dilates it first); it has its own
+  VJP (the forward convolution and the kernel gradient), so higher orders stay on the kernels;
 * the kernel gradient is its own kernel, reduced over batch and space;
 * the bias gradient is a sum in XLA; with a fused activation its derivative is taken in
   XLA on the pre-activation output, which the backward pass recomputes (one extra forward
@@ -53,14 +55,18 @@ from jax.experimental.custom_partitioning import custom_partitioning
 from jdw.backends import registry
 from jdw.kernels import pallas_depthwise as kernels
 
-_INTERPRET: contextvars.ContextVar[Any] = contextvars.ContextVar("jdw_pallas_interpret", default=True)
+_INTERPRET: contextvars.ContextVar[tuple[Any, str]] = contextvars.ContextVar(
+    "jdw_pallas_interpret", default=(True, "tpu")
+)
 
 
 @contextlib.contextmanager
-def interpret_mode(params: Any) -> Iterator[None]:
+def interpret_mode(params: Any, target: str = "tpu") -> Iterator[None]:
     """How the kernels run on platforms without a compiled path (CPU): ``True`` (Pallas's
     plain interpreter, the default) or ``jax.experimental.pallas.tpu.InterpretParams()``
-    (the TPU interpreter, which also models TPU memory spaces and DMA semantics).
+    (the TPU interpreter, which also models TPU memory spaces and DMA semantics), running
+    the kernels of ``target``: ``"tpu"`` (the default) or ``"triton"`` (the GPU kernels,
+    with the plain interpreter only).
 
     Read when a function is traced, so use it around the first call (or ``jit`` trace).
 
@@ -72,7 +78,10 @@ def interpret_mode(params: Any) -> Iterator[None]:
       >>> float(y[0, 4, 4, 0])
       9.0
     """
-    token = _INTERPRET.set(params)
+    kernels._check_target(target)
+    if target == "triton" and params is not True:
+        raise ValueError("the GPU (triton) kernels run in the plain interpreter only: interpret_mode(True, 'triton')")
+    token = _INTERPRET.set((params, target))
     try:
         yield
     finally:
@@ -88,6 +97,7 @@ class _Call:
     out_dtype: str
     interpret: Any
     partition: bool = True  # False inside shard_map, where every array is already the local shard
+    interpret_target: str = "tpu"  # the kernels the interpreter runs off TPU and GPU
 
     def with_activation(self, activation: str) -> _Call:
         return dataclasses.replace(self, activation=activation)
@@ -96,7 +106,7 @@ class _Call:
 _PLATFORM_OF_TARGET = {"tpu": "tpu", "triton": "gpu"}
 
 
-def _on_platform(fn, fallback, *args, layer: kernels.Layer, batch: int, interpret: Any):
+def _on_platform(fn, fallback, *args, layer: kernels.Layer, batch: int, interpret: Any, interpret_target="tpu"):
     """``fn(*args, target=..., interpret=...)`` with the target chosen by the lowering platform.
 
     :func:`lax.platform_dependent` traces every platform's branch, so each target's block
@@ -123,7 +133,7 @@ def _on_platform(fn, fallback, *args, layer: kernels.Layer, batch: int, interpre
         *args,
         tpu=branch("tpu", False),
         cuda=branch("triton", False),
-        default=branch("tpu", interpret),
+        default=branch(interpret_target, interpret),
     )
 
 
@@ -178,7 +188,17 @@ def _forward_local(call: _Call, x, kernel, bias):
         y = kernels.reference(x.astype(acc), k.astype(acc), layer) + b.astype(acc).reshape(1, 1, 1, -1)
         return kernels.EPILOGUES[call.activation](y).astype(call.out_dtype)
 
-    return _on_platform(fn, fallback, x, kernel, bias, layer=layer, batch=x.shape[0], interpret=call.interpret)
+    return _on_platform(
+        fn,
+        fallback,
+        x,
+        kernel,
+        bias,
+        layer=layer,
+        batch=x.shape[0],
+        interpret=call.interpret,
+        interpret_target=call.interpret_target,
+    )
 
 
 def _kernel_grad_local(call: _Call, x, dy):
@@ -190,7 +210,16 @@ def _kernel_grad_local(call: _Call, x, dy):
     def fallback(x, dy):  # per image, like the kernel: every platform's branch returns the same shape
         return jax.vmap(lambda x, dy: _xla_kernel_grad(x[None], dy[None], local))(x, dy)
 
-    return _on_platform(fn, fallback, x, dy, layer=layer, batch=x.shape[0], interpret=call.interpret)
+    return _on_platform(
+        fn,
+        fallback,
+        x,
+        dy,
+        layer=layer,
+        batch=x.shape[0],
+        interpret=call.interpret,
+        interpret_target=call.interpret_target,
+    )
 
 
 def _fold_batch(args, batched, axis_size):
@@ -277,7 +306,7 @@ def _conv_bwd(call: _Call, residuals, dy):
         _, act_vjp = jax.vjp(kernels.EPILOGUES[call.activation], z.astype(acc))
         (dy,) = act_vjp(dy.astype(acc))
     dbias = jnp.sum(dy.astype(kernels.accumulator_dtype(dy.dtype)), axis=(0, 1, 2)).astype(bias.dtype)
-    dx = _input_grad(dy, kernel, call, x.shape, x.dtype)
+    dx = _input_grad(dy, kernel, call, x.dtype)
     dkernel = _kernel_grad(x, dy.astype(x.dtype), call).astype(kernel.dtype)
     return dx, dkernel, dbias
 
@@ -285,45 +314,68 @@ def _conv_bwd(call: _Call, residuals, dy):
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
-def _adjoint_call(call: _Call, input_shape: tuple[int, ...], dtype) -> tuple[_Call, list, list]:
-    """The stride-1 convolution that computes the input gradient, and how to dilate the cotangent for it."""
+def _adjoint_call(call: _Call, dtype) -> _Call:
+    """The convolution that computes the input gradient: stride 1 over the cotangent dilated by the strides.
+
+    The kernels take the dilation as the layer's ``input_dilation`` (the GPU kernel reads the
+    cotangent where it is, the TPU kernel has XLA dilate it first), with the padding of the
+    transposed convolution (negative where it crops; :func:`registry.adjoint_padding`).
+    """
     layer = call.layer
-    config, pads = [(0, 0, 0)], []
+    padding = []
     for n_in, n_out, k, s, d, (low, _) in zip(
-        input_shape[1:3],
+        layer.input_size,
         (layer.output_rows, layer.output_cols),
         layer.kernel_size,
         layer.strides,
         layer.dilation,
         layer.padding,
     ):
-        crop, pad = registry.adjoint_padding(n_in, n_out, k, s, d, low)
-        config.append(crop)
-        pads.append(pad)
-    config.append((0, 0, 0))
-    dilated = tuple(
-        (n - 1) * s + 1 + lo + hi
-        for n, s, (lo, hi, _) in zip((layer.output_rows, layer.output_cols), layer.strides, config[1:3])
-    )
+        (lo, hi, _), (pad_lo, pad_hi) = registry.adjoint_padding(n_in, n_out, k, s, d, low)
+        padding.append((lo + pad_lo, hi + pad_hi))
     adjoint = kernels.Layer(
-        input_size=dilated,
+        input_size=(layer.output_rows, layer.output_cols),
         kernel_size=layer.kernel_size,
         strides=(1, 1),
-        padding=tuple(pads),
+        padding=tuple(padding),
         dilation=layer.dilation,
         channels=layer.channels,
         itemsize=np.dtype(dtype).itemsize,
+        input_dilation=layer.strides,
     )
-    return dataclasses.replace(call, layer=adjoint, activation="identity", out_dtype=np.dtype(dtype).name), config
+    return dataclasses.replace(call, layer=adjoint, activation="identity", out_dtype=np.dtype(dtype).name)
 
 
-def _input_grad(dy, kernel, call: _Call, input_shape, dtype) -> jax.Array:
-    """The transposed convolution of ``dy``: the forward kernel on the stride-dilated ``dy``, kernel flipped."""
-    adjoint, config = _adjoint_call(call, tuple(input_shape), dtype)
-    if any(c != (0, 0, 0) for c in config):
-        dy = lax.pad(dy, jnp.zeros((), dy.dtype), config)
-    flipped = lax.rev(kernel, (0, 1))
-    return _conv(dy.astype(dtype), flipped.astype(dtype), jnp.zeros(kernel.shape[-1:], dtype), adjoint)
+def _input_grad(dy, kernel, call: _Call, dtype) -> jax.Array:
+    """The transposed convolution of ``dy`` ``(N, Ho, Wo, C)`` -> ``(N, H, W, C)`` in ``dtype``."""
+    linear = dataclasses.replace(call, activation="identity", out_dtype=np.dtype(dtype).name)
+    return _transpose(dy.astype(dtype), kernel.astype(dtype), linear)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _transpose(dy, kernel, call: _Call) -> jax.Array:
+    """The adjoint of ``_conv(·, kernel, 0, call)``: the forward kernel, flipped, over the dilated ``dy``."""
+    adjoint = _adjoint_call(call, dy.dtype)
+    zeros = jnp.zeros(kernel.shape[-1:], dy.dtype)
+    return _forward_op(adjoint)(dy, lax.rev(kernel, (0, 1)), zeros)
+
+
+def _transpose_fwd(dy, kernel, call):
+    return _transpose(dy, kernel, call), (dy, kernel)
+
+
+def _transpose_bwd(call: _Call, residuals, cotangent):
+    # Linear in dy, with the forward convolution as its own transpose; in the kernel,
+    # <ct, T_k(dy)> = <conv_k(ct), dy>, so the kernel gradient is the forward's with ct as the input.
+    dy, kernel = residuals
+    cotangent = cotangent.astype(dy.dtype)
+    linear = dataclasses.replace(call, out_dtype=np.dtype(dy.dtype).name)
+    d_dy = _conv(cotangent, kernel, jnp.zeros(kernel.shape[-1:], dy.dtype), linear)
+    d_kernel = _kernel_grad(cotangent, dy, linear).astype(kernel.dtype)
+    return d_dy, d_kernel
+
+
+_transpose.defvjp(_transpose_fwd, _transpose_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -412,7 +464,8 @@ def conv_bias_act(
             channels=kernel.shape[-1],
             itemsize=x.dtype.itemsize,
         )
-        call = _Call(layer, activation, out_dtype, _INTERPRET.get(), partition=axes is None)
+        params, target = _INTERPRET.get()
+        call = _Call(layer, activation, out_dtype, params, partition=axes is None, interpret_target=target)
         return _conv(x, kernel, bias, call)
 
     if axes is None:
@@ -495,10 +548,11 @@ def conv_transpose(
         channels=kernel2.shape[-1],
         itemsize=x.dtype.itemsize,
     )
-    call = _Call(layer, "identity", out_dtype.name, _INTERPRET.get())
+    params, target = _INTERPRET.get()
+    call = _Call(layer, "identity", out_dtype.name, params, interpret_target=target)
     if multiplier > 1:
         y = jnp.repeat(y, multiplier, axis=-1)
-    out = _input_grad(y, kernel2[..., 0, :], call, (y.shape[0], *out_spatial, kernel2.shape[-1]), out_dtype)
+    out = _input_grad(y, kernel2[..., 0, :], call, out_dtype)
     return out[:, 0] if nd == 1 else out
 
 

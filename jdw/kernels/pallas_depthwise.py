@@ -26,18 +26,24 @@ tap an address offset); or the width on the lanes and the channels on the sublan
 columns and transposes each output row to channels-last in one 0/1 matrix product
 (``"nhcw>nhwc"``).
 
-**GPU (Triton): phases instead of strides.** Triton has no manual DMA and wants
-power-of-two tiles, so there the padded input is split into its ``s x s`` stride phases
-(``x[a::s, b::s]``, one layout change that XLA fuses with the zero padding): every tap is
-a unit-stride window of one phase at a static offset ``(i * d) // s``, tiles are
-overlapping :class:`pl.Element` windows, and the ragged edges are padded to the tiles
-and sliced off.
+**GPU (Triton): masked gathers from the input as stored.** Each program computes a
+``rows x cols x channels`` tile of the output (powers of two, Triton's rule for every
+array) and, for every tap, loads the input elements that tap multiplies straight from the
+unpadded channels-last input: the addresses are computed from the output positions, the
+strides, the dilation and the padding, and the mask zeroes the padding and any position
+past the layer's bounds, so nothing is padded, split or cropped in HBM and the tile sizes
+need not divide the layer. The taps of a tile overlap, so all but the first read of each
+element hit the L1/L2 caches: the program moves the input once and the output once. A
+dilated input (``Layer.input_dilation``, the transposed convolution that computes the
+input gradient) is read the same way, the dilation's holes masked, so no dilated
+cotangent is materialised either. Offsets are 64-bit when an array passes 4 GiB (Pallas
+chooses), so no batch is too large.
 
 Both apply bias and an activation (``relu``, ``relu6``, ``hard_swish``, ``hard_sigmoid``,
 ``silu``) to the float32 accumulator before the single store, so the layer MobileNets run
 next costs no extra pass. The input gradient is a transposed convolution, which the
 backend computes with the same forward kernel on the stride-dilated cotangent and the
-flipped kernel (see :mod:`jdw.backends.pallas`).
+flipped kernel (see :mod:`jdw.backends.pallas`); the TPU kernels have XLA dilate it first.
 
 :class:`BlockSizes` says how many output rows and channels a step takes; on TPU it is
 checked against a model of every kernel's VMEM (:func:`vmem_bytes`), and the kernels ask
@@ -82,9 +88,14 @@ VMEM_LIMIT = 40 * 2**20
 # Output positions per step and 128-lane tile on TPU: larger tiles only add to the float32
 # accumulator Mosaic keeps in VMEM, not to the bytes moved (the halo is already small at this size).
 MAX_TPU_TILE_POSITIONS = 2048
-# On GPU (Triton) a step's tiles live in registers: at most this many float32 accumulator
-# elements per program (64 per thread with 4 warps) before the compiler spills.
-MAX_GPU_TILE_ELEMENTS = 8192
+# On GPU (Triton) a program's tile lives in registers: GPU_TILE_ELEMENTS float32 accumulator elements
+# (8 per thread with GPU_WARPS warps) by default, MAX_GPU_TILE_ELEMENTS at most. ptxas's register
+# counts for these sizes are in docs/guides/pallas.md (no spills, 3 or more programs per SM).
+GPU_TILE_ELEMENTS = 1024
+MAX_GPU_TILE_ELEMENTS = 2048
+GPU_WARPS = 4
+# Channels per GPU tile: 32 float32 channels are one 128-byte line of the channels-last input.
+GPU_CHANNELS = 32
 TARGETS = ("tpu", "triton")
 
 
@@ -101,10 +112,12 @@ class BlockSizes:
     """How much of the output one grid step computes.
 
     Attributes:
-      rows: output rows per step (the output is padded up to a multiple of it).
-      channels: channels per step (the channels are padded up to a multiple of it).
-        On TPU a multiple of 128 (the lane count) unless it covers all of the layer's channels.
-        On GPU (Triton) both must be powers of two.
+      rows: output rows per step (the last step's block may be ragged).
+      channels: channels per step. On TPU a multiple of 128 (the lane count) unless it
+        covers all of the layer's channels.
+      cols: output columns per step, GPU only (TPU steps take whole rows); ``None`` for
+        the default. On GPU (Triton) rows, cols and channels must be powers of two; the
+        arrays are not padded to them, the kernels mask the loads and stores instead.
 
     Examples:
       >>> from jdw.kernels.pallas_depthwise import BlockSizes
@@ -114,10 +127,13 @@ class BlockSizes:
 
     rows: int = 8
     channels: int = _LANES
+    cols: int | None = None
 
     def __post_init__(self):
-        for name in ("rows", "channels"):
+        for name in ("rows", "channels", "cols"):
             value = getattr(self, name)
+            if name == "cols" and value is None:
+                continue
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"BlockSizes.{name} must be a positive int, got {name}={value!r}")
 
@@ -128,11 +144,13 @@ class BlockSizes:
         TPU: all channels in one block (when they are a multiple of 128 and that leaves at
         least 8 rows, else 128 lanes at a time); the most rows, up to all of them, whose
         tiles stay within :data:`MAX_TPU_TILE_POSITIONS` and whose step fits
-        :data:`DEFAULT_VMEM_BUDGET`. GPU: up to 32 channels and the most rows whose
-        accumulator fits :data:`MAX_GPU_TILE_ELEMENTS`, all powers of two.
+        :data:`DEFAULT_VMEM_BUDGET`. GPU: up to :data:`GPU_CHANNELS` channels, 8 columns
+        (or the whole tile along a one-row layer) and the rows that fill
+        :data:`GPU_TILE_ELEMENTS`, all powers of two.
         """
         _check_target(target)
         if target == "tpu":
+            layer = _tpu_layer(layer)
             out_rows = layer.output_rows
             by_tile = max(1, MAX_TPU_TILE_POSITIONS // layer.output_cols)
             wanted = [r for r in (out_rows, 64, 32, 16, 8, 4, 2, 1) if r <= min(out_rows, by_tile)]
@@ -143,11 +161,10 @@ class BlockSizes:
                 rows = next((r for r in wanted if fits(r)), 0)
                 if rows >= min(8, out_rows) or channels == candidates[-1]:
                     return cls(rows=max(rows, 1), channels=channels)
-        channels = min(32, _next_power_of_two(layer.channels))
-        cols = _next_power_of_two(layer.output_cols)
-        rows = max(1, MAX_GPU_TILE_ELEMENTS // (cols * channels))
-        rows = min(1 << (rows.bit_length() - 1), _next_power_of_two(layer.output_rows))
-        return cls(rows=rows, channels=channels)
+        channels = min(GPU_CHANNELS, _next_power_of_two(layer.channels))
+        cols = _gpu_cols(layer, channels)
+        rows = min(max(1, GPU_TILE_ELEMENTS // (cols * channels)), _next_power_of_two(layer.output_rows))
+        return cls(rows=rows, channels=channels, cols=cols)
 
     def check(self, layer: Layer, target: str = "tpu", *, memory: bool = True, batch: int = 1) -> None:
         """Raises ``ValueError`` if these blocks cannot serve ``layer`` on ``target``.
@@ -157,6 +174,7 @@ class BlockSizes:
         """
         _check_target(target)
         if target == "tpu":
+            layer = _tpu_layer(layer)
             if self.channels < layer.channels and (self.channels % _LANES or layer.channels % self.channels):
                 raise ValueError(
                     f"BlockSizes.channels={self.channels} must cover all {layer.channels} channels or be a "
@@ -172,15 +190,18 @@ class BlockSizes:
                     f"per step for {layer}, more than the {DEFAULT_VMEM_BUDGET / 2**20:.0f} MiB budget; {fix}"
                 )
             return
-        if not (_is_power_of_two(self.rows) and _is_power_of_two(self.channels)):
+        cols = self.cols or _gpu_cols(layer, self.channels)
+        if not all(_is_power_of_two(v) for v in (self.rows, cols, self.channels)):
             raise ValueError(
-                f"on GPU (Triton) BlockSizes must be powers of two, got rows={self.rows}, channels={self.channels}"
+                f"on GPU (Triton) BlockSizes must be powers of two, got rows={self.rows}, cols={cols}, "
+                f"channels={self.channels}"
             )
-        elements = self.rows * _next_power_of_two(layer.output_cols) * self.channels
+        elements = self.rows * cols * self.channels
         if memory and elements > MAX_GPU_TILE_ELEMENTS:
             raise ValueError(
-                f"BlockSizes(rows={self.rows}, channels={self.channels}) gives a {elements}-element tile for {layer}, "
-                f"more than {MAX_GPU_TILE_ELEMENTS} per GPU program; use fewer rows or channels"
+                f"BlockSizes(rows={self.rows}, channels={self.channels}, cols={cols}) gives a {elements}-element "
+                f"tile for {layer}, more than {MAX_GPU_TILE_ELEMENTS} per GPU program; use fewer rows, columns or "
+                "channels"
             )
 
 
@@ -194,7 +215,10 @@ class Layer:
     """Static description of a 2-D depthwise convolution on channels-last input, padding included.
 
     ``channels`` counts the kernel's channels (input channels times the multiplier: the
-    backend repeats input channels first). ``padding`` is explicit ``(low, high)`` zero padding.
+    backend repeats input channels first). ``padding`` is explicit ``(low, high)`` zero
+    padding (negative crops). ``input_dilation`` puts ``d - 1`` zeros between input
+    elements, like ``lax.conv_general_dilated``'s ``lhs_dilation``: a transposed convolution
+    (the input gradient) is a stride-1 convolution of the dilated cotangent.
     """
 
     input_size: tuple[int, int]
@@ -204,6 +228,7 @@ class Layer:
     dilation: tuple[int, int]
     channels: int
     itemsize: int = 4
+    input_dilation: tuple[int, int] = (1, 1)
 
     def __post_init__(self):
         if self.output_rows < 1 or self.output_cols < 1:
@@ -211,7 +236,8 @@ class Layer:
 
     def _out(self, axis: int) -> int:
         k = (self.kernel_size[axis] - 1) * self.dilation[axis] + 1
-        return (self.input_size[axis] + sum(self.padding[axis]) - k) // self.strides[axis] + 1
+        size = (self.input_size[axis] - 1) * self.input_dilation[axis] + 1
+        return (size + sum(self.padding[axis]) - k) // self.strides[axis] + 1
 
     @property
     def output_rows(self) -> int:
@@ -221,30 +247,42 @@ class Layer:
     def output_cols(self) -> int:
         return self._out(1)
 
-    @property
-    def phases(self) -> int:
-        return self.strides[0] * self.strides[1]
-
-    def tap_offsets(self) -> tuple[tuple[int, int, int], ...]:
-        """(phase, row offset, column offset) of every tap, in row-major tap order."""
-        (sh, sw), (dh, dw) = self.strides, self.dilation
-        return tuple(
-            ((i * dh % sh) * sw + (j * dw % sw), i * dh // sh, j * dw // sw)
-            for i in range(self.kernel_size[0])
-            for j in range(self.kernel_size[1])
-        )
-
-    @property
-    def halo(self) -> tuple[int, int]:
-        """Extra phase rows and columns a block of outputs reads beyond its own size."""
-        offsets = self.tap_offsets()
-        return max(o[1] for o in offsets), max(o[2] for o in offsets)
-
     def __str__(self) -> str:
         return (
             f"a {self.input_size[0]}x{self.input_size[1]}x{self.channels} depthwise layer "
-            f"(kernel {self.kernel_size}, strides {self.strides}, dilation {self.dilation})"
+            f"(kernel {self.kernel_size}, strides {self.strides}, dilation {self.dilation}"
+            + (f", input dilation {self.input_dilation})" if self.input_dilation != (1, 1) else ")")
         )
+
+
+def _tpu_pads(layer: Layer) -> tuple[tuple[tuple[int, int, int], tuple[int, int]], ...]:
+    """Per spatial axis, the ``lax.pad`` config (dilation, crops) applied to the input in XLA and the zero
+    padding left to the TPU kernels. Where the crops would leave no input (an output that reads
+    only padding), all of the padding goes to ``lax.pad``."""
+    pads = []
+    for n, d, (lo, hi) in zip(layer.input_size, layer.input_dilation, layer.padding):
+        if (n - 1) * d + 1 + min(lo, 0) + min(hi, 0) < 1:
+            pads.append(((lo, hi, d - 1), (0, 0)))
+        else:
+            pads.append(((min(lo, 0), min(hi, 0), d - 1), (max(lo, 0), max(hi, 0))))
+    return tuple(pads)
+
+
+def _tpu_layer(layer: Layer) -> Layer:
+    """The layer the TPU kernels run: after :func:`_tpu_input` has dilated the input and made its crops."""
+    if layer.input_dilation == (1, 1) and min(min(p) for p in layer.padding) >= 0:
+        return layer
+    pads = _tpu_pads(layer)
+    size = tuple((n - 1) * (inner + 1) + 1 + lo + hi for n, ((lo, hi, inner), _) in zip(layer.input_size, pads))
+    return dataclasses.replace(layer, input_size=size, padding=tuple(p for _, p in pads), input_dilation=(1, 1))
+
+
+def _tpu_input(x: jax.Array, layer: Layer) -> jax.Array:
+    """``x`` dilated and cropped in XLA for :func:`_tpu_layer` (one pass; the TPU kernels read windows by DMA)."""
+    if _tpu_layer(layer) is layer:
+        return x
+    config = [config for config, _ in _tpu_pads(layer)]
+    return lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), *config, (0, 0, 0)])
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -263,6 +301,7 @@ def vmem_bytes(layer: Layer, blocks: BlockSizes, batch: int = 1) -> int:
     window, product). The last dimension is rounded up to 128 lanes and the second-to-last
     to the sublane tile (8 rows of 32 bits, 16 of 16 bits).
     """
+    layer = _tpu_layer(layer)
     geo = _tpu_geometry(layer, blocks, batch)
     sublanes = 8 * max(1, 4 // layer.itemsize)
     lanes = _round_up(geo.channel_block, _LANES)
@@ -293,122 +332,13 @@ def vmem_bytes(layer: Layer, blocks: BlockSizes, batch: int = 1) -> int:
     return window + widened + tiles + weights + temporaries
 
 
-def phase_split(x: jax.Array, layer: Layer, out_rows: int, out_cols: int, channels: int) -> jax.Array:
-    """``(N, H, W, C)`` -> ``(N, sh * sw, Hq, Wq, channels)``: zero-padded, split into stride phases.
-
-    ``out_rows x out_cols`` outputs (padded up to the blocks) are served; phase rows and
-    columns past what the taps read are cropped, missing ones zero-filled. One ``lax.pad``
-    (negative amounts crop) and, for strides above 1, one transpose, which XLA fuses.
-    """
-    (sh, sw), ((pt, _), (pw, _)) = layer.strides, layer.padding
-    halo_rows, halo_cols = layer.halo
-    hq, wq = out_rows + halo_rows, out_cols + halo_cols
-    n, h, w, c = x.shape
-    config = [(0, 0, 0), (pt, hq * sh - h - pt, 0), (pw, wq * sw - w - pw, 0), (0, channels - c, 0)]
-    x = lax.pad(x, jnp.zeros((), x.dtype), config)
-    if sh == sw == 1:
-        return x[:, None]
-    x = x.reshape(n, hq, sh, wq, sw, channels).transpose(0, 2, 4, 1, 3, 5)
-    return x.reshape(n, sh * sw, hq, wq, channels)
-
-
 def accumulator_dtype(dtype: Any) -> np.dtype:
     """float32 for 16- and 32-bit floats; float64 stays float64 (interpreter and GPU only)."""
     return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
 
 
-def _forward_kernel(x_ref, w_ref, b_ref, o_ref, *, taps, rows, cols, epilogue, acc_dtype):
-    # x_ref: (1, phases, rows + halo, Wq, Cb)  w_ref: (taps, Cb)  b_ref: (1, Cb)  o_ref: (rows, cols, Cb)
-    acc = None
-    for t, (phase, di, dj) in enumerate(taps):
-        window = x_ref[0, phase, pl.ds(di, rows), pl.ds(dj, cols), :].astype(acc_dtype)
-        term = window * w_ref[pl.ds(t, 1), :].astype(acc_dtype)[None]
-        acc = term if acc is None else acc + term
-    acc = acc + b_ref[...].astype(acc_dtype)[None]
-    o_ref[...] = EPILOGUES[epilogue](acc).astype(o_ref.dtype)
-
-
-def _kernel_grad_kernel(x_ref, dy_ref, o_ref, *, taps, rows, cols, acc_dtype):
-    # x_ref: (1, phases, rows + halo, Wq, Cb)  dy_ref: (rows, cols, Cb)  o_ref: (taps padded, Cb), this step's share
-    dy = dy_ref[...].astype(acc_dtype)
-    if o_ref.shape[0] > len(taps):
-        o_ref[...] = jnp.zeros(o_ref.shape, o_ref.dtype)
-    for t, (phase, di, dj) in enumerate(taps):
-        window = x_ref[0, phase, pl.ds(di, rows), pl.ds(dj, cols), :].astype(acc_dtype)
-        o_ref[pl.ds(t, 1), :] = jnp.sum(jnp.sum(window * dy, axis=0), axis=0, keepdims=True)
-
-
-def _halo_block(phases: int, rows: int, cols: int, channels: int, offsets) -> pl.BlockSpec:
-    """An overlapping window of the phase-split input: ``offsets(*grid)`` gives (image, first row, first channel).
-
-    Every dimension is a :class:`pl.Element` dimension (Pallas requires all or none), so
-    the index map returns element offsets, not block indices.
-    """
-
-    def index_map(*grid):
-        image, row, channel = offsets(*grid)
-        return image, 0, row, 0, channel
-
-    return pl.BlockSpec(tuple(pl.Element(size) for size in (1, phases, rows, cols, channels)), index_map)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Plan:
-    """Padded sizes and grid of one call, from the layer, the blocks and the target (its sizes: the GPU's
-    phase-split kernels; the TPU kernels take only the checked blocks from it)."""
-
-    layer: Layer
-    blocks: BlockSizes
-    target: str
-    batch: int
-
-    @property
-    def channel_block(self) -> int:
-        return self.blocks.channels
-
-    @property
-    def channels(self) -> int:
-        return _round_up(self.layer.channels, self.channel_block)
-
-    @property
-    def row_blocks(self) -> int:
-        return -(-self.layer.output_rows // self.blocks.rows)
-
-    @property
-    def out_rows(self) -> int:
-        return self.row_blocks * self.blocks.rows
-
-    @property
-    def out_cols(self) -> int:
-        return _next_power_of_two(self.layer.output_cols)
-
-    @property
-    def taps(self) -> tuple[tuple[int, int, int], ...]:
-        return self.layer.tap_offsets()
-
-    @property
-    def tap_rows(self) -> int:
-        """Rows of the per-step kernel-gradient block: the taps, padded to a power of two."""
-        return _next_power_of_two(len(self.taps))
-
-    def split(self, x: jax.Array) -> jax.Array:
-        return phase_split(x, self.layer, self.out_rows, self.out_cols, self.channels)
-
-    def input_block(self, xs: jax.Array) -> pl.BlockSpec:
-        _, phases, _, wq, _ = xs.shape
-        rows, cb = self.blocks.rows, self.channel_block
-        offsets = lambda i, j, r: (i, r * rows, j * cb)  # noqa: E731
-        return _halo_block(phases, rows + self.layer.halo[0], wq, cb, offsets)
-
-    def compiler_params(self, interpret: Any) -> Any:
-        if interpret:
-            return None
-        from jax.experimental.pallas import triton as pltriton  # noqa: PLC0415  (GPU-only module)
-
-        return pltriton.CompilerParams(num_warps=4, num_stages=2)
-
-
-def _plan(x: jax.Array, layer: Layer, block_sizes: BlockSizes | None, target: str, interpret: Any) -> _Plan:
+def _blocks(x: jax.Array, layer: Layer, block_sizes: BlockSizes | None, target: str, interpret: Any) -> BlockSizes:
+    """The checked blocks of one call."""
     _check_target(target)
     if x.ndim != 4 or tuple(x.shape[1:]) != (*layer.input_size, layer.channels):
         raise ValueError(
@@ -418,7 +348,7 @@ def _plan(x: jax.Array, layer: Layer, block_sizes: BlockSizes | None, target: st
     blocks = block_sizes or BlockSizes.default(layer, target, x.shape[0])
     # The interpreter has no on-chip memory to overflow: only the blocks' shape rules apply there.
     blocks.check(layer, target, memory=not interpret, batch=x.shape[0])
-    return _Plan(layer, blocks, target, x.shape[0])
+    return blocks
 
 
 def _out_struct(shape: tuple[int, ...], dtype: Any, *, like: jax.Array) -> jax.ShapeDtypeStruct:
@@ -996,6 +926,201 @@ def _tpu_kernel_grad(x, dy, layer, blocks, interpret):
     return jnp.transpose(grads, (1, 0, 2)) if geo.images else grads
 
 
+# --- GPU (Triton): masked gathers from the unpadded input ---------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _GpuGeometry:
+    """The tiles of the GPU kernels (all static): each program computes ``rows x cols`` output
+    positions of ``channels`` channels, all powers of two (Triton's rule for every array), and
+    masks what falls past the layer's true bounds instead of padding the arrays."""
+
+    layer: Layer
+    blocks: BlockSizes
+
+    @property
+    def rows(self) -> int:
+        return self.blocks.rows
+
+    @property
+    def cols(self) -> int:
+        return self.blocks.cols or _gpu_cols(self.layer, self.blocks.channels)
+
+    @property
+    def channels(self) -> int:
+        return self.blocks.channels
+
+    @property
+    def row_tiles(self) -> int:
+        return -(-self.layer.output_rows // self.rows)
+
+    @property
+    def col_tiles(self) -> int:
+        return -(-self.layer.output_cols // self.cols)
+
+    @property
+    def tiles(self) -> int:
+        return self.row_tiles * self.col_tiles
+
+    @property
+    def channel_blocks(self) -> int:
+        return -(-self.layer.channels // self.channels)
+
+    @property
+    def steps(self) -> int:
+        """Tiles one kernel-gradient program sweeps: enough that its partial sums (one float32
+        per tap and channel) are at most a sixteenth of the cotangent it reads."""
+        taps = self.layer.kernel_size[0] * self.layer.kernel_size[1]
+        return min(self.tiles, -(-16 * taps // (self.rows * self.cols)))
+
+    @property
+    def groups(self) -> int:
+        return -(-self.tiles // self.steps)
+
+    def positions(self, tile):
+        """Output rows ``(R, 1, 1)`` and columns ``(1, W, 1)`` of flat tile ``tile``, and whether each exists.
+
+        Stores use them as they are (masked, so that no two lanes of a store share an address,
+        which the interpreter's scatter needs); loads clamp them into the array.
+        """
+        rows = (tile // self.col_tiles) * self.rows + jnp.arange(self.rows, dtype=jnp.int32)
+        cols = (tile % self.col_tiles) * self.cols + jnp.arange(self.cols, dtype=jnp.int32)
+        ok = (rows < self.layer.output_rows)[:, None, None] & (cols < self.layer.output_cols)[None, :, None]
+        return rows[:, None, None], cols[None, :, None], ok
+
+    def clamped(self, rows, cols):
+        return jnp.minimum(rows, self.layer.output_rows - 1), jnp.minimum(cols, self.layer.output_cols - 1)
+
+    def channel_range(self, block):
+        """Channels ``(C,)`` of channel block ``block`` and whether each exists (clamp them to load)."""
+        channels = block * self.channels + jnp.arange(self.channels, dtype=jnp.int32)
+        return channels, channels < self.layer.channels
+
+    def source(self, rows, cols, i: int, j: int):
+        """The input row and column tap ``(i, j)`` reads for output ``rows`` and ``cols``, clamped into
+        the image, and whether it is a real input element (not zero padding or a dilation hole)."""
+        layer = self.layer
+        found = []
+        for out, tap, axis in ((rows, i, 0), (cols, j, 1)):
+            size, lhs = layer.input_size[axis], layer.input_dilation[axis]
+            at = out * layer.strides[axis] + (tap * layer.dilation[axis] - layer.padding[axis][0])
+            ok = (at >= 0) & (at <= (size - 1) * lhs)
+            if lhs > 1:
+                ok = ok & (lax.rem(at, jnp.int32(lhs)) == 0)
+                at = lax.div(jnp.maximum(at, 0), jnp.int32(lhs))
+            found.append((jnp.clip(at, 0, size - 1), ok))
+        (r, r_ok), (c, c_ok) = found
+        return r, c, r_ok & c_ok
+
+    def compiler_params(self, interpret: Any) -> Any:
+        if interpret:
+            return None
+        from jax.experimental.pallas import triton as pltriton  # noqa: PLC0415  (GPU-only module)
+
+        return pltriton.CompilerParams(num_warps=GPU_WARPS, num_stages=1)
+
+
+def _gpu_cols(layer: Layer, channels: int) -> int:
+    """Output columns per GPU tile: 8 for images, as many as the tile holds for one-row (1-D) layers."""
+    cols = 8 if layer.output_rows > 1 else GPU_TILE_ELEMENTS // channels
+    return max(1, min(_next_power_of_two(layer.output_cols), cols))
+
+
+def _gpu_load(ref, index, mask):
+    from jax.experimental.pallas import triton as pltriton  # noqa: PLC0415
+
+    return pltriton.load(ref.at[index], mask=mask, other=0)
+
+
+def _gpu_taps(x_ref, image, rows, cols, channels, mask, geo: _GpuGeometry, acc_dtype):
+    """Yields ``(tap, x)`` with ``x`` the ``(R, W, C)`` input elements tap ``tap`` multiplies, zero where it
+    reads padding."""
+    kh, kw = geo.layer.kernel_size
+    for i in range(kh):
+        for j in range(kw):
+            r, c, ok = geo.source(rows, cols, i, j)
+            yield i * kw + j, _gpu_load(x_ref, (image, r, c, channels[None, None, :]), mask & ok).astype(acc_dtype)
+
+
+def _clamp(channels, geo: _GpuGeometry):
+    return jnp.minimum(channels, geo.layer.channels - 1)
+
+
+def _gpu_forward_kernel(x_ref, w_ref, b_ref, o_ref, *, geo: _GpuGeometry, epilogue, acc_dtype):
+    # x_ref: (N, H, W, C) as stored, w_ref: (taps, C), b_ref: (C,), o_ref: (N, Ho, Wo, C); grid (tiles, C blocks, N)
+    from jax.experimental.pallas import triton as pltriton  # noqa: PLC0415
+
+    tile, block, image = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    rows, cols, exists = geo.positions(tile)
+    channels, known = geo.channel_range(block)
+    mask, loaded = exists & known[None, None, :], _clamp(channels, geo)
+    acc = jnp.zeros((geo.rows, geo.cols, geo.channels), acc_dtype)
+    for t, x in _gpu_taps(x_ref, image, rows, cols, loaded, mask, geo, acc_dtype):
+        acc += x * _gpu_load(w_ref, (t, loaded), known).astype(acc_dtype)[None, None, :]
+    acc += _gpu_load(b_ref, (loaded,), known).astype(acc_dtype)[None, None, :]
+    y = EPILOGUES[epilogue](acc).astype(o_ref.dtype)
+    pltriton.store(o_ref.at[image, rows, cols, channels[None, None, :]], y, mask=mask)
+
+
+def _gpu_kernel_grad_kernel(x_ref, dy_ref, o_ref, *, geo: _GpuGeometry, acc_dtype):
+    # x_ref: (N, H, W, C), dy_ref: (N, Ho, Wo, C), o_ref: (N, groups, taps, C) partial sums; grid (groups, C blocks, N)
+    from jax.experimental.pallas import triton as pltriton  # noqa: PLC0415
+
+    group, block, image = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    channels, known = geo.channel_range(block)
+    loaded, taps = _clamp(channels, geo), geo.layer.kernel_size[0] * geo.layer.kernel_size[1]
+
+    def step(s, sums):
+        tile = group * geo.steps + s
+        rows, cols, exists = geo.positions(tile)
+        mask = exists & known[None, None, :] & (tile < geo.tiles)
+        rows, cols = geo.clamped(rows, cols)
+        dy = _gpu_load(dy_ref, (image, rows, cols, loaded[None, None, :]), mask).astype(acc_dtype)
+        sums = list(sums)
+        for t, x in _gpu_taps(x_ref, image, rows, cols, loaded, mask, geo, acc_dtype):
+            sums[t] += jnp.sum(jnp.sum(x * dy, axis=0), axis=0)
+        return tuple(sums)
+
+    sums = lax.fori_loop(0, geo.steps, step, tuple(jnp.zeros((geo.channels,), acc_dtype) for _ in range(taps)))
+    for t, total in enumerate(sums):
+        pltriton.store(o_ref.at[image, group, t, channels], total, mask=known)
+
+
+def _gpu_forward(x, kernel, bias, layer, blocks, activation, out_dtype, interpret):
+    n, c = x.shape[0], layer.channels
+    geo = _GpuGeometry(layer, blocks)
+    taps = layer.kernel_size[0] * layer.kernel_size[1]
+    bias = jnp.zeros((c,), x.dtype) if bias is None else bias
+    out_shape = (n, layer.output_rows, layer.output_cols, c)
+    nbytes = x.size * x.dtype.itemsize + math.prod(out_shape) * out_dtype.itemsize
+    return pl.pallas_call(
+        functools.partial(_gpu_forward_kernel, geo=geo, epilogue=activation, acc_dtype=accumulator_dtype(x.dtype)),
+        out_shape=_out_struct(out_shape, out_dtype, like=x),
+        grid=(geo.tiles, geo.channel_blocks, n),
+        compiler_params=geo.compiler_params(interpret),
+        cost_estimate=_cost(layer, n, nbytes),
+        interpret=interpret,
+        name="jdw_depthwise_forward",
+    )(x, kernel.reshape(taps, c), bias)
+
+
+def _gpu_kernel_grad(x, dy, layer, blocks, interpret):
+    """Per-image kernel gradients ``(N, taps, C)``: each program's partial sums, added up by XLA."""
+    n, c = x.shape[0], layer.channels
+    geo = _GpuGeometry(layer, blocks)
+    taps, acc = layer.kernel_size[0] * layer.kernel_size[1], accumulator_dtype(x.dtype)
+    partials = pl.pallas_call(
+        functools.partial(_gpu_kernel_grad_kernel, geo=geo, acc_dtype=acc),
+        out_shape=_out_struct((n, geo.groups, taps, c), acc, like=x),
+        grid=(geo.groups, geo.channel_blocks, n),
+        compiler_params=geo.compiler_params(interpret),
+        cost_estimate=_cost(layer, n, x.size * x.dtype.itemsize + dy.size * dy.dtype.itemsize),
+        interpret=interpret,
+        name="jdw_depthwise_kernel_grad",
+    )(x, dy)
+    return jnp.sum(partials, axis=1)
+
+
 # --- the kernels, for either target ---------------------------------------------------------------
 
 
@@ -1040,37 +1165,12 @@ def forward(
     """
     if activation not in EPILOGUES:
         raise ValueError(f"activation {activation!r} has no fused epilogue; fused ones: {sorted(EPILOGUES)}")
-    plan = _plan(x, layer, block_sizes, target, interpret)
-    n, c = x.shape[0], layer.channels
+    blocks = _blocks(x, layer, block_sizes, target, interpret)
     out_dtype = np.dtype(out_dtype or x.dtype)
     if target == "tpu":
-        return _tpu_forward(x, kernel, bias, layer, plan.blocks, activation, out_dtype, interpret)
-    xs = plan.split(x)
-    taps, rows, cb = plan.taps, plan.blocks.rows, plan.channel_block
-    w = jnp.pad(kernel.reshape(len(taps), c), ((0, 0), (0, plan.channels - c)))
-    b = jnp.zeros((1, plan.channels), x.dtype) if bias is None else bias.reshape(1, c)
-    b = jnp.pad(b, ((0, 0), (0, plan.channels - c)))
-    acc = accumulator_dtype(x.dtype)
-    body = functools.partial(
-        _forward_kernel, taps=taps, rows=rows, cols=plan.out_cols, epilogue=activation, acc_dtype=acc
-    )
-    out_shape = (n, plan.out_rows, plan.out_cols, plan.channels)
-    y = pl.pallas_call(
-        body,
-        out_shape=_out_struct(out_shape, out_dtype, like=xs),
-        grid=(n, plan.channels // cb, plan.row_blocks),
-        in_specs=[
-            plan.input_block(xs),
-            pl.BlockSpec((len(taps), cb), lambda i, j, r: (0, j)),
-            pl.BlockSpec((1, cb), lambda i, j, r: (0, j)),
-        ],
-        out_specs=pl.BlockSpec((None, rows, plan.out_cols, cb), lambda i, j, r: (i, r, 0, j)),
-        compiler_params=plan.compiler_params(interpret),
-        cost_estimate=_cost(layer, n, xs.size * xs.dtype.itemsize + math.prod(out_shape) * out_dtype.itemsize),
-        interpret=interpret,
-        name="jdw_depthwise_forward",
-    )(xs, w, b)
-    return y[:, : layer.output_rows, : layer.output_cols, :c]
+        tpu_layer = _tpu_layer(layer)
+        return _tpu_forward(_tpu_input(x, layer), kernel, bias, tpu_layer, blocks, activation, out_dtype, interpret)
+    return _gpu_forward(x, kernel, bias, layer, blocks, activation, out_dtype, interpret)
 
 
 def kernel_grad(
@@ -1088,46 +1188,23 @@ def kernel_grad(
     Accumulates and returns float32 (float64 for float64 inputs).
 
     On TPU each image's taps accumulate in a block that stays in VMEM while the row blocks
-    sweep past it; on GPU every grid step writes its own partial sums (no step waits on
-    another). One small XLA reduction adds them up. With ``per_image=True`` the result
+    sweep past it; on GPU every program sweeps a few tiles and writes its own partial
+    sums (no program waits on another). One small XLA reduction adds them up. With ``per_image=True`` the result
     keeps the batch axis, ``(N, kh, kw, C)``, so that a batch-sharded caller can leave the
     sum over images (and devices) to XLA.
     """
-    plan = _plan(x, layer, block_sizes, target, interpret)
+    blocks = _blocks(x, layer, block_sizes, target, interpret)
     n, c = x.shape[0], layer.channels
     if dy.shape != (n, layer.output_rows, layer.output_cols, c):
         raise ValueError(
             f"expected dy of shape {(n, layer.output_rows, layer.output_cols, c)} for {layer}, got {dy.shape}"
         )
     if target == "tpu":
-        grads = _tpu_kernel_grad(x, dy, layer, plan.blocks, interpret)
-        grads = grads.reshape(n, *layer.kernel_size, c)
-        return grads if per_image else jnp.sum(grads, axis=0)
-    xs = plan.split(x)
-    taps, rows, cb = plan.taps, plan.blocks.rows, plan.channel_block
-    pads = (
-        (0, 0),
-        (0, plan.out_rows - layer.output_rows),
-        (0, plan.out_cols - layer.output_cols),
-        (0, plan.channels - c),
-    )
-    dy = jnp.pad(dy, pads)
-    acc = accumulator_dtype(x.dtype)
-    body = functools.partial(_kernel_grad_kernel, taps=taps, rows=rows, cols=plan.out_cols, acc_dtype=acc)
-    partials = pl.pallas_call(
-        body,
-        out_shape=_out_struct((n, plan.row_blocks, plan.tap_rows, plan.channels), acc, like=xs),
-        grid=(n, plan.channels // cb, plan.row_blocks),
-        in_specs=[plan.input_block(xs), pl.BlockSpec((None, rows, plan.out_cols, cb), lambda i, j, r: (i, r, 0, j))],
-        out_specs=pl.BlockSpec((None, None, plan.tap_rows, cb), lambda i, j, r: (i, r, 0, j)),
-        compiler_params=plan.compiler_params(interpret),
-        cost_estimate=_cost(layer, n, xs.size * xs.dtype.itemsize + dy.size * dy.dtype.itemsize),
-        interpret=interpret,
-        name="jdw_depthwise_kernel_grad",
-    )(xs, dy)
-    if per_image:
-        return jnp.sum(partials, axis=1)[:, : len(taps), :c].reshape(n, *layer.kernel_size, c)
-    return jnp.sum(partials, axis=(0, 1))[: len(taps), :c].reshape(*layer.kernel_size, c)
+        grads = _tpu_kernel_grad(_tpu_input(x, layer), dy, _tpu_layer(layer), blocks, interpret)
+    else:
+        grads = _gpu_kernel_grad(x, dy, layer, blocks, interpret)
+    grads = grads.reshape(n, *layer.kernel_size, c)
+    return grads if per_image else jnp.sum(grads, axis=0)
 
 
 def reference(x: jax.Array, kernel: jax.Array, layer: Layer) -> jax.Array:
@@ -1138,6 +1215,7 @@ def reference(x: jax.Array, kernel: jax.Array, layer: Layer) -> jax.Array:
         kernel.reshape(*layer.kernel_size, 1, c),
         window_strides=layer.strides,
         padding=layer.padding,
+        lhs_dilation=layer.input_dilation,
         rhs_dilation=layer.dilation,
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
         feature_group_count=c,
@@ -1153,7 +1231,6 @@ __all__ = [
     "accumulator_dtype",
     "forward",
     "kernel_grad",
-    "phase_split",
     "reference",
     "tpu_layout",
     "vmem_bytes",
