@@ -10,11 +10,12 @@ the same run. On accelerators whose memory bandwidth is known (or given with
 ``--peak-gbps``) it also reports the fraction of it the forward pass reaches.
 ``--json`` prints machine-readable records instead of the table.
 
-``--target v5e`` (or ``v6e``, ``v4``, ``v5p``) times nothing: it compiles every program for
-that TPU without the hardware (libtpu's compile-only devices, see :mod:`jdw.traffic`) and
-reports the HBM bytes each compiled program moves, against the minimum (read ``x``, write
-``y``; training also reads ``dy`` and writes ``dx``), and the time that traffic takes at the
-chip's memory bandwidth.
+``--target v5e`` (or ``v6e``, ``v4``, ``v5p``, or the GPUs ``h100``, ``a100``) times nothing:
+it compiles every program for that chip without the hardware (libtpu's compile-only TPU
+devices, JAX's CUDA plugin for GPUs; see :mod:`jdw.traffic`) and reports the HBM bytes
+each compiled program moves, against the minimum (read ``x``, write ``y``; training also
+reads ``dy`` and writes ``dx``), and the time that traffic takes at the chip's memory
+bandwidth.
 
 By default every registered backend that runs compiled on this platform is timed; the
 ``"pallas"`` kernel runs in Pallas's interpreter on CPU, which says nothing about speed,
@@ -187,7 +188,7 @@ def compiled_traffic(
     batch: int = 64,
     dtype: str = "float32",
 ) -> list[dict]:
-    """HBM bytes of every layer's forward and training programs compiled for TPU ``chip``; one record per pair.
+    """HBM bytes of every layer's forward and training programs compiled for ``chip``; one record per pair.
 
     The forward program is ``y = conv(x, k)``; the training program returns ``y`` and the
     gradients for ``x`` and ``k`` given ``dy``. Minimums count each array once: unpadded
@@ -200,8 +201,8 @@ def compiled_traffic(
       >>> r["forward_hbm_bytes"] >= r["forward_min_bytes"]  # doctest: +SKIP
       True
     """
-    device = traffic.tpu_device(chip)
-    peak = traffic.TPU_CHIPS[chip][1]
+    device = traffic.device(chip)
+    peak = traffic.peak_gbps(chip)
     sharding = jax.sharding.SingleDeviceSharding(device)
     records = []
     for layer in layers:
@@ -365,8 +366,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON records instead of a table")
     parser.add_argument(
         "--target",
-        choices=sorted(traffic.TPU_CHIPS),
-        help="time nothing: compile for this TPU without one (needs libtpu) and report each program's HBM bytes",
+        choices=sorted([*traffic.TPU_CHIPS, *traffic.GPU_CHIPS]),
+        help="time nothing: compile for this TPU or GPU without one (needs libtpu, or JAX's CUDA plugin and "
+        "JAX_PLATFORMS=cpu) and report each program's HBM bytes",
     )
     args = parser.parse_args(argv)
     layers = MOBILENET_V2 if args.layers == "all" else [_parse_layer(name) for name in args.layers.split(",")]
@@ -376,6 +378,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
     implementations = args.implementations.split(",") if args.implementations else None
     if args.target:
+        from jax._src import xla_bridge  # noqa: PLC0415
+
+        if not xla_bridge.backends_are_initialized():  # compile-only: JAX computes on the CPU, plugins register
+            jax.config.update("jax_platforms", "cpu")
         batch = args.batch if "--batch" in (argv if argv is not None else sys.argv) else 64
         records = compiled_traffic(
             layers, implementations or ("xla", "pallas"), chip=args.target, batch=batch, dtype=args.dtype

@@ -330,6 +330,13 @@ def test_lowers_for_cuda_with_triton(size, channels, stride, dtype):
     assert backward.count("__gpu$xla.gpu.triton") >= 3 and "stablehlo.convolution" not in backward
 
 
+def test_lowers_for_rocm_with_the_same_triton_kernels():
+    x, kernel = jnp.ones((2, 16, 16, 8)), jnp.ones((3, 3, 1, 8))
+    grad = jax.jit(jax.grad(lambda x, k: jdw.depthwise_conv(x, k, strides=2, implementation="pallas").sum(), (0, 1)))
+    module = jax.export.export(grad, platforms=["rocm"], disabled_checks=[TRITON_CALL])(x, kernel).mlir_module()
+    assert module.count("__gpu$xla.gpu.triton") == 2 and "stablehlo.convolution" not in module
+
+
 def test_cpu_runs_the_interpreter_while_exports_carry_compiled_kernels():
     """The platform the call is lowered for picks the kernel, not the machine that traces it."""
     x, kernel = jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 1, 4))
@@ -342,11 +349,11 @@ def test_cpu_runs_the_interpreter_while_exports_carry_compiled_kernels():
 @pytest.mark.parametrize(
     "shape, kernel_shape",
     [
-        ((2, 8, 600, 32), (3, 3, 1, 32)),  # over Triton's register tile even at one row
+        ((2, 8, 600, 32), (3, 3, 1, 32)),  # wide rows: the GPU kernels tile them, the TPU ones take them whole
         ((2, 4, 4096, 128), (3, 3, 1, 128)),  # over the TPU VMEM budget even at one row
         ((3, 10000, 4), (3, 1, 4)),  # a long 1-D sequence
     ],
-    ids=["wide-for-triton", "wide-for-tpu", "long-1d"],
+    ids=["wide", "wide-for-tpu", "long-1d"],
 )
 def test_a_target_that_cannot_serve_a_shape_leaves_the_others_alone(shape, kernel_shape):
     """Each target's block rules are checked in its own branch: one that cannot serve falls back to XLA there."""

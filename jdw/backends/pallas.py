@@ -12,7 +12,10 @@ CUDA     Triton, compiled                             runs on every NVIDIA GPU (
                                                       Mosaic GPU (the default for Hopper) only
                                                       accepts arrays of 128-element multiples
                                                       and blocked, non-overlapping tiles
-other    Pallas interpreter (TPU block rules)         for tests: slow, exact
+ROCm     Triton, compiled                             the same kernels (lowering tested; not
+                                                      compiled in CI, which has no ROCm plugin)
+other    Pallas interpreter (TPU kernels, or the      for tests: slow, exact
+         GPU ones with ``interpret_mode``)
 ======== ============================================ ==========================================
 
 Gradients go through :func:`jax.custom_vjp` (``pallas_call`` has no transpose rule):
@@ -103,7 +106,7 @@ class _Call:
         return dataclasses.replace(self, activation=activation)
 
 
-_PLATFORM_OF_TARGET = {"tpu": "tpu", "triton": "gpu"}
+_PLATFORM_OF_TARGET = {"tpu": "tpu", "triton": "gpu"}  # jax.default_backend() names both CUDA and ROCm "gpu"
 
 
 def _on_platform(fn, fallback, *args, layer: kernels.Layer, batch: int, interpret: Any, interpret_target="tpu"):
@@ -133,6 +136,7 @@ def _on_platform(fn, fallback, *args, layer: kernels.Layer, batch: int, interpre
         *args,
         tpu=branch("tpu", False),
         cuda=branch("triton", False),
+        rocm=branch("triton", False),
         default=branch(interpret_target, interpret),
     )
 
