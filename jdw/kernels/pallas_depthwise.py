@@ -122,7 +122,7 @@ class BlockSizes:
     Examples:
       >>> from jdw.kernels.pallas_depthwise import BlockSizes
       >>> BlockSizes(rows=8, channels=128)
-      BlockSizes(rows=8, channels=128)
+      BlockSizes(rows=8, channels=128, cols=None)
     """
 
     rows: int = 8
