@@ -1,7 +1,14 @@
 """jdw: depthwise and depthwise-separable convolution for JAX."""
 
 from jdw import backends, cost, initializers, linen, models, nnx
-from jdw.functional import depthwise_conv, depthwise_conv_transpose, pointwise_conv, separable_conv
+from jdw.functional import (
+    causal_conv1d,
+    causal_conv1d_update,
+    depthwise_conv,
+    depthwise_conv_transpose,
+    pointwise_conv,
+    separable_conv,
+)
 
 __version__ = "0.1.0"
 
@@ -12,6 +19,8 @@ __all__ = [
     "linen",
     "models",
     "nnx",
+    "causal_conv1d",
+    "causal_conv1d_update",
     "depthwise_conv",
     "depthwise_conv_transpose",
     "pointwise_conv",

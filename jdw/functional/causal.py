@@ -1,0 +1,287 @@
+"""Causal depthwise 1-D convolution for sequence models: streaming state and packed sequences.
+
+The convolution of Mamba, Conformer and gated-convolution language models: every channel
+of a ``(B, L, D)`` sequence filtered by its own short kernel, each output seeing only the
+current and earlier tokens. :func:`causal_conv1d` runs a whole sequence (or a chunk of
+one, continuing from the previous chunk's state); :func:`causal_conv1d_update` runs a
+decoding step of one or a few tokens against a fixed-size state.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.typing import ArrayLike, DTypeLike
+
+from jdw.functional import _arguments as args_lib
+from jdw.functional._arguments import DataFormat
+from jdw.functional.activations import ActivationLike, get_activation
+from jdw.functional.depthwise import depthwise_conv
+
+
+def state_size(kernel_size: int, dilation: int = 1) -> int:
+    """Tokens of the past a causal convolution keeps as state: ``(kernel_size - 1) * dilation``.
+
+    Examples:
+      >>> from jdw.functional.causal import state_size
+      >>> state_size(4), state_size(31), state_size(3, dilation=2)
+      (3, 30, 4)
+    """
+    return (kernel_size - 1) * dilation
+
+
+def _channels_last(a: jax.Array | None, data_format: str) -> jax.Array | None:
+    return a if a is None or data_format == "channels_last" else jnp.swapaxes(a, 1, 2)
+
+
+def _check(x, kernel, data_format, dilation, op):
+    """Validated ``(x in (B, L, D), kernel (W, 1, D * M), multiplier, dilation, state length)``."""
+    args_lib.check_choice(data_format, args_lib.DATA_FORMATS, "data_format")
+    (dilation,) = args_lib.as_tuple(dilation, 1, "dilation")
+    args_lib.check_floating("x", x)
+    args_lib.check_floating("kernel", kernel)
+    layout = "(B, L, D)" if data_format == "channels_last" else "(B, D, L)"
+    if x.ndim != 3:
+        raise ValueError(f"{op}: x must be {layout} ({data_format}), got shape {x.shape}")
+    x = _channels_last(x, data_format)
+    channels = x.shape[-1]
+    if kernel.ndim != 3 or kernel.shape[1] != 1 or kernel.shape[0] < 1 or kernel.shape[2] % channels:
+        raise ValueError(
+            f"{op}: kernel must be (W, 1, D * M) for D={channels} input channels, got shape {kernel.shape} "
+            "(from causal-conv1d's (D, W): kernel.T[:, None, :]; from PyTorch's (D, 1, W): "
+            "jnp.transpose(kernel, (2, 1, 0)))"
+        )
+    return x, kernel.shape[2] // channels, dilation, state_size(kernel.shape[0], dilation)
+
+
+def _check_state(state, x, pad, data_format, name, op):
+    state = jnp.asarray(state)
+    layout = (x.shape[0], pad, x.shape[-1]) if data_format == "channels_last" else (x.shape[0], x.shape[-1], pad)
+    if pad == 0:
+        raise ValueError(f"{op}: a kernel of width 1 keeps no state, so {name} must be None, got shape {state.shape}")
+    if state.shape != layout:
+        raise ValueError(
+            f"{op}: {name} must have shape {layout} (batch, (kernel_size - 1) * dilation, channels"
+            f"{', channels first' if data_format == 'channels_first' else ''}) for x of shape "
+            f"{x.shape if data_format == 'channels_last' else jnp.swapaxes(x, 1, 2).shape}, got {state.shape}"
+        )
+    args_lib.check_floating(name, state)
+    return _channels_last(state, data_format)
+
+
+def _segment_starts(segment_ids: jax.Array) -> jax.Array:
+    """``(B, L)``: where the run of equal ids that holds each position begins."""
+    positions = lax.broadcasted_iota(jnp.int32, segment_ids.shape, 1)
+    new = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+    return lax.cummax(jnp.where(new, positions, 0), axis=1)
+
+
+def _masked_taps(xp, kernel, multiplier, dilation, length, first_readable, dtype):
+    """``Σ_i k[i] · xp[t + i·dilation]`` over the taps whose ``xp`` index is at least ``first_readable[b, t]``."""
+    acc_dtype = jnp.promote_types(dtype, jnp.float32)
+    if multiplier > 1:
+        xp = jnp.repeat(xp, multiplier, axis=-1)
+    taps = jnp.arange(length, dtype=jnp.int32)[None]
+    total = None
+    for i in range(kernel.shape[0]):
+        window = lax.slice_in_dim(xp, i * dilation, i * dilation + length, axis=1).astype(acc_dtype)
+        readable = (taps + i * dilation >= first_readable)[..., None]
+        term = jnp.where(readable, window, 0) * kernel[i, 0].astype(acc_dtype)[None, None]
+        total = term if total is None else total + term
+    return total
+
+
+def causal_conv1d(
+    x: ArrayLike,
+    kernel: ArrayLike,
+    bias: ArrayLike | None = None,
+    *,
+    activation: ActivationLike = None,
+    initial_state: ArrayLike | None = None,
+    return_final_state: bool = False,
+    segment_ids: ArrayLike | None = None,
+    dilation: int = 1,
+    data_format: DataFormat = "channels_last",
+    precision: jax.lax.PrecisionLike = None,
+    preferred_element_type: DTypeLike | None = None,
+    implementation: str | None = None,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    r"""Causal depthwise 1-D convolution: ``y[b, t, c] = Σ_i x[b, t - (W - 1 - i)·d, c] · k[i, 0, c] + bias[c]``.
+
+    What Dao-AILab's ``causal_conv1d_fn`` computes for Mamba, and the depthwise convolution
+    of Conformer and gated-convolution models. A sequence can be processed in chunks:
+    ``initial_state`` continues where the previous chunk's ``final_state`` left off, so any
+    split of a sequence gives the same output as one call (prefill, then
+    :func:`causal_conv1d_update` to decode).
+
+    Args:
+      x: ``(B, L, D)``, or ``(B, D, L)`` with ``data_format="channels_first"``.
+      kernel: ``(W, 1, D * M)``, jdw's (and Flax's grouped ``Conv``'s) layout; output channel
+        ``c * M + m`` reads input channel ``c``. From causal-conv1d's ``(D, W)`` weight:
+        ``weight.T[:, None, :]``; from PyTorch's ``Conv1d(groups=D)`` weight ``(D, 1, W)``:
+        ``jnp.transpose(weight, (2, 1, 0))``.
+      bias: optional ``(D * M,)``.
+      activation: applied after the bias: a name (``"silu"``/``"swish"`` for Mamba, ``"relu"``,
+        ...) or a callable; fused into the kernel where the backend can (see
+        :func:`jdw.depthwise_conv`).
+      initial_state: ``(B, (W - 1) * d, D)`` (``(B, D, (W - 1) * d)`` channels first), the last
+        inputs of the previous chunk; zeros (the sequence starts here) when ``None``.
+      return_final_state: also return the state the next chunk needs: the last
+        ``(W - 1) * d`` inputs (earlier ones from ``initial_state`` when the chunk is short).
+      segment_ids: optional ``(B, L)`` integers for packed sequences. A segment is a run of
+        equal ids; no output sees a token of another segment (the state resets at every
+        change of id), and ``initial_state`` belongs to the segment at position 0, so it
+        continues the sequence the previous chunk ended with (for a row whose chunk starts a
+        new sequence, pass zeros). The final state holds zeros for positions outside the
+        last segment. With segments the masked tap sum runs in XLA
+        (one fused pass) whatever ``implementation`` says.
+      dilation: spacing of the taps.
+      data_format: ``"channels_last"`` or ``"channels_first"``.
+      precision: see :func:`jdw.depthwise_conv`.
+      preferred_element_type: dtype of the result; float32 accumulation for 16-bit inputs.
+      implementation: backend (see :func:`jdw.depthwise_conv`) without ``segment_ids``.
+
+    Returns:
+      ``y`` like ``x`` with ``D * M`` channels, or ``(y, final_state)`` with ``return_final_state``.
+
+    Raises:
+      ValueError: for shapes that do not fit together (named in the message), or a state with a
+        kernel of width 1 (which keeps none).
+
+    Examples:
+      >>> import jax.numpy as jnp, jdw
+      >>> x = jnp.arange(1.0, 7.0).reshape(1, 6, 1)       # one sequence, one channel
+      >>> kernel = jnp.ones((3, 1, 1))                      # sum of the last 3 tokens
+      >>> jdw.causal_conv1d(x, kernel)[0, :, 0]
+      Array([ 1.,  3.,  6.,  9., 12., 15.], dtype=float32)
+      >>> y, state = jdw.causal_conv1d(x[:, :4], kernel, return_final_state=True)  # a first chunk
+      >>> jdw.causal_conv1d(x[:, 4:], kernel, initial_state=state)[0, :, 0]        # the next one
+      Array([12., 15.], dtype=float32)
+      >>> jdw.causal_conv1d(x, kernel, segment_ids=jnp.array([[0, 0, 0, 1, 1, 1]]))[0, :, 0]
+      Array([ 1.,  3.,  6.,  4.,  9., 15.], dtype=float32)
+    """
+    x, kernel = jnp.asarray(x), jnp.asarray(kernel)
+    op = "causal_conv1d"
+    x, multiplier, dilation, pad = _check(x, kernel, data_format, dilation, op)
+    if bias is not None:
+        bias = jnp.asarray(bias)
+    args_lib.check_bias(bias, kernel.shape[-1])
+    state = None if initial_state is None else _check_state(initial_state, x, pad, data_format, "initial_state", op)
+    if return_final_state and pad == 0:
+        raise ValueError(f"{op}: a kernel of width 1 keeps no state; return_final_state must be False")
+    batch, length, channels = x.shape
+    out_dtype = preferred_element_type or jnp.result_type(x, kernel)
+    if state is not None:
+        state = state.astype(x.dtype)
+    xp = None
+    if state is not None or return_final_state or segment_ids is not None:
+        past = jnp.zeros((batch, pad, channels), x.dtype) if state is None else state
+        xp = jnp.concatenate([past, x], axis=1)
+    if segment_ids is None:
+        if state is None:
+            source, padding = x, ((pad, 0),)
+        else:
+            source, padding = xp, ((0, 0),)
+        y = depthwise_conv(
+            source,
+            kernel,
+            bias,
+            activation=activation,
+            padding=padding,
+            dilation=dilation,
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+            implementation=implementation,
+        )
+        last_readable = jnp.zeros((batch, 1), jnp.int32)
+    else:
+        segment_ids = jnp.asarray(segment_ids)
+        if segment_ids.shape != (batch, length) or not jnp.issubdtype(segment_ids.dtype, jnp.integer):
+            raise ValueError(
+                f"{op}: segment_ids must be integers of shape (B, L) = {(batch, length)}, "
+                f"got {segment_ids.dtype} {segment_ids.shape}"
+            )
+        starts = _segment_starts(segment_ids)
+        # In xp's indices (the state first): the first run also reads the state, later runs start at their start.
+        first_readable = jnp.where(starts > 0, starts + pad, 0)
+        total = _masked_taps(xp, kernel, multiplier, dilation, length, first_readable, x.dtype)
+        if bias is not None:
+            total = total + bias.astype(total.dtype)[None, None]
+        y = get_activation(activation)(total).astype(out_dtype)
+        last_readable = first_readable[:, -1:]
+    y = _channels_last(y, data_format)
+    if not return_final_state:
+        return y
+    tail = lax.slice_in_dim(xp, length, length + pad, axis=1)
+    keep = (jnp.arange(length, length + pad, dtype=jnp.int32)[None] >= last_readable)[..., None]
+    final_state = jnp.where(keep, tail, 0).astype(x.dtype)
+    return y, _channels_last(final_state, data_format)
+
+
+def causal_conv1d_update(
+    x: ArrayLike,
+    state: ArrayLike,
+    kernel: ArrayLike,
+    bias: ArrayLike | None = None,
+    *,
+    activation: ActivationLike = None,
+    dilation: int = 1,
+    data_format: DataFormat = "channels_last",
+) -> tuple[jax.Array, jax.Array]:
+    """One decoding step (or a few tokens) of :func:`causal_conv1d` against a fixed-size state.
+
+    Like causal-conv1d's ``causal_conv1d_update``: the new tokens are appended to the state,
+    the kernel is applied at each of them, and the state keeps the last ``(W - 1) * d``
+    inputs. Elementwise and a few slices, so XLA fuses it into one pass over the state; it
+    works under ``jit``, ``vmap`` and ``lax.scan``, and the state never changes shape.
+
+    Args:
+      x: ``(B, D)`` for one token, or ``(B, T, D)`` for ``T`` tokens (``(B, D, T)`` channels first).
+      state: ``(B, (W - 1) * d, D)`` (``(B, D, (W - 1) * d)`` channels first), from
+        ``causal_conv1d(..., return_final_state=True)``, a previous update, or zeros.
+      kernel: ``(W, 1, D * M)``, as for :func:`causal_conv1d`.
+      bias: optional ``(D * M,)``.
+      activation: name or callable, after the bias.
+      dilation: spacing of the taps.
+      data_format: ``"channels_last"`` or ``"channels_first"``.
+
+    Returns:
+      ``(y, new_state)``: ``y`` of shape ``(B, D * M)`` (or ``(B, T, D * M)``), and the state
+      after these tokens.
+
+    Examples:
+      >>> import jax.numpy as jnp, jdw
+      >>> kernel = jnp.ones((3, 1, 1))
+      >>> state = jnp.zeros((1, 2, 1))
+      >>> for token in (1.0, 2.0, 3.0, 4.0):
+      ...     y, state = jdw.causal_conv1d_update(jnp.full((1, 1), token), state, kernel)
+      ...     print(float(y[0, 0]))
+      1.0
+      3.0
+      6.0
+      9.0
+    """
+    x, state, kernel = jnp.asarray(x), jnp.asarray(state), jnp.asarray(kernel)
+    op = "causal_conv1d_update"
+    one_token = x.ndim == 2
+    if one_token:
+        x = x[:, None, :] if data_format == "channels_last" else x[:, :, None]
+    x, multiplier, dilation, pad = _check(x, kernel, data_format, dilation, op)
+    state = _check_state(state, x, pad, data_format, "state", op)
+    if bias is not None:
+        bias = jnp.asarray(bias)
+    args_lib.check_bias(bias, kernel.shape[-1])
+    out_dtype = jnp.result_type(x, kernel)
+    steps = x.shape[1]
+    xp = jnp.concatenate([state.astype(x.dtype), x], axis=1)
+    total = _masked_taps(xp, kernel, multiplier, dilation, steps, jnp.zeros((1, 1), jnp.int32), x.dtype)
+    if bias is not None:
+        total = total + bias.astype(total.dtype)[None, None]
+    y = get_activation(activation)(total).astype(out_dtype)
+    new_state = lax.slice_in_dim(xp, steps, steps + pad, axis=1).astype(state.dtype)
+    y, new_state = _channels_last(y, data_format), _channels_last(new_state, data_format)
+    return (y[:, 0] if data_format == "channels_last" else y[:, :, 0]) if one_token else y, new_state
+
+
+__all__ = ["causal_conv1d", "causal_conv1d_update", "state_size"]

@@ -1,0 +1,267 @@
+"""Causal depthwise conv1d: whole sequences, chunks with carried state, decoding steps, packed sequences.
+
+Everything is checked against an independent NumPy loop over positions (``_numpy_causal``)
+on every backend, forward and gradients (the initial state's too).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import IMPLEMENTATIONS, assert_close
+
+import jdw
+
+
+def _numpy_causal(x, kernel, bias=None, *, state=None, segment_ids=None, dilation=1):
+    """y[b, t, c*M+m] = Σ_i k[i, 0, c*M+m] · x[b, t - (W-1-i)·d, c], reading only the token's own run of ids;
+    the state (the tokens before position 0) belongs to the run at position 0."""
+    x = np.asarray(x, np.float64)
+    b_, length, channels = x.shape
+    width, _, out_channels = kernel.shape
+    multiplier = out_channels // channels
+    pad = (width - 1) * dilation
+    past = np.zeros((b_, pad, channels)) if state is None else np.asarray(state, np.float64)
+    full = np.concatenate([past, x], axis=1)
+    ids = np.zeros((b_, length), int) if segment_ids is None else np.asarray(segment_ids)
+    y = np.zeros((b_, length, out_channels))
+    for b in range(b_):
+        start = 0
+        for t in range(length):
+            if t > 0 and ids[b, t] != ids[b, t - 1]:
+                start = t
+            for i in range(width):
+                source = t - (width - 1 - i) * dilation
+                if source < start and not (start == 0 and source >= -pad):
+                    continue
+                for c in range(out_channels):
+                    y[b, t, c] += kernel[i, 0, c] * full[b, source + pad, c // multiplier]
+    if bias is not None:
+        y = y + bias
+    return y
+
+
+def _case(rng, batch=2, length=13, channels=3, width=4, multiplier=1, dilation=1, state=False, segments=False):
+    x = rng.standard_normal((batch, length, channels)).astype(np.float32)
+    kernel = rng.standard_normal((width, 1, channels * multiplier)).astype(np.float32)
+    bias = rng.standard_normal((channels * multiplier,)).astype(np.float32)
+    pad = (width - 1) * dilation
+    initial = rng.standard_normal((batch, pad, channels)).astype(np.float32) if state else None
+    ids = None
+    if segments:  # runs of random lengths, ids that need not increase (a change of id is a new run)
+        ids = np.cumsum(rng.random((batch, length)) < 0.3, axis=1) % 3
+    return x, kernel, bias, initial, ids
+
+
+CASES = [
+    dict(width=4),
+    dict(width=4, state=True),
+    dict(width=4, segments=True),
+    dict(width=4, state=True, segments=True, multiplier=2),
+    dict(width=3, dilation=2, state=True, segments=True),
+    dict(width=5, length=3, state=True),  # a chunk shorter than the state
+    dict(width=1),
+]
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+def test_matches_numpy_with_state_and_segments(case, implementation, rng):
+    dilation = case.get("dilation", 1)
+    x, kernel, bias, initial, ids = _case(rng, **case)
+    want = _numpy_causal(x, kernel, bias, state=initial, segment_ids=ids, dilation=dilation)
+    keep_state = case["width"] > 1
+    out = jdw.causal_conv1d(
+        x,
+        kernel,
+        bias,
+        initial_state=initial,
+        segment_ids=ids,
+        dilation=dilation,
+        return_final_state=keep_state,
+        implementation=implementation,
+    )
+    y, final = out if keep_state else (out, None)
+    assert_close(y, want)
+    if keep_state:  # the last (W-1)*d inputs, zero outside the last run
+        pad = (case["width"] - 1) * dilation
+        past = np.zeros((x.shape[0], pad, x.shape[2])) if initial is None else initial
+        tail = np.concatenate([past, x], axis=1)[:, -pad:]
+        if ids is not None:
+            runs = np.concatenate([np.full((x.shape[0], pad), -1), np.arange(x.shape[1])[None].repeat(2, 0)], 1)
+            starts = jax.device_get(jdw.functional.causal._segment_starts(jnp.asarray(ids)))[:, -1:]
+            first = np.where(starts > 0, starts, -pad)
+            tail = np.where((runs[:, -pad:] >= first)[..., None], tail, 0)
+        assert_close(final, tail)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_silu_is_applied_after_the_bias(implementation, rng):
+    x, kernel, bias, initial, _ = _case(rng, state=True)
+    y = jdw.causal_conv1d(x, kernel, bias, activation="silu", initial_state=initial, implementation=implementation)
+    z = _numpy_causal(x, kernel, bias, state=initial)
+    assert_close(y, z / (1 + np.exp(-z)))
+
+
+@pytest.mark.parametrize("segments", [False, True])
+def test_any_split_into_chunks_gives_the_one_call_output(segments, rng):
+    x, kernel, bias, _, ids = _case(rng, length=29, segments=segments)
+    whole = jdw.causal_conv1d(x, kernel, bias, segment_ids=ids)
+    for cuts in ([5, 6, 20], [1, 2, 3, 4], [28]):
+        state, parts = None, []
+        for lo, hi in itertools.pairwise([0, *cuts, 29]):
+            if ids is not None and state is not None:  # a row whose chunk starts a new sequence starts from zeros
+                state = jnp.where((ids[:, lo] == ids[:, lo - 1])[:, None, None], state, 0)
+            y, state = jdw.causal_conv1d(
+                x[:, lo:hi],
+                kernel,
+                bias,
+                initial_state=state,
+                return_final_state=True,
+                segment_ids=None if ids is None else ids[:, lo:hi],
+            )
+            parts.append(y)
+        assert_close(jnp.concatenate(parts, axis=1), whole)
+
+
+def test_decoding_token_by_token_under_scan_gives_the_full_forward(rng):
+    x, kernel, bias, initial, _ = _case(rng, length=11, width=4, multiplier=2, state=True)
+    whole = jdw.causal_conv1d(x, kernel, bias, activation="silu", initial_state=initial)
+
+    def step(state, token):
+        y, state = jdw.causal_conv1d_update(token, state, kernel, bias, activation="silu")
+        return state, y
+
+    final, ys = jax.jit(lambda s, xs: jax.lax.scan(step, s, xs))(initial, jnp.swapaxes(x, 0, 1))
+    assert_close(jnp.swapaxes(ys, 0, 1), whole)
+    _, expected_final = jdw.causal_conv1d(x, kernel, bias, initial_state=initial, return_final_state=True)
+    assert_close(final, expected_final)
+    # a prefill, then a few tokens at once
+    y0, state = jdw.causal_conv1d(x[:, :6], kernel, bias, initial_state=initial, return_final_state=True)
+    y1, _ = jdw.causal_conv1d_update(x[:, 6:], state, kernel, bias)
+    assert_close(jnp.concatenate([y0, y1], axis=1), jdw.causal_conv1d(x, kernel, bias, initial_state=initial))
+
+
+def test_update_vmaps_over_independent_streams(rng):
+    x, kernel, _, initial, _ = _case(rng, batch=1, length=1, width=4, state=True)
+    streams = jnp.stack([initial, 2 * initial, -initial])
+    tokens = jnp.stack([x[:, 0], x[:, 0] + 1, x[:, 0] - 1])
+    ys, states = jax.vmap(lambda t, s: jdw.causal_conv1d_update(t, s, kernel))(tokens, streams)
+    for i in range(3):
+        y, state = jdw.causal_conv1d_update(tokens[i], streams[i], kernel)
+        assert_close(ys[i], y)
+        assert_close(states[i], state)
+
+
+def test_channels_first(rng):
+    x, kernel, bias, initial, ids = _case(rng, state=True, segments=True)
+    y, final = jdw.causal_conv1d(x, kernel, bias, initial_state=initial, segment_ids=ids, return_final_state=True)
+    yf, finalf = jdw.causal_conv1d(
+        np.swapaxes(x, 1, 2),
+        kernel,
+        bias,
+        initial_state=np.swapaxes(initial, 1, 2),
+        segment_ids=ids,
+        return_final_state=True,
+        data_format="channels_first",
+    )
+    assert_close(np.swapaxes(yf, 1, 2), y)
+    assert_close(np.swapaxes(finalf, 1, 2), final)
+    step, state = jdw.causal_conv1d_update(
+        x[:, 0, :], np.swapaxes(initial, 1, 2), kernel, bias, data_format="channels_first"
+    )
+    assert step.shape == (2, 3) and state.shape == (2, 3, 3)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("segments", [False, True])
+def test_gradients_match_xla_including_the_initial_state(implementation, segments, rng):
+    x, kernel, bias, initial, ids = _case(rng, state=True, segments=segments, multiplier=2)
+
+    def loss(impl):
+        def f(x, kernel, bias, initial):
+            y, final = jdw.causal_conv1d(
+                x,
+                kernel,
+                bias,
+                activation="silu",
+                initial_state=initial,
+                segment_ids=ids,
+                return_final_state=True,
+                implementation=impl,
+            )
+            return jnp.sum(jnp.sin(y)) + jnp.sum(final**2)
+
+        return jax.grad(f, argnums=(0, 1, 2, 3))
+
+    got = loss(implementation)(x, kernel, bias, initial)
+    want = loss("xla")(x, kernel, bias, initial)
+    for a, b in zip(got, want):
+        assert_close(a, b)
+    # and the reference itself against finite differences along one direction
+    f = lambda s: jnp.sum(jnp.sin(jdw.causal_conv1d(x, kernel, initial_state=s, segment_ids=ids, implementation="xla")))  # noqa: E731
+    direction = jnp.asarray(rng.standard_normal(initial.shape), jnp.float32)
+    fd = (f(initial + 1e-2 * direction) - f(initial - 1e-2 * direction)) / 2e-2
+    assert abs(float(jnp.vdot(jax.grad(f)(initial), direction)) - float(fd)) < 1e-2 * max(1.0, abs(float(fd)))
+
+
+def test_forward_mode_through_segments_and_updates(rng):
+    """The masked-tap paths are plain jnp: jvp works there on every backend."""
+    x, kernel, bias, initial, ids = _case(rng, state=True, segments=True)
+    f = lambda k: jdw.causal_conv1d(x, k, bias, initial_state=initial, segment_ids=ids)  # noqa: E731
+    _, tangent = jax.jvp(f, (kernel,), (jnp.ones_like(kernel),))
+    assert_close(tangent, _numpy_causal(x, np.ones_like(kernel), None, state=initial, segment_ids=ids))
+    g = lambda s: jdw.causal_conv1d_update(x[:, 0], s, kernel)[0]  # noqa: E731
+    assert jax.jvp(g, (initial,), (initial,))[1].shape == (2, 3)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda x, k: jdw.causal_conv1d(x[0], k), r"x must be \(B, L, D\) \(channels_last\), got shape \(13, 3\)"),
+        (
+            lambda x, k: jdw.causal_conv1d(x, k[:, :, :2]),
+            r"kernel must be \(W, 1, D \* M\) for D=3 .* got shape \(4, 1, 2\)",
+        ),
+        (
+            lambda x, k: jdw.causal_conv1d(x, k, initial_state=jnp.zeros((2, 4, 3))),
+            r"initial_state must have shape \(2, 3, 3\) .* got \(2, 4, 3\)",
+        ),
+        (
+            lambda x, k: jdw.causal_conv1d(x, k[:1], initial_state=jnp.zeros((2, 0, 3))),
+            r"kernel of width 1 keeps no state, so initial_state must be None",
+        ),
+        (lambda x, k: jdw.causal_conv1d(x, k[:1], return_final_state=True), r"return_final_state must be False"),
+        (
+            lambda x, k: jdw.causal_conv1d(x, k, segment_ids=jnp.zeros((2, 12), jnp.int32)),
+            r"segment_ids must be integers of shape \(B, L\) = \(2, 13\), got int32 \(2, 12\)",
+        ),
+        (
+            lambda x, k: jdw.causal_conv1d(x, k, segment_ids=jnp.zeros((2, 13))),
+            r"segment_ids must be integers .* got float32",
+        ),
+        (
+            lambda x, k: jdw.causal_conv1d_update(x[:, 0], jnp.zeros((2, 3)), k),
+            r"causal_conv1d_update: state must have shape \(2, 3, 3\) .* got \(2, 3\)",
+        ),
+        (lambda x, k: jdw.causal_conv1d(x, k, bias=jnp.zeros(4)), r"bias"),
+    ],
+)
+def test_bad_input_is_named(call, message, rng):
+    x, kernel, *_ = _case(rng)
+    with pytest.raises(ValueError, match=message):
+        call(jnp.asarray(x), jnp.asarray(kernel))
+
+
+def test_kernel_from_causal_conv1d_and_pytorch_layouts(rng):
+    """The one-liners the docstring gives turn a (D, W) and a (D, 1, W) weight into jdw's (W, 1, D)."""
+    x, kernel, *_ = _case(rng)
+    weight = np.asarray(kernel[:, 0, :]).T  # causal-conv1d's (D, W)
+    torch_weight = weight[:, None, :]  # PyTorch Conv1d(groups=D): (D, 1, W)
+    want = jdw.causal_conv1d(x, kernel)
+    assert_close(jdw.causal_conv1d(x, weight.T[:, None, :]), want)
+    assert_close(jdw.causal_conv1d(x, np.transpose(torch_weight, (2, 1, 0))), want)
