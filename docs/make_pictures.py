@@ -14,6 +14,8 @@ Writes into ``docs/images/`` (or ``--out``):
   convolution against a depthwise-separable one, across channel counts (``jdw.cost``).
 * ``bench_forward.png``, ``bench_backward.png``: milliseconds per backend on MobileNetV2's
   depthwise layers, from ``python -m jdw.bench --json``.
+* ``causal_receptive_field.png``: which inputs each output of ``jdw.causal_conv1d`` reads
+  (kernel 4, a carried state, two packed sequences): the nonzeros of its Jacobian.
 """
 
 from __future__ import annotations
@@ -164,6 +166,40 @@ def bench_charts(records: list[dict], forward_path: pathlib.Path, backward_path:
         plt.close(fig)
 
 
+def causal_receptive_field(path: pathlib.Path, length: int = 12, width: int = 4) -> None:
+    """The Jacobian of ``jdw.causal_conv1d`` (one channel, all-ones kernel) over the state and the tokens."""
+    import jax  # noqa: PLC0415
+
+    segment_ids = jnp.asarray([[0] * 7 + [1] * (length - 7)])
+    kernel = jnp.ones((width, 1, 1))
+
+    def f(state, x):
+        return jdw.causal_conv1d(x, kernel, initial_state=state, segment_ids=segment_ids)[0, :, 0]
+
+    d_state, d_x = jax.jacobian(f, argnums=(0, 1))(jnp.zeros((1, width - 1, 1)), jnp.zeros((1, length, 1)))
+    reads = np.concatenate([np.asarray(d_state)[:, 0, :, 0], np.asarray(d_x)[:, 0, :, 0]], axis=1) != 0
+    fig, ax = plt.subplots(figsize=(6.4, 5.2))
+    sequence_a = (np.asarray(segment_ids[0]) == 0)[:, None, None]
+    color = np.where(sequence_a, np.array([0.12, 0.47, 0.71]), np.array([1.0, 0.5, 0.05]))
+    ax.imshow(np.where(reads[..., None], color, 0.95), aspect="equal")
+    ax.axvline(width - 1.5, color="k", lw=1)
+    ax.axvline(width - 1 + 6.5, color="gray", lw=1, ls="--")
+    ax.axhline(6.5, color="gray", lw=1, ls="--")
+    labels = [f"s{-i}" for i in range(width - 1, 0, -1)] + [str(t) for t in range(length)]
+    ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    ax.set_yticks(range(length), [str(t) for t in range(length)], fontsize=8)
+    ax.set_xlabel("input read: carried state (s-3..s-1), then tokens 0..11")
+    ax.set_ylabel("output token")
+    ax.set_title(
+        f"causal_conv1d, kernel {width}: sequence A (tokens 0-6) continues the state,\n"
+        "sequence B (tokens 7-11) is packed after it and sees none of A",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _run_bench(quick: bool) -> list[dict]:
     args = [sys.executable, "-m", "jdw.bench", "--json"]
     if quick:
@@ -183,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     depthwise_animation(args.out / "depthwise_vs_standard.gif")
     cost_charts(args.out / "cost_params.png", args.out / "cost_macs.png")
+    causal_receptive_field(args.out / "causal_receptive_field.png")
     records = json.loads(args.bench_json.read_text()) if args.bench_json else _run_bench(args.quick)
     bench_charts(records, args.out / "bench_forward.png", args.out / "bench_backward.png")
     for path in sorted(args.out.iterdir()):

@@ -265,3 +265,68 @@ def test_kernel_from_causal_conv1d_and_pytorch_layouts(rng):
     want = jdw.causal_conv1d(x, kernel)
     assert_close(jdw.causal_conv1d(x, weight.T[:, None, :]), want)
     assert_close(jdw.causal_conv1d(x, np.transpose(torch_weight, (2, 1, 0))), want)
+
+
+# --- Flax layers ----------------------------------------------------------------------------------
+
+
+def test_nnx_layer_is_a_drop_in_for_a_causal_grouped_conv():
+    from flax import nnx
+
+    ours = jdw.nnx.CausalConv1D(6, 4, depth_multiplier=2, rngs=nnx.Rngs(0))
+    theirs = nnx.Conv(6, 12, (4,), feature_group_count=6, padding="CAUSAL", rngs=nnx.Rngs(1))
+    assert ours.kernel.shape == theirs.kernel.shape and ours.bias.shape == theirs.bias.shape
+    nnx.update(theirs, nnx.state(ours, nnx.Param))
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 9, 6)), jnp.float32)
+    assert_close(ours(x), theirs(x))
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_nnx_prefill_then_decode_gives_the_full_forward(implementation):
+    from flax import nnx
+
+    conv = jdw.nnx.CausalConv1D(5, 4, activation="silu", implementation=implementation, rngs=nnx.Rngs(0))
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((3, 12, 5)), jnp.float32)
+    full = conv(x)
+    conv.init_cache(3)
+
+    @nnx.jit
+    def step(conv, token):
+        return conv(token, decode=True)
+
+    outputs = [conv(x[:, :8], decode=True)] + [step(conv, x[:, t : t + 1]) for t in range(8, 12)]
+    assert_close(jnp.concatenate(outputs, axis=1), full)
+    conv.init_cache(3)  # a reset starts new sequences
+    assert_close(conv(x[:, :5], decode=True), full[:, :5])
+
+
+def test_linen_matches_nnx_and_decodes_with_its_cache():
+    from flax import nnx
+
+    x = jnp.asarray(np.random.default_rng(2).standard_normal((2, 10, 4)), jnp.float32)
+    nnx_conv = jdw.nnx.CausalConv1D(4, 3, dilation=2, rngs=nnx.Rngs(0))
+    params = nnx.state(nnx_conv, nnx.Param).to_pure_dict()
+    layer = jdw.linen.CausalConv1D(3, dilation=2)
+    assert_close(layer.apply({"params": params}, x), nnx_conv(x))
+    decoder = jdw.linen.CausalConv1D(3, dilation=2, decode=True)
+    cache = decoder.init(jax.random.key(0), x[:, :1])["cache"]
+    assert cache["state"].shape == (2, 4, 4) and not np.any(cache["state"])
+    y, variables = decoder.apply({"params": params, "cache": cache}, x[:, :6], mutable=["cache"])
+    outputs = [y]
+    for t in range(6, 10):
+        y, variables = decoder.apply({"params": params, **variables}, x[:, t : t + 1], mutable=["cache"])
+        outputs.append(y)
+    assert_close(jnp.concatenate(outputs, axis=1), nnx_conv(x))
+
+
+def test_layer_misuse_is_named():
+    from flax import nnx
+
+    conv = jdw.nnx.CausalConv1D(4, 3, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"needs a cache: call init_cache\(batch_size\) first"):
+        conv(jnp.ones((1, 1, 4)), decode=True)
+    with pytest.raises(ValueError, match=r"kernel_size=1 keeps no state"):
+        jdw.nnx.CausalConv1D(4, 1, rngs=nnx.Rngs(0)).init_cache(2)
+    conv.init_cache(2)
+    with pytest.raises(ValueError, match=r"state must have shape \(1, 2, 4\) .* got \(2, 2, 4\)"):
+        conv(jnp.ones((1, 1, 4)), decode=True)

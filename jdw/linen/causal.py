@@ -1,0 +1,116 @@
+"""Flax Linen causal depthwise 1-D convolution with a decode cache, for sequence models."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+from flax.linen import dtypes
+from jax.nn import initializers
+from jax.typing import ArrayLike, DTypeLike
+
+from jdw import _layer_common as common
+from jdw.functional._arguments import DataFormat
+from jdw.functional.activations import ActivationLike, get_activation
+from jdw.functional.causal import causal_conv1d, causal_conv1d_update, state_size
+from jdw.linen.conv import _DEPTHWISE_INIT, Initializer
+
+
+class CausalConv1D(nn.Module):
+    """Causal depthwise 1-D convolution (Flax Linen), with a ``"cache"`` collection for decoding.
+
+    The same layer as :class:`jdw.nnx.CausalConv1D` with Linen's conventions: the channels come
+    from the input, and with ``decode=True`` the state lives in the ``"cache"`` collection
+    the way ``nn.MultiHeadDotProductAttention`` keeps its cache. ``init`` with the batch's
+    shape makes a zero cache; apply with ``mutable=["cache"]`` to prefill and then decode.
+
+    Attributes:
+      kernel_size: ``W``.
+      depth_multiplier: ``M``, output channels per input channel.
+      dilation: spacing of the taps.
+      use_bias: whether to add a bias.
+      activation: after the bias, name or callable.
+      data_format: ``"channels_last"`` or ``"channels_first"``.
+      dtype: dtype of the computation.
+      param_dtype: dtype of the parameters.
+      precision: see :func:`jdw.depthwise_conv`.
+      kernel_init: initializer of the kernel.
+      bias_init: initializer of the bias.
+      implementation: backend, see :func:`jdw.depthwise_conv`.
+      decode: continue from the cached state and update it.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jdw
+      >>> x = jnp.ones((2, 10, 8))
+      >>> layer = jdw.linen.CausalConv1D(4, activation="silu")
+      >>> params = layer.init(jax.random.key(0), x)["params"]
+      >>> decoder = jdw.linen.CausalConv1D(4, activation="silu", decode=True)
+      >>> cache = decoder.init(jax.random.key(0), x[:, :1])["cache"]      # zeros for a batch of 2
+      >>> y, vars = decoder.apply({"params": params, "cache": cache}, x[:, :7], mutable=["cache"])
+      >>> y2, vars = decoder.apply({"params": params, **vars}, x[:, 7:8], mutable=["cache"])
+      >>> bool(jnp.allclose(y2, layer.apply({"params": params}, x)[:, 7:8], atol=1e-6))
+      True
+    """
+
+    kernel_size: int = 4
+    depth_multiplier: int = 1
+    dilation: int = 1
+    use_bias: bool = True
+    activation: ActivationLike = None
+    data_format: DataFormat = "channels_last"
+    dtype: DTypeLike | None = None
+    param_dtype: DTypeLike = jnp.float32
+    precision: jax.lax.PrecisionLike = None
+    kernel_init: Initializer = _DEPTHWISE_INIT
+    bias_init: Initializer = initializers.zeros
+    implementation: str | None = None
+    decode: bool = False
+
+    @nn.compact
+    def __call__(self, x: ArrayLike, segment_ids: ArrayLike | None = None) -> jax.Array:
+        """Applies the layer to ``x`` of shape ``(B, L, D)`` (``(B, D, L)`` channels first)."""
+        x = jnp.asarray(x)
+        (kernel_size,) = common.kernel_size_tuple(self.kernel_size, 1, "CausalConv1D")
+        common.check_positive_int("CausalConv1D", depth_multiplier=self.depth_multiplier, dilation=self.dilation)
+        get_activation(self.activation)
+        channels = common.check_input("CausalConv1D", x, 1, self.data_format, None)
+        out_features = channels * self.depth_multiplier
+        kernel = self.param("kernel", self.kernel_init, (kernel_size, 1, out_features), self.param_dtype)
+        bias = self.param("bias", self.bias_init, (out_features,), self.param_dtype) if self.use_bias else None
+        x, kernel, bias = dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        run = dict(activation=self.activation, dilation=self.dilation, data_format=self.data_format)
+        if not self.decode:
+            return causal_conv1d(
+                x,
+                kernel,
+                bias,
+                segment_ids=segment_ids,
+                precision=self.precision,
+                implementation=self.implementation,
+                **run,
+            )
+        pad = state_size(kernel_size, self.dilation)
+        if pad == 0:
+            raise ValueError("CausalConv1D with kernel_size=1 keeps no state: use decode=False")
+        batch = x.shape[0]
+        shape = (batch, pad, channels) if self.data_format == "channels_last" else (batch, channels, pad)
+        initialized = self.has_variable("cache", "state")
+        cache = self.variable("cache", "state", jnp.zeros, shape, x.dtype)
+        tokens = x.shape[1] if self.data_format == "channels_last" else x.shape[-1]
+        if tokens <= kernel_size and segment_ids is None:
+            y, state = causal_conv1d_update(x, cache.value, kernel, bias, **run)
+        else:
+            y, state = causal_conv1d(
+                x,
+                kernel,
+                bias,
+                initial_state=cache.value,
+                return_final_state=True,
+                segment_ids=segment_ids,
+                precision=self.precision,
+                implementation=self.implementation,
+                **run,
+            )
+        if initialized:  # init only shapes the cache: it stays zeros for the sequences to come
+            cache.value = state.astype(cache.value.dtype)
+        return y
