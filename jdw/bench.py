@@ -180,6 +180,132 @@ def run(
     return records
 
 
+@dataclasses.dataclass(frozen=True)
+class SequenceShape:
+    """One causal depthwise conv1d of a sequence model: ``(batch, length, channels)``, kernel width ``kernel``."""
+
+    name: str
+    batch: int
+    length: int
+    channels: int
+    kernel: int
+
+
+# Mamba's conv1d (d_inner = 2 * d_model: 1536 in Mamba-130M, 5120 in Mamba-2.8B) and Conformer's
+# convolution module (kernel 31; 256 channels in Conformer-S, 512 in Conformer-L, 500 frames = 20 s).
+SEQUENCES = (
+    SequenceShape("mamba-130m", 2, 2048, 1536, 4),
+    SequenceShape("mamba-2.8b", 1, 512, 5120, 4),
+    SequenceShape("conformer-s", 8, 500, 256, 31),
+    SequenceShape("conformer-l", 4, 500, 512, 31),
+)
+
+
+def run_sequences(
+    shapes: Sequence[SequenceShape] = SEQUENCES,
+    implementations: Sequence[str] | None = None,
+    *,
+    dtype: str = "float32",
+    repeats: int = 5,
+    decode_layers: int = 24,
+    decode_batch: int = 8,
+) -> list[dict]:
+    """Times :func:`jdw.causal_conv1d` (SiLU fused) forward and forward + backward per backend, and a decoding step.
+
+    The decoding step updates ``decode_layers`` layers' states at once (``vmap`` of
+    :func:`jdw.causal_conv1d_update` over a ``(layers, decode_batch, W - 1, D)`` stack, one
+    token per sequence), against one elementwise pass over that stack.
+
+    Examples:
+      >>> from jdw import bench
+      >>> shape = bench.SequenceShape("tiny", 1, 64, 8, 4)
+      >>> records = bench.run_sequences([shape], ["xla"], repeats=1, decode_layers=2, decode_batch=1)
+      >>> [r["implementation"] for r in records]
+      ['xla', 'decode']
+    """
+    implementations = list(implementations or default_implementations())
+    rng = np.random.default_rng(0)
+    records = []
+    for shape in shapes:
+        x = jnp.asarray(rng.standard_normal((shape.batch, shape.length, shape.channels)), dtype)
+        k = jnp.asarray(rng.standard_normal((shape.kernel, 1, shape.channels)) * 0.3, dtype)
+        b = jnp.zeros((shape.channels,), dtype)
+        dy = jnp.asarray(rng.standard_normal(x.shape), dtype)
+        elementwise = _time(jax.jit(lambda x: x * 1.5 + 0.5), (x,), repeats)
+        base = dict(
+            layer=shape.name, batch=shape.batch, length=shape.length, channels=shape.channels, kernel=shape.kernel
+        )
+        for name in implementations:
+
+            def conv(x, k, b, name=name):
+                return jdw.causal_conv1d(x, k, b, activation="silu", implementation=name)
+
+            forward = jax.jit(conv)
+            backward = jax.jit(lambda x, k, b, dy, conv=conv: jax.vjp(conv, x, k, b)[1](dy))
+            record = dict(base, implementation=name, dtype=dtype, elementwise_ms=elementwise)
+            record["forward_ms"] = _time(forward, (x, k, b), repeats)
+            record["forward_backward_ms"] = _time(backward, (x, k, b, dy), repeats)
+            records.append(record)
+        mine = [r for r in records if r["layer"] == shape.name]
+        reference = next((r for r in mine if r["implementation"] == "xla"), None)
+        for record in mine:
+            for part in ("forward", "forward_backward"):
+                record[f"{part}_elementwise_passes"] = record[f"{part}_ms"] / elementwise
+                if reference is not None:
+                    record[f"{part}_speedup_vs_xla"] = reference[f"{part}_ms"] / record[f"{part}_ms"]
+        pad = shape.kernel - 1
+        states = jnp.asarray(rng.standard_normal((decode_layers, decode_batch, pad, shape.channels)), dtype)
+        tokens = jnp.asarray(rng.standard_normal((decode_layers, decode_batch, shape.channels)), dtype)
+        kernels = jnp.broadcast_to(k, (decode_layers, *k.shape))
+        step = jax.jit(jax.vmap(lambda t, s, k: jdw.causal_conv1d_update(t, s, k, activation="silu")))
+        state_pass = _time(jax.jit(lambda s: s * 1.5 + 0.5), (states,), repeats)
+        decode_ms = _time(step, (tokens, states, kernels), repeats)  # reads the states, writes new ones, like the pass
+        records.append(
+            dict(
+                base,
+                implementation="decode",
+                dtype=dtype,
+                decode_layers=decode_layers,
+                decode_batch=decode_batch,
+                decode_ms=decode_ms,
+                state_pass_ms=state_pass,
+                decode_state_passes=decode_ms / state_pass,
+            )
+        )
+    return records
+
+
+def _sequence_table(records: list[dict]) -> str:
+    head = ["shape", "impl", "fwd ms", "fwd passes", "fwd vs xla", "fwd+bwd ms", "fwd+bwd passes", "fwd+bwd vs xla"]
+    rows = []
+    for r in records:
+        if r["implementation"] == "decode":
+            continue
+        cells = [f"{r['layer']} ({r['batch']}x{r['length']}x{r['channels']}, k{r['kernel']})", r["implementation"]]
+        for part in ("forward", "forward_backward"):
+            cells += [
+                f"{r[f'{part}_ms']:.2f}",
+                f"{r[f'{part}_elementwise_passes']:.1f}",
+                f"{r.get(f'{part}_speedup_vs_xla', float('nan')):.2f}x",
+            ]
+        rows.append(cells)
+    table = _markdown(head, rows)
+    decode = [r for r in records if r["implementation"] == "decode"]
+    if decode:
+        head = ["shape", "decode step of a layer stack", "ms", "passes over the state"]
+        rows = [
+            [
+                r["layer"],
+                f"{r['decode_layers']} layers x {r['decode_batch']} x {r['kernel'] - 1} x {r['channels']}",
+                f"{r['decode_ms']:.3f}",
+                f"{r['decode_state_passes']:.2f}",
+            ]
+            for r in decode
+        ]
+        table += "\n\n" + _markdown(head, rows)
+    return table
+
+
 def compiled_traffic(
     layers: Sequence[Layer] = MOBILENET_V2,
     implementations: Sequence[str] = ("xla", "pallas"),
@@ -359,11 +485,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--layers",
         default="all",
-        help="comma-separated layer names such as 112x112x32/s1, or 'all' (MobileNetV2's 10 shapes)",
+        help="comma-separated layer names such as 112x112x32/s1, or 'all' (MobileNetV2's 10 shapes); with "
+        "--suite sequence, shapes such as 2x2048x1536/k4 or names such as mamba-130m",
     )
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print JSON records instead of a table")
+    parser.add_argument(
+        "--suite",
+        choices=["mobilenet", "sequence"],
+        default="mobilenet",
+        help="mobilenet: MobileNetV2's depthwise layers (default); sequence: jdw.causal_conv1d on Mamba and "
+        "Conformer shapes, forward, forward + backward and a decoding step",
+    )
     parser.add_argument(
         "--target",
         choices=sorted([*traffic.TPU_CHIPS, *traffic.GPU_CHIPS]),
@@ -371,12 +505,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         "JAX_PLATFORMS=cpu) and report each program's HBM bytes",
     )
     args = parser.parse_args(argv)
-    layers = MOBILENET_V2 if args.layers == "all" else [_parse_layer(name) for name in args.layers.split(",")]
     parts = [p for p in args.parts.split(",") if p]
     unknown = set(parts) - set(PARTS)
     if unknown:
         parser.error(f"unknown parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
     implementations = args.implementations.split(",") if args.implementations else None
+    if args.suite == "sequence":
+        shapes = SEQUENCES if args.layers == "all" else [_parse_sequence(name) for name in args.layers.split(",")]
+        records = run_sequences(shapes, implementations, dtype=args.dtype, repeats=args.repeats)
+        if args.json:
+            json.dump(records, sys.stdout, indent=1)
+            print()
+        else:
+            device = jax.devices()[0]
+            print(f"# jdw.bench --suite sequence: {args.dtype}, {device.platform} ({device.device_kind})")
+            print(_sequence_table(records))
+        return 0
+    layers = MOBILENET_V2 if args.layers == "all" else [_parse_layer(name) for name in args.layers.split(",")]
     if args.target:
         from jax._src import xla_bridge  # noqa: PLC0415
 
@@ -415,6 +560,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(_table(records, parts))
     return 0
+
+
+def _parse_sequence(name: str) -> SequenceShape:
+    known = {shape.name: shape for shape in SEQUENCES}
+    if name in known:
+        return known[name]
+    try:
+        dims, kernel = name.split("/k")
+        batch, length, channels = (int(v) for v in dims.split("x"))
+        return SequenceShape(name, batch, length, channels, int(kernel))
+    except ValueError:
+        raise SystemExit(
+            f"bad sequence shape {name!r}: expected BATCHxLENGTHxCHANNELS/kKERNEL (e.g. 2x2048x1536/k4) "
+            f"or one of {', '.join(known)}"
+        ) from None
 
 
 def _parse_layer(name: str) -> Layer:

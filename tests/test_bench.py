@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from jdw import bench
 
 
@@ -33,3 +35,21 @@ def test_bench_times_the_pallas_kernel_when_asked(capsys):
     for r in records:
         assert all(r[f"{part}_ms"] > 0 for part in bench.PARTS)
         assert r["forward_bandwidth_fraction"] == r["forward_gbps"] / 100
+
+
+def test_sequence_suite_times_causal_conv1d_and_a_decoding_step(capsys):
+    argv = ["--suite", "sequence", "--layers", "1x64x8/k4", "--implementations", "xla,taps", "--repeats", "1"]
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "# jdw.bench --suite sequence: float32" in out
+    rows = [line for line in out.splitlines() if line.startswith("| 1x64x8/k4 (1x64x8, k4)")]
+    assert [row.split("|")[2].strip() for row in rows] == ["xla", "taps"]
+    assert "| 1.00x" in rows[0]  # xla against itself
+    assert "24 layers x 8 x 3 x 8" in out
+
+
+def test_sequence_shapes_are_parsed_or_named():
+    assert bench._parse_sequence("mamba-130m") == bench.SEQUENCES[0]
+    assert bench._parse_sequence("2x16x4/k3") == bench.SequenceShape("2x16x4/k3", 2, 16, 4, 3)
+    with pytest.raises(SystemExit, match=r"bad sequence shape '2x16/k3': expected BATCHxLENGTHxCHANNELS/kKERNEL"):
+        bench._parse_sequence("2x16/k3")
