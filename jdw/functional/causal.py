@@ -233,8 +233,9 @@ def causal_conv1d_update(
 
     Like causal-conv1d's ``causal_conv1d_update``: the new tokens are appended to the state,
     the kernel is applied at each of them, and the state keeps the last ``(W - 1) * d``
-    inputs. Elementwise and a few slices, so XLA fuses it into one pass over the state; it
-    works under ``jit``, ``vmap`` and ``lax.scan``, and the state never changes shape.
+    inputs. It is a few slices and multiply-adds that XLA fuses (two fused loops: the
+    output, and the shifted state); it works under ``jit``, ``vmap`` and ``lax.scan``, and
+    the state never changes shape.
 
     Args:
       x: ``(B, D)`` for one token, or ``(B, T, D)`` for ``T`` tokens (``(B, D, T)`` channels first).
