@@ -108,6 +108,27 @@ def test_silu_is_applied_after_the_bias(implementation, rng):
 
 
 @pytest.mark.parametrize("segments", [False, True])
+def test_bfloat16_accumulates_in_float32(segments, rng):
+    x, kernel, bias, initial, ids = _case(rng, state=True, segments=segments)
+    as_bf16 = lambda a: jnp.asarray(a, jnp.bfloat16)  # noqa: E731
+    y, final = jdw.causal_conv1d(
+        as_bf16(x),
+        as_bf16(kernel),
+        as_bf16(bias),
+        initial_state=as_bf16(initial),
+        segment_ids=ids,
+        return_final_state=True,
+    )
+    assert y.dtype == final.dtype == jnp.bfloat16
+    rounded = [np.asarray(as_bf16(a), np.float32) for a in (x, kernel, bias, initial)]
+    want = _numpy_causal(*rounded[:3], state=rounded[3], segment_ids=ids)
+    assert_close(y, want, dtype="bfloat16")
+    step, _ = jdw.causal_conv1d_update(as_bf16(x[:, 0]), as_bf16(initial), as_bf16(kernel), as_bf16(bias))
+    assert step.dtype == jnp.bfloat16
+    assert_close(step, _numpy_causal(*rounded[:3], state=rounded[3])[:, 0], dtype="bfloat16")
+
+
+@pytest.mark.parametrize("segments", [False, True])
 def test_any_split_into_chunks_gives_the_one_call_output(segments, rng):
     x, kernel, bias, _, ids = _case(rng, length=29, segments=segments)
     whole = jdw.causal_conv1d(x, kernel, bias, segment_ids=ids)

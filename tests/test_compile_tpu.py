@@ -136,3 +136,31 @@ def test_bench_reports_compiled_traffic(capsys):
     assert "HBM bytes of the compiled programs, batch 8" in out
     pallas = next(line for line in out.splitlines() if line.startswith("| 14x14x384/s1") and "pallas" in line)
     assert "| 1.00x" in pallas  # the forward moves exactly its input and output
+
+
+@pytest.mark.parametrize("variant", ["plain", "state", "segments"])
+def test_causal_conv1d_compiles_for_tpu(variant):
+    """A Mamba layer (kernel 4, SiLU) through Mosaic; with segment ids, the masked tap sum in one XLA fusion."""
+    sharding = jax.sharding.SingleDeviceSharding(traffic.tpu_device("v5e"))
+    shape = lambda *dims, dtype="bfloat16": jax.ShapeDtypeStruct(dims, dtype, sharding=sharding)  # noqa: E731
+    x, kernel, bias = shape(8, 2048, 1536), shape(4, 1, 1536), shape(1536)
+    extra = {"state": shape(8, 3, 1536), "segments": shape(8, 2048, dtype="int32")}.get(variant)
+
+    def conv(x, kernel, bias, extra=None):
+        return jdw.causal_conv1d(
+            x,
+            kernel,
+            bias,
+            activation="silu",
+            initial_state=extra if variant == "state" else None,
+            segment_ids=extra if variant == "segments" else None,
+            implementation="pallas",
+        )
+
+    args = (x, kernel, bias) if extra is None else (x, kernel, bias, extra)
+    forward = jax.jit(conv).lower(*args).compile()
+    assert len(_kernels(forward)) == (0 if variant == "segments" else 1)
+    moved, minimum = traffic.hbm_bytes(forward)["total"], 2 * traffic.logical_bytes(x)
+    assert moved <= (1.55 if variant == "state" else 1.01) * minimum, (moved, minimum)  # the state: one XLA concat
+    training = jax.jit(lambda *a: jax.grad(lambda *a: jax.numpy.sum(conv(*a).astype("float32")), argnums=(0, 1, 2))(*a))
+    training.lower(*args).compile()

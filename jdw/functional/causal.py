@@ -79,7 +79,7 @@ def _segment_starts(segment_ids: jax.Array) -> jax.Array:
 
 def _masked_taps(xp, kernel, multiplier, dilation, length, first_readable, dtype):
     """``Σ_i k[i] · xp[t + i·dilation]`` over the taps whose ``xp`` index is at least ``first_readable[b, t]``."""
-    acc_dtype = jnp.promote_types(dtype, jnp.float32)
+    acc_dtype = jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32  # 16-bit inputs accumulate in f32
     if multiplier > 1:
         xp = jnp.repeat(xp, multiplier, axis=-1)
     taps = jnp.arange(length, dtype=jnp.int32)[None]
