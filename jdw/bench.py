@@ -275,6 +275,78 @@ def run_sequences(
     return records
 
 
+def compiled_sequence_traffic(
+    shapes: Sequence[SequenceShape] = SEQUENCES,
+    implementations: Sequence[str] = ("xla", "pallas"),
+    *,
+    chip: str = "h100",
+    dtype: str = "bfloat16",
+) -> list[dict]:
+    """HBM bytes of :func:`jdw.causal_conv1d` (SiLU) compiled for ``chip``: a whole sequence, a chunk continuing
+    from a state, and packed sequences (``segment_ids``), forward and training (``vjp`` for ``x``, kernel and
+    bias given ``dy``); one record per shape, backend and variant. Minimums: ``x`` and ``y`` once (training adds
+    ``dy`` and ``dx``).
+    """
+    device = traffic.device(chip)
+    sharding = jax.sharding.SingleDeviceSharding(device)
+    records = []
+    for shape in shapes:
+        spec = lambda *dims, dtype=dtype: jax.ShapeDtypeStruct(dims, dtype, sharding=sharding)  # noqa: E731
+        x = spec(shape.batch, shape.length, shape.channels)
+        k, b = spec(shape.kernel, 1, shape.channels), spec(shape.channels)
+        extras = {
+            "sequence": None,
+            "chunk + state": spec(shape.batch, shape.kernel - 1, shape.channels),
+            "packed": spec(shape.batch, shape.length, dtype="int32"),
+        }
+        for name in implementations:
+            for variant, extra in extras.items():
+
+                def conv(x, k, b, extra=None, name=name, variant=variant):
+                    return jdw.causal_conv1d(
+                        x,
+                        k,
+                        b,
+                        activation="silu",
+                        initial_state=extra if variant == "chunk + state" else None,
+                        segment_ids=extra if variant == "packed" else None,
+                        implementation=name,
+                    )
+
+                def training(x, k, b, dy, extra=None, conv=conv):
+                    y, vjp = jax.vjp(lambda x, k, b: conv(x, k, b, extra), x, k, b)
+                    return y, *vjp(dy)
+
+                tail = () if extra is None else (extra,)
+                record = dict(layer=shape.name, implementation=name, variant=variant, chip=chip, dtype=dtype)
+                for part, fn, fn_args, arrays in (
+                    ("forward", conv, (x, k, b, *tail), (x, x)),
+                    ("training", training, (x, k, b, x, *tail), (x, x, x, x)),
+                ):
+                    compiled = jax.jit(fn).lower(*fn_args).compile()
+                    record[f"{part}_hbm_bytes"] = traffic.hbm_bytes(compiled)["total"]
+                    record[f"{part}_min_bytes"] = traffic.logical_bytes(*arrays)
+                records.append(record)
+    return records
+
+
+def _sequence_traffic_table(records: list[dict]) -> str:
+    head = ["shape", "impl", "call", "fwd MB", "fwd / min", "train MB", "train / min"]
+    rows = [
+        [
+            r["layer"],
+            r["implementation"],
+            r["variant"],
+            f"{r['forward_hbm_bytes'] / 1e6:.1f}",
+            f"{r['forward_hbm_bytes'] / r['forward_min_bytes']:.2f}x",
+            f"{r['training_hbm_bytes'] / 1e6:.1f}",
+            f"{r['training_hbm_bytes'] / r['training_min_bytes']:.2f}x",
+        ]
+        for r in records
+    ]
+    return _markdown(head, rows)
+
+
 def _sequence_table(records: list[dict]) -> str:
     head = ["shape", "impl", "fwd ms", "fwd passes", "fwd vs xla", "fwd+bwd ms", "fwd+bwd passes", "fwd+bwd vs xla"]
     rows = []
@@ -512,6 +584,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     implementations = args.implementations.split(",") if args.implementations else None
     if args.suite == "sequence":
         shapes = SEQUENCES if args.layers == "all" else [_parse_sequence(name) for name in args.layers.split(",")]
+        if args.target:
+            _compile_only()
+            records = compiled_sequence_traffic(
+                shapes, implementations or ("xla", "pallas"), chip=args.target, dtype=args.dtype
+            )
+            if args.json:
+                json.dump(records, sys.stdout, indent=1)
+                print()
+            else:
+                print(
+                    f"# jdw.bench --suite sequence --target {args.target}: HBM bytes of compiled programs, {args.dtype}"
+                )
+                print(_sequence_traffic_table(records))
+            return 0
         records = run_sequences(shapes, implementations, dtype=args.dtype, repeats=args.repeats)
         if args.json:
             json.dump(records, sys.stdout, indent=1)
@@ -523,10 +609,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     layers = MOBILENET_V2 if args.layers == "all" else [_parse_layer(name) for name in args.layers.split(",")]
     if args.target:
-        from jax._src import xla_bridge  # noqa: PLC0415
-
-        if not xla_bridge.backends_are_initialized():  # compile-only: JAX computes on the CPU, plugins register
-            jax.config.update("jax_platforms", "cpu")
+        _compile_only()
         batch = args.batch if "--batch" in (argv if argv is not None else sys.argv) else 64
         records = compiled_traffic(
             layers, implementations or ("xla", "pallas"), chip=args.target, batch=batch, dtype=args.dtype
@@ -560,6 +643,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(_table(records, parts))
     return 0
+
+
+def _compile_only() -> None:
+    """Compiling for a chip without it: JAX computes on the CPU, and the TPU and CUDA plugins register."""
+    from jax._src import xla_bridge  # noqa: PLC0415
+
+    if not xla_bridge.backends_are_initialized():
+        jax.config.update("jax_platforms", "cpu")
 
 
 def _parse_sequence(name: str) -> SequenceShape:

@@ -187,3 +187,15 @@ def test_causal_conv1d_compiles_and_moves_the_minimum(variant):
     assert moved <= (2.55 if variant == "state" else 1.01) * minimum, (moved, minimum)
     training = jax.jit(lambda *a: jax.grad(lambda *a: jnp.sum(conv(*a).astype(jnp.float32)), argnums=(0, 1, 2))(*a))
     training.lower(*args).compile()
+
+
+def test_bench_reports_compiled_sequence_traffic(capsys):
+    from jdw import bench
+
+    argv = ["--suite", "sequence", "--target", "h100", "--layers", "2x256x64/k4", "--dtype", "bfloat16"]
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "# jdw.bench --suite sequence --target h100" in out
+    rows = {tuple(c.strip() for c in line.split("|")[2:4]): line for line in out.splitlines() if "2x256x64/k4" in line}
+    assert set(rows) == {(impl, call) for impl in ("xla", "pallas") for call in ("sequence", "chunk + state", "packed")}
+    assert "| 1.00x" in rows["pallas", "sequence"]  # the kernel reads x and writes y, nothing else
