@@ -270,6 +270,10 @@ def test_forward_mode_through_segments_and_updates(rng):
             r"causal_conv1d_update: state must have shape \(2, 3, 3\) .* got \(2, 3\)",
         ),
         (lambda x, k: jdw.causal_conv1d(x, k, bias=jnp.zeros(4)), r"bias"),
+        (
+            lambda x, k: jdw.causal_conv1d(x, k, segment_ids=jnp.zeros((2, 13), jnp.int32), implementation="tap"),
+            r"tap",
+        ),
     ],
 )
 def test_bad_input_is_named(call, message, rng):

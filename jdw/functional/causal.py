@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.typing import ArrayLike, DTypeLike
 
+from jdw.backends import registry
 from jdw.functional import _arguments as args_lib
 from jdw.functional._arguments import DataFormat
 from jdw.functional.activations import ActivationLike, get_activation
@@ -164,6 +165,8 @@ def causal_conv1d(
     x, kernel = jnp.asarray(x), jnp.asarray(kernel)
     op = "causal_conv1d"
     x, multiplier, dilation, pad = _check(x, kernel, data_format, dilation, op)
+    if implementation is not None:
+        registry.get(implementation)  # a bad name is an error with segment ids too, which do not use it
     if bias is not None:
         bias = jnp.asarray(bias)
     args_lib.check_bias(bias, kernel.shape[-1])
