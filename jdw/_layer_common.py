@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from jdw.backends import registry
 from jdw.functional import _arguments as args_lib
 
 
@@ -20,6 +21,32 @@ def kernel_size_tuple(kernel_size: int | Sequence[int], num_spatial_dims: int, l
     if not kernel_size:
         raise ValueError(f"{layer}: kernel_size must not be empty")
     return args_lib.as_tuple(kernel_size, len(kernel_size), "kernel_size")
+
+
+def check_conv_options(
+    layer: str,
+    kernel_size: Sequence[int],
+    *,
+    strides: int | Sequence[int] = 1,
+    padding: args_lib.PaddingLike = "VALID",
+    padding_mode: str = "zeros",
+    dilation: int | Sequence[int] = 1,
+    data_format: str = "channels_last",
+    implementation: str | None = None,
+) -> None:
+    """Refuses at construction what the first call would refuse: the same checks and messages, named by layer."""
+    nd = len(kernel_size)
+    try:
+        strides = args_lib.as_tuple(strides, nd, "strides")
+        dilation = args_lib.as_tuple(dilation, nd, "dilation")
+        args_lib.check_choice(padding_mode, args_lib.PADDING_MODES, "padding_mode")
+        args_lib.check_choice(data_format, args_lib.DATA_FORMATS, "data_format")
+        spans = args_lib.effective_kernel_size(kernel_size, dilation)
+        args_lib.resolve_padding(padding, spans, kernel_size, strides, dilation)
+        if implementation is not None:
+            registry.get(implementation)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"{layer}: {error}") from None
 
 
 def channel_axis(ndim: int, num_spatial: int, data_format: str) -> int:

@@ -73,3 +73,70 @@ def test_errors_surface_under_jit():
 
     with pytest.raises(ValueError, match=r"not a positive multiple"):
         jax.jit(jdw.depthwise_conv)(X, np.ones((3, 3, 1, 5), np.float32))
+
+
+@pytest.mark.parametrize(
+    "padding",
+    [[1.5, 1], [(True, 1), 1], [(1, 2, 3), 1], [None, 1]],
+    ids=["float", "bool-in-pair", "triple", "none"],
+)
+def test_malformed_padding_entries_are_named(padding):
+    with pytest.raises(ValueError, match=r"each padding entry must be an int or a \(low, high\) pair of ints, got"):
+        jdw.depthwise_conv(X, K, padding=padding)
+
+
+@pytest.mark.parametrize(
+    "output_padding, match",
+    [
+        (1.0, r"output_padding must be an int or one int per spatial dimension, got 1.0"),
+        (True, r"output_padding must be an int or one int per spatial dimension, got True"),
+        ((1, 0.5), r"output_padding must hold ints, got output_padding=\(1, 0.5\)"),
+    ],
+)
+def test_malformed_output_padding_is_named(output_padding, match):
+    with pytest.raises(TypeError, match=match):
+        jdw.depthwise_conv_transpose(X, K, strides=2, output_padding=output_padding)
+
+
+@pytest.mark.parametrize("implementation", ["xla", "taps", "pallas", None])
+@pytest.mark.parametrize(
+    "preferred, match",
+    [
+        (jnp.int32, r"preferred_element_type must be a floating type for float32 inputs \(as in lax\), got int32"),
+        (jnp.float16, r"preferred_element_type float16 is narrower than the inputs' float32"),
+    ],
+)
+def test_preferred_element_type_follows_lax_on_every_path(implementation, preferred, match):
+    """It used to truncate silently on taps, pallas and the automatic path ([-1, 3, 0] for -1.57, 3.70, 0.81)."""
+    with pytest.raises(TypeError, match=match):
+        jdw.depthwise_conv(X, K, preferred_element_type=preferred, implementation=implementation)
+    with pytest.raises(TypeError, match=match):
+        jdw.depthwise_conv_transpose(X, K, strides=2, preferred_element_type=preferred, implementation=implementation)
+    with pytest.raises(TypeError, match=match):
+        jdw.causal_conv1d(X[:, 0], K[:, 0], preferred_element_type=preferred, implementation=implementation)
+    with pytest.raises(TypeError, match=match):
+        jdw.pointwise_conv(X, jnp.ones((4, 8)), preferred_element_type=preferred)
+    wider = jdw.depthwise_conv(X.astype(jnp.bfloat16), K.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
+    assert wider.dtype == jnp.float32
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(strides=0), r"DepthwiseConv: strides must be positive, got strides=0"),
+        (dict(padding="bogus"), r"DepthwiseConv: unknown padding 'BOGUS'"),
+        (dict(implementation="bogus"), r"DepthwiseConv: unknown implementation 'bogus'"),
+        (dict(padding_mode="mirror"), r"DepthwiseConv: unknown padding_mode 'mirror'"),
+        (dict(dilation=(1, 2, 3)), r"DepthwiseConv: dilation must be an int or a sequence of 2 ints"),
+    ],
+)
+def test_layers_refuse_bad_options_when_built_not_when_first_called(kwargs, match):
+    from flax import nnx
+
+    with pytest.raises(ValueError, match=match):
+        jdw.nnx.DepthwiseConv(4, **kwargs, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=match):  # its depthwise step is checked as it is built
+        jdw.nnx.SeparableConv(4, 8, **kwargs, rngs=nnx.Rngs(0))
+    if "implementation" in kwargs:
+        with pytest.raises(ValueError, match=r"CausalConv1D: unknown implementation 'bogus'"):
+            jdw.nnx.CausalConv1D(4, **kwargs, rngs=nnx.Rngs(0))

@@ -116,14 +116,21 @@ def resolve_padding(
                 f"padding must give one entry per spatial dimension ({nd}), got {padding!r} with {len(entries)}"
             )
         pairs = []
+        is_int = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))  # noqa: E731
         for entry in entries:
-            if isinstance(entry, (int, np.integer)) and not isinstance(entry, bool):
+            if is_int(entry):
                 pairs.append((int(entry), int(entry)))
-            else:
+                continue
+            try:
                 pair = tuple(entry)
-                if len(pair) != 2 or not all(isinstance(p, (int, np.integer)) for p in pair):
-                    raise ValueError(f"each padding entry must be an int or a (low, high) pair of ints, got {entry!r}")
-                pairs.append((int(pair[0]), int(pair[1])))
+            except TypeError:
+                pair = ()
+            if len(pair) != 2 or not all(is_int(p) for p in pair):
+                raise ValueError(
+                    f"each padding entry must be an int or a (low, high) pair of ints, got {entry!r} "
+                    f"in padding={padding!r}"
+                )
+            pairs.append((int(pair[0]), int(pair[1])))
         pairs = tuple(pairs)
     for lo, hi in pairs:
         if lo < 0 or hi < 0:
@@ -274,6 +281,30 @@ def cast_common(x: jax.Array, kernel: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Casts ``x`` and ``kernel`` to their promoted dtype (lax convolutions need one dtype)."""
     dtype = promote(x.dtype, kernel.dtype)
     return x.astype(dtype), kernel.astype(dtype)
+
+
+def check_preferred_element_type(preferred, x: jax.Array, kernel: jax.Array, op: str) -> None:
+    """``lax``'s rule on every path: a floating type at least as wide as the inputs' promoted type.
+
+    Raises:
+      TypeError: naming the types, for an integer (or other non-float) type, or a narrower float.
+    """
+    if preferred is None:
+        return
+    inputs = promote(x.dtype, kernel.dtype)
+    try:
+        wanted = np.dtype(jnp.dtype(preferred))
+    except TypeError:
+        raise TypeError(f"{op}: preferred_element_type must be a dtype, got {preferred!r}") from None
+    if not jnp.issubdtype(wanted, jnp.floating):
+        raise TypeError(
+            f"{op}: preferred_element_type must be a floating type for {inputs} inputs (as in lax), got {wanted}"
+        )
+    if wanted.itemsize < inputs.itemsize:
+        raise TypeError(
+            f"{op}: preferred_element_type {wanted} is narrower than the inputs' {inputs} (lax refuses it too); "
+            "cast the result instead"
+        )
 
 
 def promote(*dtypes) -> np.dtype:

@@ -167,6 +167,7 @@ def causal_conv1d(
     x, multiplier, dilation, pad = _check(x, kernel, data_format, dilation, op)
     if implementation is not None:
         registry.get(implementation)  # a bad name is an error with segment ids too, which do not use it
+    args_lib.check_preferred_element_type(preferred_element_type, x, kernel, op)
     if bias is not None:
         bias = jnp.asarray(bias)
     args_lib.check_bias(bias, kernel.shape[-1])

@@ -101,6 +101,7 @@ def depthwise_conv(
     if bias is not None:
         bias = jnp.asarray(bias)
     args_lib.check_bias(bias, kernel.shape[-1])
+    args_lib.check_preferred_element_type(preferred_element_type, x, kernel, "depthwise_conv")
     if implementation is not None:
         registry.get(implementation)
     x, kernel = args_lib.cast_common(x, kernel)

@@ -64,6 +64,7 @@ def pointwise_conv(
         )
     if bias is not None:
         bias = jnp.asarray(bias)
+    args_lib.check_preferred_element_type(preferred_element_type, x, kernel, "pointwise_conv")
     args_lib.check_bias(bias, kernel.shape[1])
     x, kernel = args_lib.cast_common(x, kernel)
     y = lax.dot_general(

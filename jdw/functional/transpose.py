@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike, DTypeLike
 
 from jdw.backends import registry
@@ -83,9 +84,17 @@ def depthwise_conv_transpose(
     nd, _, _, kernel_size = args_lib.check_kernel(x, kernel, op=op, data_format=data_format)
     strides = args_lib.as_tuple(strides, nd, "strides")
     dilation = args_lib.as_tuple(dilation, nd, "dilation")
-    if isinstance(output_padding, int) and not isinstance(output_padding, bool):
-        output_padding = (output_padding,) * nd
-    output_padding = tuple(output_padding)
+    is_int = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))  # noqa: E731
+    if is_int(output_padding):
+        output_padding = (int(output_padding),) * nd
+    try:
+        output_padding = tuple(output_padding)
+    except TypeError:
+        raise TypeError(
+            f"{op}: output_padding must be an int or one int per spatial dimension, got {output_padding!r}"
+        ) from None
+    if not all(is_int(p) for p in output_padding):
+        raise TypeError(f"{op}: output_padding must hold ints, got output_padding={output_padding!r}")
     if len(output_padding) != nd or any(not (0 <= p < s) for p, s in zip(output_padding, strides)):
         raise ValueError(
             f"{op}: output_padding must be one int per spatial dimension with 0 <= output_padding < stride, "
@@ -115,6 +124,7 @@ def depthwise_conv_transpose(
     if bias is not None:
         bias = jnp.asarray(bias)
     args_lib.check_bias(bias, kernel.shape[-1])
+    args_lib.check_preferred_element_type(preferred_element_type, x, kernel, "depthwise_conv_transpose")
     if implementation is not None:
         registry.get(implementation)
     x, kernel = args_lib.cast_common(x, kernel)

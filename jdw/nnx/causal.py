@@ -83,6 +83,9 @@ class CausalConv1D(nnx.Module):
             "CausalConv1D", in_features=in_features, depth_multiplier=depth_multiplier, dilation=dilation
         )
         get_activation(activation)
+        common.check_conv_options(
+            "CausalConv1D", (kernel_size,), dilation=dilation, data_format=data_format, implementation=implementation
+        )
         out_features = in_features * depth_multiplier
         self.kernel = nnx.Param(
             kernel_init(rngs.params(), (kernel_size, 1, out_features), param_dtype), **kernel_metadata

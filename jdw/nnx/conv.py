@@ -96,6 +96,16 @@ class DepthwiseConv(nnx.Module):
     ):
         self.kernel_size = common.kernel_size_tuple(kernel_size, num_spatial_dims, "DepthwiseConv")
         get_activation(activation)  # fail early on a bad name
+        common.check_conv_options(
+            "DepthwiseConv",
+            self.kernel_size,
+            strides=strides,
+            padding=padding,
+            padding_mode=padding_mode,
+            dilation=dilation,
+            data_format=data_format,
+            implementation=implementation,
+        )
         common.check_positive_int("DepthwiseConv", in_features=in_features, depth_multiplier=depth_multiplier)
         out_features = in_features * depth_multiplier
         self.kernel = nnx.Param(
