@@ -24,6 +24,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.extend import core as jax_core
 
@@ -47,11 +48,25 @@ class Cost:
     output_shape: tuple[int, ...] = ()
 
 
+def _is_count(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and value >= 1
+
+
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, ...]:
-    values = (value, value) if isinstance(value, int) else tuple(value)
-    if not values or any(not isinstance(v, int) or v < 1 for v in values):
+    try:
+        values = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    except TypeError:
+        values = ()
+    if not values or not all(_is_count(v) for v in values):
         raise ValueError(f"{name} must be a positive int or a sequence of them, got {value!r}")
-    return values
+    return tuple(int(v) for v in values)
+
+
+def _counts(**values: Any) -> None:
+    """Channel counts, groups and multipliers: positive ints, named in the error."""
+    for name, value in values.items():
+        if not _is_count(value):
+            raise ValueError(f"{name} must be a positive int, got {name}={value!r}")
 
 
 def standard_conv(
@@ -81,6 +96,7 @@ def standard_conv(
       >>> cost.standard_conv(3, 1, 3, 1).macs  # one output pixel of a 3x3 conv over RGB
       27
     """
+    _counts(in_channels=in_channels, out_channels=out_channels, groups=groups)
     kernel, positions = math.prod(_pair(kernel_size, "kernel_size")), math.prod(_pair(output_size, "output_size"))
     if in_channels % groups or out_channels % groups:
         raise ValueError(f"{in_channels=} and {out_channels=} must be divisible by {groups=}")
@@ -118,6 +134,7 @@ def depthwise_conv(
       >>> cost.depthwise_conv(3, 3, 1).macs  # 9 per channel
       27
     """
+    _counts(channels=channels, depth_multiplier=depth_multiplier)
     out = channels * depth_multiplier
     standard = standard_conv(channels, out, kernel_size, output_size, groups=channels, bias=bias)
     return dataclasses.replace(standard, name=f"depthwise {standard.name.split()[1]} {channels}->{out}")
@@ -308,7 +325,16 @@ def summary(
       >>> s.params, round(s.macs / 1e6)  # the paper: 3.4M parameters, 300M multiply-adds
       (3504872, 301)
     """
-    x = jax.ShapeDtypeStruct(tuple(input_shape), dtype)
+    try:
+        shape = tuple(input_shape)
+    except TypeError:
+        shape = None
+    if not shape or not all(_is_count(d) for d in shape):
+        raise ValueError(
+            "input_shape must be a sequence of positive ints, batch included (e.g. (1, 224, 224, 3)), "
+            f"got {input_shape!r}"
+        )
+    x = jax.ShapeDtypeStruct(shape, dtype)
     with registry.forced_implementation("xla"):
         if isinstance(model_or_fn, nnx.Module):
             graphdef, state = nnx.split(model_or_fn)
@@ -320,11 +346,26 @@ def summary(
         else:
             closed = jax.make_jaxpr(model_or_fn)(x)
             inputs = set(closed.jaxpr.invars)
-            params = sum(
-                math.prod(v.aval.shape) for v in closed.jaxpr.constvars if jnp.issubdtype(v.aval.dtype, jnp.floating)
-            )
+            params = sum(math.prod(a.shape) for a in _closed_over(closed) if jnp.issubdtype(a.dtype, jnp.floating))
     layers = _walk(closed.jaxpr, inputs)
     return Summary(tuple(layers), int(params), int(sum(layer.macs for layer in layers)))
+
+
+def _closed_over(closed: jax_core.ClosedJaxpr) -> list[Any]:
+    """The arrays a traced function closes over, at any depth (``jax.jit`` keeps them in its inner jaxpr), once each."""
+    found: dict[int, Any] = {}
+    pending = [closed]
+    while pending:
+        current = pending.pop()
+        for const in current.consts:
+            if hasattr(const, "shape") and hasattr(const, "dtype"):
+                found.setdefault(id(const), const)
+        for eqn in current.jaxpr.eqns:
+            for value in eqn.params.values():
+                for item in value if isinstance(value, (tuple, list)) else (value,):
+                    if isinstance(item, jax_core.ClosedJaxpr):
+                        pending.append(item)
+    return list(found.values())
 
 
 def _sub_jaxprs(eqn: jax_core.JaxprEqn) -> list[tuple[str, Any]]:

@@ -140,3 +140,32 @@ def test_layers_refuse_bad_options_when_built_not_when_first_called(kwargs, matc
     if "implementation" in kwargs:
         with pytest.raises(ValueError, match=r"CausalConv1D: unknown implementation 'bogus'"):
             jdw.nnx.CausalConv1D(4, **kwargs, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: jdw.cost.depthwise_conv(0, 3, 8), r"channels must be a positive int, got channels=0"),
+        (lambda: jdw.cost.compare(-1, 8), r"in_channels must be a positive int, got in_channels=-1"),
+        (lambda: jdw.cost.standard_conv(3, 8, 3, 4, groups=True), r"groups must be a positive int, got groups=True"),
+        (lambda: jdw.cost.depthwise_conv(3, 3, 8, depth_multiplier=0), r"depth_multiplier must be a positive int"),
+        (lambda: jdw.cost.pointwise_conv(3, 8, 2.5), r"output_size must be a positive int or a sequence of them"),
+        (lambda: jdw.cost.summary(lambda x: x, 5), r"input_shape must be a sequence of positive ints, .* got 5"),
+        (lambda: jdw.cost.summary(lambda x: x, (1, 0, 3)), r"input_shape must be .* got \(1, 0, 3\)"),
+    ],
+)
+def test_cost_counter_names_bad_arguments(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_cost_summary_of_a_jitted_function_counts_its_parameters():
+    import jax
+
+    w, p = jnp.ones((3, 3, 1, 8)), jnp.ones((8, 16))
+
+    def f(x):
+        return jdw.pointwise_conv(jdw.depthwise_conv(x, w), p)
+
+    plain, jitted = jdw.cost.summary(f, (1, 8, 8, 8)), jdw.cost.summary(jax.jit(f), (1, 8, 8, 8))
+    assert plain.params == jitted.params == 72 + 128 and plain.macs == jitted.macs > 0
