@@ -169,3 +169,36 @@ def test_cost_summary_of_a_jitted_function_counts_its_parameters():
 
     plain, jitted = jdw.cost.summary(f, (1, 8, 8, 8)), jdw.cost.summary(jax.jit(f), (1, 8, 8, 8))
     assert plain.params == jitted.params == 72 + 128 and plain.macs == jitted.macs > 0
+
+
+@pytest.mark.parametrize(
+    "model, kwargs, match",
+    [
+        ("MobileNetV2", dict(width=-1.0), r"MobileNetV2: width must be a positive number, got width=-1.0"),
+        ("MobileNetV2", dict(width=0), r"MobileNetV2: width must be a positive number, got width=0"),
+        ("MobileNetV2", dict(num_classes=-5), r"num_classes must be a positive int, or None .* got num_classes=-5"),
+        ("MobileNetV2", dict(num_classes=2.5), r"got num_classes=2.5"),
+        ("MobileNetV2", dict(num_classes=0), r"got num_classes=0"),
+        (
+            "MobileNetV1",
+            dict(width=0.01),
+            r"MobileNetV1: width=0.01 leaves a layer with no channels; use width >= 0.03125",
+        ),
+        (
+            "MobileNetV3Small",
+            dict(width=float("nan")),
+            r"MobileNetV3Small: width must be a positive number, got width=nan",
+        ),
+    ],
+)
+def test_models_name_bad_arguments(model, kwargs, match):
+    from flax import nnx
+
+    with pytest.raises(ValueError, match=match):
+        getattr(jdw.models, model)(**kwargs, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("not_a_model", [None, "MobileNetV2", 3])
+def test_from_keras_names_what_it_got(not_a_model):
+    with pytest.raises(ValueError, match=r"from_keras: expected a Keras application model .* got (NoneType|str|int)"):
+        jdw.models.from_keras(not_a_model)

@@ -114,6 +114,18 @@ def test_1d_and_channels_first(implementation, rng):
     assert_close(np.moveaxis(np.asarray(y), 1, -1), expected)
 
 
+@pytest.mark.parametrize("strides, padding, multiplier", [(2, "SAME", 1), ((1, 2, 1), "VALID", 2)])
+def test_3d_against_reference(implementation, rng, strides, padding, multiplier):
+    """3-D too on every backend (pallas: the VJP of its 3-D forward, a sum of 2-D kernel calls)."""
+    x = rng.standard_normal((2, 3, 4, 5, 2)).astype(np.float32)
+    k = rng.standard_normal((3, 2, 3, 1, 2 * multiplier)).astype(np.float32)
+    y = jdw.depthwise_conv_transpose(x, k, strides=strides, padding=padding, implementation=implementation)
+    want = jdw.depthwise_conv_transpose(x, k, strides=strides, padding=padding, implementation="xla")
+    assert_close(y, want)
+    if strides == 2:
+        assert_close(y, _expected(x, k, 2, padding, 1))
+
+
 def test_no_lhs_dilation_in_taps_program(rng):
     """The fast path never builds XLA's lhs-dilated grouped convolution."""
     x = jnp.ones((1, 8, 8, 4))

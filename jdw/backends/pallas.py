@@ -425,7 +425,9 @@ def _as_2d(x, kernel, strides, padding, dilation):
             ((0, 0), *registry.pairs(padding)),
             (1, *dilation),
         )
-    raise NotImplementedError(f"the pallas backend serves 1-D, 2-D and 3-D depthwise convolutions, not {nd}-D")
+    raise NotImplementedError(
+        f"the pallas backend serves 1-D, 2-D and 3-D depthwise convolutions, not {nd}-D"
+    )  # 3-D: _conv3d
 
 
 def _explicit_axes(x, kernel) -> tuple[Any, Any, Any] | None:
@@ -540,9 +542,25 @@ def conv_transpose(
     del precision
     nd = kernel.ndim - 2
     multiplier = kernel.shape[-1] // x.shape[-1]
+    out_dtype = np.dtype(preferred_element_type or x.dtype)
+    if nd == 3:  # the adjoint of the 3-D forward (a sum of 2-D calls): its VJP, through the 2-D kernels
+        if multiplier > 1:
+            x = jnp.repeat(x, multiplier, axis=-1)
+        grid = jnp.zeros((x.shape[0], *output_spatial, kernel.shape[-1]), out_dtype)
+        forward = functools.partial(
+            _conv3d,
+            kernel=kernel.astype(out_dtype),
+            bias=None,
+            activation="identity",
+            strides=strides,
+            padding=padding,
+            dilation=dilation,
+            preferred_element_type=out_dtype,
+        )
+        _, vjp = jax.vjp(forward, grid)
+        return vjp(x.astype(out_dtype))[0]
     y, kernel2, strides2, padding2, dilation2 = _as_2d(x, kernel, strides, padding, dilation)
     out_spatial = tuple(output_spatial) if nd == 2 else (1, *output_spatial)
-    out_dtype = np.dtype(preferred_element_type or x.dtype)
     layer = kernels.Layer(
         input_size=out_spatial,
         kernel_size=tuple(kernel2.shape[:2]),

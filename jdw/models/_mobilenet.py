@@ -2,13 +2,39 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.typing import ArrayLike
 
 from jdw import _layer_common as common
 from jdw.functional.activations import get_activation
+
+
+def check_model_args(model: str, num_classes, width, *, min_width: float = 0.0) -> None:
+    """``num_classes``: a positive int or ``None`` (no classifier); ``width``: a positive finite number.
+
+    Raises:
+      ValueError: naming the argument and its value.
+    """
+    if num_classes is not None and (
+        not isinstance(num_classes, (int, np.integer)) or isinstance(num_classes, bool) or num_classes < 1
+    ):
+        raise ValueError(
+            f"{model}: num_classes must be a positive int, or None for no classifier, got num_classes={num_classes!r}"
+        )
+    if (
+        not isinstance(width, (int, float, np.integer, np.floating))
+        or isinstance(width, bool)
+        or not math.isfinite(width)
+        or width <= 0
+    ):
+        raise ValueError(f"{model}: width must be a positive number, got width={width!r}")
+    if width < min_width:
+        raise ValueError(f"{model}: width={width!r} leaves a layer with no channels; use width >= {min_width:g}")
 
 
 class MobileNet(nnx.Module):

@@ -54,6 +54,11 @@ def from_keras(keras_model: Any, *, implementation: str | None = None, dtype: An
       >>> model = jdw.models.from_keras(keras.applications.MobileNetV2(weights="imagenet"))  # doctest: +SKIP
       >>> logits = model(images / 127.5 - 1.0)  # Keras's MobileNetV2 preprocessing  # doctest: +SKIP
     """
+    if not hasattr(keras_model, "layers") or not hasattr(keras_model, "name"):
+        raise ValueError(
+            f"from_keras: expected a Keras application model (keras.applications.MobileNetV2(...) and the like), "
+            f"got {type(keras_model).__name__}"
+        )
     layers = [layer for layer in keras_model.layers if type(layer).__name__ in _WEIGHT_LAYERS]
     n_depthwise = sum(type(layer).__name__ == "DepthwiseConv2D" for layer in layers)
     cls = _BY_DEPTHWISE_COUNT.get(n_depthwise)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.typing import ArrayLike, DTypeLike
 
-from jdw.models._mobilenet import MobileNet
+from jdw.models._mobilenet import MobileNet, check_model_args
 from jdw.nnx import ConvNormAct
 
 # (pointwise output channels, depthwise stride) of the 13 depthwise-separable layers: Table 1 of the paper.
@@ -110,6 +110,7 @@ class MobileNetV1(MobileNet):
         param_dtype: DTypeLike = jnp.float32,
         rngs: nnx.Rngs,
     ):
+        check_model_args("MobileNetV1", num_classes, width, min_width=1 / 32)
         shared = dict(norm_momentum=norm_momentum, norm_epsilon=norm_epsilon, dtype=dtype, param_dtype=param_dtype)
         channels = int(32 * width)
         self.stem_strides = 1 if small_inputs else 2

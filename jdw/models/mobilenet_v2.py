@@ -7,7 +7,7 @@ from flax import nnx
 from jax.typing import DTypeLike
 
 from jdw._layer_common import make_divisible
-from jdw.models._mobilenet import MobileNet
+from jdw.models._mobilenet import MobileNet, check_model_args
 from jdw.nnx import ConvNormAct, InvertedResidual
 
 # (expansion t, output channels c, repeats n, first stride s): Table 2 of the paper.
@@ -69,6 +69,7 @@ class MobileNetV2(MobileNet):
         param_dtype: DTypeLike = jnp.float32,
         rngs: nnx.Rngs,
     ):
+        check_model_args("MobileNetV2", num_classes, width)
         shared = dict(norm_momentum=norm_momentum, norm_epsilon=norm_epsilon, dtype=dtype, param_dtype=param_dtype)
         channels = make_divisible(32 * width, 8)
         self.stem_strides = 1 if small_inputs else 2

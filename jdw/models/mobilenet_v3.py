@@ -7,7 +7,7 @@ from flax import nnx
 from jax.typing import DTypeLike
 
 from jdw._layer_common import make_divisible
-from jdw.models._mobilenet import MobileNet
+from jdw.models._mobilenet import MobileNet, check_model_args
 from jdw.nnx import ConvNormAct, InvertedResidual
 
 # (kernel, expansion, output channels, squeeze-excite, activation, stride): Tables 1 and 2 of
@@ -50,6 +50,7 @@ class _MobileNetV3(MobileNet):
         param_dtype: DTypeLike = jnp.float32,
         rngs: nnx.Rngs,
     ):
+        check_model_args(type(self).__name__, num_classes, width)
         kernel, se_ratio, act = (3, None, "relu") if minimalistic else (5, 0.25, "hard_swish")
         shared = dict(norm_momentum=norm_momentum, norm_epsilon=norm_epsilon, dtype=dtype, param_dtype=param_dtype)
         self.stem_strides = 1 if small_inputs else 2
