@@ -133,3 +133,13 @@ def test_no_lhs_dilation_in_taps_program(rng):
     f = lambda x, k: jdw.depthwise_conv_transpose(x, k, strides=2, implementation="taps")
     hlo = jax.jit(jax.grad(lambda x, k: jnp.sum(f(x, k)), argnums=(0, 1))).lower(x, k).compile().as_text()
     assert "convolution(" not in hlo
+
+
+def test_same_on_a_length_off_the_stride_is_transposed_by_its_explicit_padding(rng):
+    """The docstring's rule: SAME transposes to n * stride; the forward's explicit pads give the exact adjoint."""
+    x = jnp.asarray(rng.standard_normal((1, 7, 2)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((3, 1, 2)), jnp.float32)
+    y, vjp = jax.vjp(lambda x: jdw.depthwise_conv(x, k, strides=2, padding="SAME"), x)
+    ct = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+    assert jdw.depthwise_conv_transpose(ct, k, strides=2, padding="SAME").shape == (1, 8, 2)
+    assert_close(jdw.depthwise_conv_transpose(ct, k, strides=2, padding=((1, 1),)), vjp(ct)[0])

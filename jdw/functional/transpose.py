@@ -55,6 +55,13 @@ def depthwise_conv_transpose(
     strided convolution maps to ``n`` is meant, as in PyTorch. The implementation never
     dilates the input with zeros through ``lhs_dilation``, which XLA runs slowly on CPU.
 
+    So the adjoint holds for the forward convolution of an input of that output length.
+    With ``"SAME"`` that is ``n * stride``: a ``"SAME"`` convolution of an input whose
+    length is not a multiple of the stride (7 with stride 2 gives 4, and 4 transposes to
+    8) is transposed exactly by passing its explicit padding instead, here ``((1, 1),)``
+    for kernel 3 (7 again), with ``output_padding`` to pick among the lengths a stride
+    maps to the same ``n``.
+
     Args:
       x: ``(N, *spatial, C)`` (or channels first, or unbatched).
       kernel: ``(*kernel_spatial, 1, C * M)``, the layout of :func:`jdw.depthwise_conv`.
