@@ -202,3 +202,19 @@ def test_models_name_bad_arguments(model, kwargs, match):
 def test_from_keras_names_what_it_got(not_a_model):
     with pytest.raises(ValueError, match=r"from_keras: expected a Keras application model .* got (NoneType|str|int)"):
         jdw.models.from_keras(not_a_model)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(strides=0), r"DepthwiseConv: strides must be positive, got strides=0"),
+        (dict(padding="bogus"), r"DepthwiseConv: unknown padding 'BOGUS'"),
+        (dict(implementation="bogus"), r"DepthwiseConv: unknown implementation 'bogus'"),
+    ],
+)
+def test_linen_layers_refuse_bad_options_when_built(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        jdw.linen.DepthwiseConv(3, **kwargs)
+    if "implementation" in kwargs:
+        with pytest.raises(ValueError, match=r"CausalConv1D: unknown implementation 'bogus'"):
+            jdw.linen.CausalConv1D(4, **kwargs)

@@ -66,6 +66,19 @@ class CausalConv1D(nn.Module):
     implementation: str | None = None
     decode: bool = False
 
+    def __post_init__(self):
+        # Refuse bad options when the module is built, as the NNX layer does, not at the first call.
+        (kernel_size,) = common.kernel_size_tuple(self.kernel_size, 1, "CausalConv1D")
+        get_activation(self.activation)
+        common.check_conv_options(
+            "CausalConv1D",
+            (kernel_size,),
+            dilation=self.dilation,
+            data_format=self.data_format,
+            implementation=self.implementation,
+        )
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, x: ArrayLike, segment_ids: ArrayLike | None = None) -> jax.Array:
         """Applies the layer to ``x`` of shape ``(B, L, D)`` (``(B, D, L)`` channels first)."""

@@ -79,6 +79,22 @@ class DepthwiseConv(nn.Module):
     implementation: str | None = None
     activation: ActivationLike = None
 
+    def __post_init__(self):
+        # Refuse bad options when the module is built, as the NNX layer does, not at the first call.
+        kernel_size = common.kernel_size_tuple(self.kernel_size, self.num_spatial_dims, "DepthwiseConv")
+        get_activation(self.activation)
+        common.check_conv_options(
+            "DepthwiseConv",
+            kernel_size,
+            strides=self.strides,
+            padding=self.padding,
+            padding_mode=self.padding_mode,
+            dilation=self.dilation,
+            data_format=self.data_format,
+            implementation=self.implementation,
+        )
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, x: ArrayLike) -> jax.Array:
         """Applies the layer to ``x`` of shape ``(*batch, *spatial, C)`` (or ``(*batch, C, *spatial)``)."""
