@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from jdw.backends import registry
 from jdw.functional import _arguments as args_lib
+from jdw.functional.causal import causal_conv1d, causal_conv1d_update
 
 
 def kernel_size_tuple(kernel_size: int | Sequence[int], num_spatial_dims: int, layer: str) -> tuple[int, ...]:
@@ -156,3 +157,26 @@ def residual_allowed(in_features: int, out_features: int, strides: int | Sequenc
     """The input can be added back when the block keeps both the channel count and the spatial size."""
     unit = args_lib.as_tuple(strides, num_spatial, "strides") == (1,) * num_spatial
     return unit and in_features == out_features
+
+
+def causal_decode(x, state, kernel, bias, *, kernel_size, segment_ids, precision, implementation, **run):
+    """A ``CausalConv1D`` call in decode mode: ``(y, new_state)`` continuing from ``state``.
+
+    A few tokens (at most a kernel's width, no segments) are a decoding step, one fused pass over
+    the state (:func:`jdw.causal_conv1d_update`); anything longer is a prompt, run as a chunk of
+    :func:`jdw.causal_conv1d` that starts from the state.
+    """
+    tokens = x.shape[1] if run["data_format"] == "channels_last" else x.shape[-1]
+    if tokens <= kernel_size and segment_ids is None:
+        return causal_conv1d_update(x, state, kernel, bias, **run)
+    return causal_conv1d(
+        x,
+        kernel,
+        bias,
+        initial_state=state,
+        return_final_state=True,
+        segment_ids=segment_ids,
+        precision=precision,
+        implementation=implementation,
+        **run,
+    )

@@ -12,7 +12,7 @@ from jax.typing import ArrayLike, DTypeLike
 from jdw import _layer_common as common
 from jdw.functional._arguments import DataFormat
 from jdw.functional.activations import ActivationLike, get_activation
-from jdw.functional.causal import causal_conv1d, causal_conv1d_update, state_size
+from jdw.functional.causal import causal_conv1d, state_size
 from jdw.linen.conv import _DEPTHWISE_INIT, Initializer
 
 
@@ -109,21 +109,17 @@ class CausalConv1D(nn.Module):
         shape = (batch, pad, channels) if self.data_format == "channels_last" else (batch, channels, pad)
         initialized = self.has_variable("cache", "state")
         cache = self.variable("cache", "state", jnp.zeros, shape, x.dtype)
-        tokens = x.shape[1] if self.data_format == "channels_last" else x.shape[-1]
-        if tokens <= kernel_size and segment_ids is None:
-            y, state = causal_conv1d_update(x, cache.value, kernel, bias, **run)
-        else:
-            y, state = causal_conv1d(
-                x,
-                kernel,
-                bias,
-                initial_state=cache.value,
-                return_final_state=True,
-                segment_ids=segment_ids,
-                precision=self.precision,
-                implementation=self.implementation,
-                **run,
-            )
+        y, state = common.causal_decode(
+            x,
+            cache.value,
+            kernel,
+            bias,
+            kernel_size=kernel_size,
+            segment_ids=segment_ids,
+            precision=self.precision,
+            implementation=self.implementation,
+            **run,
+        )
         if initialized:  # init only shapes the cache: it stays zeros for the sequences to come
             cache.value = state.astype(cache.value.dtype)
         return y

@@ -15,7 +15,7 @@ from jax.typing import ArrayLike, DTypeLike
 from jdw import _layer_common as common
 from jdw.functional._arguments import DataFormat
 from jdw.functional.activations import ActivationLike, get_activation
-from jdw.functional.causal import causal_conv1d, causal_conv1d_update, state_size
+from jdw.functional.causal import causal_conv1d, state_size
 from jdw.nnx.conv import _DEPTHWISE_INIT, _NO_METADATA, Initializer, _optional_param
 
 
@@ -141,20 +141,16 @@ class CausalConv1D(nnx.Module):
             )
         if self.state is None:
             raise ValueError("CausalConv1D(decode=True) needs a cache: call init_cache(batch_size) first")
-        tokens = x.shape[1] if self.data_format == "channels_last" else x.shape[-1]
-        if tokens <= self.kernel_size and segment_ids is None:  # a decoding step: one fused pass over the state
-            y, state = causal_conv1d_update(x, self.state[...], kernel, bias, **run)
-        else:  # a prompt
-            y, state = causal_conv1d(
-                x,
-                kernel,
-                bias,
-                initial_state=self.state[...],
-                return_final_state=True,
-                segment_ids=segment_ids,
-                precision=self.precision,
-                implementation=self.implementation,
-                **run,
-            )
+        y, state = common.causal_decode(
+            x,
+            self.state[...],
+            kernel,
+            bias,
+            kernel_size=self.kernel_size,
+            segment_ids=segment_ids,
+            precision=self.precision,
+            implementation=self.implementation,
+            **run,
+        )
         self.state[...] = state.astype(self.state.dtype)
         return y
