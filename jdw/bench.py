@@ -589,24 +589,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             records = compiled_sequence_traffic(
                 shapes, implementations or ("xla", "pallas"), chip=args.target, dtype=args.dtype
             )
-            if args.json:
-                json.dump(records, sys.stdout, indent=1)
-                print()
-            else:
-                print(
-                    f"# jdw.bench --suite sequence --target {args.target}: HBM bytes of compiled programs, {args.dtype}"
-                )
-                print(_sequence_traffic_table(records))
-            return 0
+            title = f"# jdw.bench --suite sequence --target {args.target}: HBM bytes of compiled programs, {args.dtype}"
+            return _report(records, args.json, title, _sequence_traffic_table)
         records = run_sequences(shapes, implementations, dtype=args.dtype, repeats=args.repeats)
-        if args.json:
-            json.dump(records, sys.stdout, indent=1)
-            print()
-        else:
-            device = jax.devices()[0]
-            print(f"# jdw.bench --suite sequence: {args.dtype}, {device.platform} ({device.device_kind})")
-            print(_sequence_table(records))
-        return 0
+        device = jax.devices()[0]
+        title = f"# jdw.bench --suite sequence: {args.dtype}, {device.platform} ({device.device_kind})"
+        return _report(records, args.json, title, _sequence_table)
     layers = MOBILENET_V2 if args.layers == "all" else [_parse_layer(name) for name in args.layers.split(",")]
     if args.target:
         _compile_only()
@@ -614,15 +602,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         records = compiled_traffic(
             layers, implementations or ("xla", "pallas"), chip=args.target, batch=batch, dtype=args.dtype
         )
-        if args.json:
-            json.dump(records, sys.stdout, indent=1)
-            print()
-        else:
-            print(
-                f"# jdw.bench --target {args.target}: HBM bytes of the compiled programs, batch {batch}, {args.dtype}"
-            )
-            print(_traffic_table(records))
-        return 0
+        title = f"# jdw.bench --target {args.target}: HBM bytes of the compiled programs, batch {batch}, {args.dtype}"
+        return _report(records, args.json, title, _traffic_table)
     records = run(
         layers,
         implementations,
@@ -632,16 +613,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         parts=parts,
         peak_gbps=args.peak_gbps,
     )
-    if args.json:
+    device = jax.devices()[0]
+    title = (
+        f"# jdw.bench: batch {args.batch}, {args.dtype}, {device.platform} ({device.device_kind}), "
+        f"automatic choice here: {backends.automatic_choice(device.platform)!r}"
+    )
+    return _report(records, args.json, title, lambda records: _table(records, parts))
+
+
+def _report(records: list[dict], as_json: bool, title: str, table: Callable[[list[dict]], str]) -> int:
+    """Prints ``records`` as JSON, or the ``title`` line and the table; returns the exit status."""
+    if as_json:
         json.dump(records, sys.stdout, indent=1)
         print()
     else:
-        device = jax.devices()[0]
-        print(
-            f"# jdw.bench: batch {args.batch}, {args.dtype}, {device.platform} ({device.device_kind}), "
-            f"automatic choice here: {backends.automatic_choice(device.platform)!r}"
-        )
-        print(_table(records, parts))
+        print(title)
+        print(table(records))
     return 0
 
 
