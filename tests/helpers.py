@@ -32,3 +32,38 @@ def linen_variables(nnx_module):
     if stats:
         variables["batch_stats"] = stats
     return variables
+
+
+def mamba_conv_program(device, variant: str):
+    """A Mamba conv1d layer (8 x 2048 x 1536 bfloat16, kernel 4, SiLU) through the pallas path, placed on
+    ``device`` for compiling: ``(conv, args)`` for a whole sequence (``"plain"``), a chunk continuing from a
+    state (``"state"``) or packed sequences (``"segments"``)."""
+    import jax
+
+    import jdw
+
+    sharding = jax.sharding.SingleDeviceSharding(device)
+    shape = lambda *dims, dtype="bfloat16": jax.ShapeDtypeStruct(dims, dtype, sharding=sharding)  # noqa: E731
+    x, kernel, bias = shape(8, 2048, 1536), shape(4, 1, 1536), shape(1536)
+    extra = {"state": shape(8, 3, 1536), "segments": shape(8, 2048, dtype="int32")}.get(variant)
+
+    def conv(x, kernel, bias, extra=None):
+        return jdw.causal_conv1d(
+            x,
+            kernel,
+            bias,
+            activation="silu",
+            initial_state=extra if variant == "state" else None,
+            segment_ids=extra if variant == "segments" else None,
+            implementation="pallas",
+        )
+
+    return conv, (x, kernel, bias) if extra is None else (x, kernel, bias, extra)
+
+
+def training_program(conv):
+    """``jit`` of the gradients of ``sum(conv(x, kernel, bias, ...))`` with respect to x, kernel and bias."""
+    import jax
+    import jax.numpy as jnp
+
+    return jax.jit(jax.grad(lambda *a: jnp.sum(conv(*a).astype(jnp.float32)), argnums=(0, 1, 2)))

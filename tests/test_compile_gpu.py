@@ -14,8 +14,8 @@ import pytest
 pytest.importorskip("jax_cuda12_plugin", reason="compiling for GPU without one needs JAX's CUDA plugin (test extra)")
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import jaxlib  # noqa: E402
+from helpers import mamba_conv_program, training_program  # noqa: E402
 from jax_cuda12_plugin import version as plugin_version  # noqa: E402
 
 import jdw  # noqa: E402
@@ -162,31 +162,15 @@ def test_bench_reports_compiled_gpu_traffic(capsys):
 @pytest.mark.parametrize("variant", ["plain", "state", "segments"])
 def test_causal_conv1d_compiles_and_moves_the_minimum(variant):
     """A Mamba layer (kernel 4, SiLU) through the Triton kernel; with segment ids, the masked tap sum in one fusion."""
-    sharding = jax.sharding.SingleDeviceSharding(traffic.gpu_device("h100"))
-    shape = lambda *dims, dtype="bfloat16": jax.ShapeDtypeStruct(dims, dtype, sharding=sharding)  # noqa: E731
-    x, kernel, bias = shape(8, 2048, 1536), shape(4, 1, 1536), shape(1536)
-    extra = {"state": shape(8, 3, 1536), "segments": shape(8, 2048, dtype="int32")}.get(variant)
-
-    def conv(x, kernel, bias, extra=None):
-        return jdw.causal_conv1d(
-            x,
-            kernel,
-            bias,
-            activation="silu",
-            initial_state=extra if variant == "state" else None,
-            segment_ids=extra if variant == "segments" else None,
-            implementation="pallas",
-        )
-
-    args = (x, kernel, bias) if extra is None else (x, kernel, bias, extra)
+    conv, args = mamba_conv_program(traffic.gpu_device("h100"), variant)
+    x = args[0]
     forward, report = traffic.ptxas_report(jax.jit(conv).lower(*args))
     assert all(r["spill_stores"] == 0 for r in report)
     moved = traffic.hbm_bytes(forward)["total"]
     minimum = 2 * traffic.logical_bytes(x)
     # the state is concatenated in front of the chunk by XLA (one pass) before the kernel reads it
     assert moved <= (2.55 if variant == "state" else 1.01) * minimum, (moved, minimum)
-    training = jax.jit(lambda *a: jax.grad(lambda *a: jnp.sum(conv(*a).astype(jnp.float32)), argnums=(0, 1, 2))(*a))
-    training.lower(*args).compile()
+    training_program(conv).lower(*args).compile()
 
 
 def test_bench_reports_compiled_sequence_traffic(capsys):

@@ -14,6 +14,7 @@ import pytest
 pytest.importorskip("libtpu", reason="compiling for TPU without one needs libtpu (jdw's test extra)")
 
 import jax  # noqa: E402
+from helpers import mamba_conv_program, training_program  # noqa: E402
 
 import jdw  # noqa: E402
 from jdw import traffic  # noqa: E402
@@ -141,26 +142,10 @@ def test_bench_reports_compiled_traffic(capsys):
 @pytest.mark.parametrize("variant", ["plain", "state", "segments"])
 def test_causal_conv1d_compiles_for_tpu(variant):
     """A Mamba layer (kernel 4, SiLU) through Mosaic; with segment ids, the masked tap sum in one XLA fusion."""
-    sharding = jax.sharding.SingleDeviceSharding(traffic.tpu_device("v5e"))
-    shape = lambda *dims, dtype="bfloat16": jax.ShapeDtypeStruct(dims, dtype, sharding=sharding)  # noqa: E731
-    x, kernel, bias = shape(8, 2048, 1536), shape(4, 1, 1536), shape(1536)
-    extra = {"state": shape(8, 3, 1536), "segments": shape(8, 2048, dtype="int32")}.get(variant)
-
-    def conv(x, kernel, bias, extra=None):
-        return jdw.causal_conv1d(
-            x,
-            kernel,
-            bias,
-            activation="silu",
-            initial_state=extra if variant == "state" else None,
-            segment_ids=extra if variant == "segments" else None,
-            implementation="pallas",
-        )
-
-    args = (x, kernel, bias) if extra is None else (x, kernel, bias, extra)
+    conv, args = mamba_conv_program(traffic.tpu_device("v5e"), variant)
+    x = args[0]
     forward = jax.jit(conv).lower(*args).compile()
     assert len(_kernels(forward)) == (0 if variant == "segments" else 1)
     moved, minimum = traffic.hbm_bytes(forward)["total"], 2 * traffic.logical_bytes(x)
     assert moved <= (1.55 if variant == "state" else 1.01) * minimum, (moved, minimum)  # the state: one XLA concat
-    training = jax.jit(lambda *a: jax.grad(lambda *a: jax.numpy.sum(conv(*a).astype("float32")), argnums=(0, 1, 2))(*a))
-    training.lower(*args).compile()
+    training_program(conv).lower(*args).compile()
