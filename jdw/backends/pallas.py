@@ -18,17 +18,19 @@ other    Pallas interpreter (TPU kernels, or the      for tests: slow, exact
          GPU ones with ``interpret_mode``)
 ======== ============================================ ==========================================
 
-Gradients go through :func:`jax.custom_vjp` (``pallas_call`` has no transpose rule):
+Derivatives: ``pallas_call`` has none, so the kernels are wrapped as the primitives of
+:mod:`jdw.backends.primitives`, whose derivatives are one another; ``grad``, ``jvp``,
+``hessian`` and every higher order run on the kernels:
 
 * the input gradient is the transposed convolution: the same forward kernel applied to
   the stride-dilated cotangent with the flipped kernel (the GPU kernel reads the cotangent
-  where it is, masking the dilation's holes; on TPU XLA dilates it first); it has its own
-  VJP (the forward convolution and the kernel gradient), so higher orders stay on the kernels;
+  where it is, masking the dilation's holes; on TPU XLA dilates it first);
 * the kernel gradient is its own kernel, reduced over batch and space;
-* the bias gradient is a sum in XLA; with a fused activation its derivative is taken in
-  XLA on the pre-activation output, which the backward pass recomputes (one extra forward
-  pass instead of keeping another array alive between forward and backward);
-* the kernel-gradient kernel's own derivative (second order) falls back to XLA.
+* the bias gradient is a sum in XLA; with a fused activation, the activation's derivative
+  is read from the output for relu, relu6 and hard_sigmoid, and otherwise taken in XLA on
+  the pre-activation output, which the forward pass then computes too (the same kernel
+  without the activation);
+* ``vmap`` folds a stack of inputs into the batch and anything else into the channels.
 
 Under ``jit`` with a mesh, batch and channel axes stay sharded and every device runs the
 kernel on its shard (the kernel gradient's partial sums are reduced by XLA), so no input
@@ -55,7 +57,7 @@ import numpy as np
 from jax import lax
 from jax.experimental.custom_partitioning import custom_partitioning
 
-from jdw.backends import registry
+from jdw.backends import primitives, registry
 from jdw.kernels import pallas_depthwise as kernels
 
 _INTERPRET: contextvars.ContextVar[tuple[Any, str]] = contextvars.ContextVar(
@@ -184,7 +186,7 @@ def _partitioned(impl, num_args: int, sharding_rule: str, kernel_like: tuple[int
 
 
 def _forward_local(call: _Call, x, kernel, bias):
-    layer = dataclasses.replace(call.layer, channels=x.shape[-1])
+    layer = dataclasses.replace(call.layer, channels=x.shape[-1], itemsize=x.dtype.itemsize)
     fn = functools.partial(kernels.forward, layer=layer, activation=call.activation, out_dtype=call.out_dtype)
 
     def fallback(x, k, b):
@@ -207,7 +209,7 @@ def _forward_local(call: _Call, x, kernel, bias):
 
 def _kernel_grad_local(call: _Call, x, dy):
     """Per-image kernel gradients ``(N, kh, kw, C)`` (float32, or float64); the caller sums over images."""
-    layer = dataclasses.replace(call.layer, channels=x.shape[-1])
+    layer = dataclasses.replace(call.layer, channels=x.shape[-1], itemsize=x.dtype.itemsize)
     fn = functools.partial(kernels.kernel_grad, layer=layer, per_image=True)
     local = dataclasses.replace(call, layer=layer)
 
@@ -226,96 +228,35 @@ def _kernel_grad_local(call: _Call, x, dy):
     )
 
 
-def _fold_batch(args, batched, axis_size):
-    """Stacks vmapped operands into the batch axis (unbatched ones are broadcast): ``(B, N, ...)`` -> ``(B*N, ...)``."""
-    return [
-        (a if b else jnp.broadcast_to(a, (axis_size, *a.shape))).reshape(axis_size * a.shape[-4], *a.shape[-3:])
-        for a, b in zip(args, batched)
-    ]
-
-
-def _fold_channels(args, batched, axis_size):
-    """Stacks vmapped operands into the channel axis: ``(B, ..., C)`` -> ``(..., B*C)``."""
-    out = []
-    for a, b in zip(args, batched):
-        a = jnp.moveaxis(a, 0, -2) if b else jnp.broadcast_to(a[..., None, :], (*a.shape[:-1], axis_size, a.shape[-1]))
-        out.append(a.reshape(*a.shape[:-2], -1))
-    return out
-
-
-def _unfold_channels(y, axis_size):
-    return jnp.moveaxis(y.reshape(*y.shape[:-1], axis_size, -1), -2, 0)
-
-
 @functools.lru_cache(maxsize=256)
 def _forward_op(call: _Call):
-    """The forward kernel call ``(x, kernel, bias) -> y``: partitioned under a mesh and vmappable."""
+    """The forward kernel call ``(x, kernel, bias) -> y``, partitioned under a mesh."""
     impl = functools.partial(_forward_local, call)
     if call.partition:
         impl = _partitioned(impl, 3, "n h w c, i j c, c -> n p q c", kernel_like=(1, 2))
-    op = jax.custom_batching.custom_vmap(impl)
-
-    @op.def_vmap
-    def _(axis_size, in_batched, x, kernel, bias):
-        if not (in_batched[1] or in_batched[2]):  # a stack of inputs: more images
-            (xb,) = _fold_batch([x], [in_batched[0]], axis_size)
-            y = op(xb, kernel, bias)
-            return y.reshape(axis_size, -1, *y.shape[1:]), True
-        # A stack of kernels: more channels (depthwise channels are independent).
-        return _unfold_channels(op(*_fold_channels((x, kernel, bias), in_batched, axis_size)), axis_size), True
-
-    return op
+    return impl
 
 
 @functools.lru_cache(maxsize=256)
 def _kernel_grad_op(call: _Call):
-    """The kernel-gradient call ``(x, dy) -> (N, kh, kw, C)``: partitioned under a mesh and vmappable."""
+    """The kernel-gradient call ``(x, dy) -> (N, kh, kw, C)``, partitioned under a mesh."""
     impl = functools.partial(_kernel_grad_local, call)
     if call.partition:
         impl = _partitioned(impl, 2, "n h w c, n p q c -> n i j c", kernel_like=())
-    op = jax.custom_batching.custom_vmap(impl)
-
-    @op.def_vmap
-    def _(axis_size, in_batched, x, dy):
-        grads = op(*_fold_channels((x, dy), in_batched, axis_size))
-        return _unfold_channels(grads, axis_size), True
-
-    return op
+    return impl
 
 
-# --- differentiable 2-D convolution --------------------------------------------------------------
+# --- the differentiable 2-D maps (jdw.backends.primitives) -------------------------------------
 
 
-def _conv_impl(x, kernel, bias, call: _Call) -> jax.Array:
-    return _forward_op(call)(x, kernel, bias)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _conv(x, kernel, bias, call: _Call) -> jax.Array:
+def _fused_map(x, kernel, bias, *, static: _Call, dtype, activation: str) -> jax.Array:
     """``activation(conv(x, kernel) + bias)``; ``x`` ``(N, H, W, C)``, ``kernel`` ``(kh, kw, C)``, ``bias`` ``(C,)``."""
-    return _conv_impl(x, kernel, bias, call)
+    call = dataclasses.replace(static, activation=activation, out_dtype=np.dtype(dtype).name)
+    return _forward_op(call)(x, kernel.astype(x.dtype), bias.astype(x.dtype))
 
 
-def _conv_fwd(x, kernel, bias, call):
-    # Through _conv itself, so that higher-order derivatives of the primal output use its VJP again.
-    return _conv(x, kernel, bias, call), (x, kernel, bias)
-
-
-def _conv_bwd(call: _Call, residuals, dy):
-    x, kernel, bias = residuals
-    if call.activation != "identity":
-        linear = call.with_activation("identity")
-        z = _conv(x, kernel, bias, dataclasses.replace(linear, out_dtype=jnp.result_type(dy).name))
-        acc = kernels.accumulator_dtype(dy.dtype)
-        _, act_vjp = jax.vjp(kernels.EPILOGUES[call.activation], z.astype(acc))
-        (dy,) = act_vjp(dy.astype(acc))
-    dbias = jnp.sum(dy.astype(kernels.accumulator_dtype(dy.dtype)), axis=(0, 1, 2)).astype(bias.dtype)
-    dx = _input_grad(dy, kernel, call, x.dtype)
-    dkernel = _kernel_grad(x, dy.astype(x.dtype), call).astype(kernel.dtype)
-    return dx, dkernel, dbias
-
-
-_conv.defvjp(_conv_fwd, _conv_bwd)
+def _forward_map(x, kernel, *, static: _Call, dtype) -> jax.Array:
+    return _fused_map(x, kernel, jnp.zeros(kernel.shape[-1:], x.dtype), static=static, dtype=dtype, activation="identity")
 
 
 def _adjoint_call(call: _Call, dtype) -> _Call:
@@ -350,42 +291,17 @@ def _adjoint_call(call: _Call, dtype) -> _Call:
     return dataclasses.replace(call, layer=adjoint, activation="identity", out_dtype=np.dtype(dtype).name)
 
 
-def _input_grad(dy, kernel, call: _Call, dtype) -> jax.Array:
-    """The transposed convolution of ``dy`` ``(N, Ho, Wo, C)`` -> ``(N, H, W, C)`` in ``dtype``."""
-    linear = dataclasses.replace(call, activation="identity", out_dtype=np.dtype(dtype).name)
-    return _transpose(dy.astype(dtype), kernel.astype(dtype), linear)
+def _transpose_map(dy, kernel, *, static: _Call, dtype) -> jax.Array:
+    """The adjoint in ``x`` of the forward map: the forward kernel, flipped, over the dilated ``dy``."""
+    dtype = np.dtype(dtype)
+    adjoint = _adjoint_call(static, dtype)
+    zeros = jnp.zeros(kernel.shape[-1:], dtype)
+    return _forward_op(adjoint)(dy.astype(dtype), lax.rev(kernel.astype(dtype), (0, 1)), zeros)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _transpose(dy, kernel, call: _Call) -> jax.Array:
-    """The adjoint of ``_conv(·, kernel, 0, call)``: the forward kernel, flipped, over the dilated ``dy``."""
-    adjoint = _adjoint_call(call, dy.dtype)
-    zeros = jnp.zeros(kernel.shape[-1:], dy.dtype)
-    return _forward_op(adjoint)(dy, lax.rev(kernel, (0, 1)), zeros)
-
-
-def _transpose_fwd(dy, kernel, call):
-    return _transpose(dy, kernel, call), (dy, kernel)
-
-
-def _transpose_bwd(call: _Call, residuals, cotangent):
-    # Linear in dy, with the forward convolution as its own transpose; in the kernel,
-    # <ct, T_k(dy)> = <conv_k(ct), dy>, so the kernel gradient is the forward's with ct as the input.
-    dy, kernel = residuals
-    cotangent = cotangent.astype(dy.dtype)
-    linear = dataclasses.replace(call, out_dtype=np.dtype(dy.dtype).name)
-    d_dy = _conv(cotangent, kernel, jnp.zeros(kernel.shape[-1:], dy.dtype), linear)
-    d_kernel = _kernel_grad(cotangent, dy, linear).astype(kernel.dtype)
-    return d_dy, d_kernel
-
-
-_transpose.defvjp(_transpose_fwd, _transpose_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _kernel_grad(x, dy, call: _Call) -> jax.Array:
-    """``d<dy, conv(x, k)>/dk`` as ``(kh, kw, C)`` (float32, or float64 for float64 inputs)."""
-    return jnp.sum(_kernel_grad_op(call)(x, dy), axis=0)
+def _kernel_grad_map(x, dy, *, static: _Call, dtype) -> jax.Array:
+    """The adjoint in the kernel: ``d<dy, conv(x, k)>/dk`` as ``(kh, kw, C)``, summed in float32 (or float64)."""
+    return jnp.sum(_kernel_grad_op(static)(x, dy.astype(x.dtype)), axis=0).astype(dtype)
 
 
 def _xla_kernel_grad(x, dy, call: _Call) -> jax.Array:
@@ -395,18 +311,14 @@ def _xla_kernel_grad(x, dy, call: _Call) -> jax.Array:
     return vjp(dy.astype(x.dtype))[0].astype(kernels.accumulator_dtype(x.dtype))
 
 
-def _kernel_grad_fwd(x, dy, call):
-    return _kernel_grad(x, dy, call), (x, dy)
-
-
-def _kernel_grad_bwd(call, residuals, cotangent):
-    # Second-order terms are rare (gradient penalties, meta-learning): XLA's derivative serves them.
-    x, dy = residuals
-    _, vjp = jax.vjp(lambda x, dy: _xla_kernel_grad(x, dy, call), x, dy)
-    return vjp(cotangent)
-
-
-_kernel_grad.defvjp(_kernel_grad_fwd, _kernel_grad_bwd)
+OPS = primitives.LinearOps(
+    "pallas",
+    forward=_forward_map,
+    transpose=_transpose_map,
+    kernel_grad=_kernel_grad_map,
+    fused=_fused_map,
+    epilogues=kernels.EPILOGUES,
+)
 
 
 # --- the backend interface ------------------------------------------------------------------------
@@ -453,6 +365,7 @@ def conv_bias_act(
         return _conv3d(x, kernel, bias, activation, strides, padding, dilation, preferred_element_type)
     x2, kernel2, strides2, padding2, dilation2 = _as_2d(x, kernel, strides, padding, dilation)
     kernel2 = kernel2[..., 0, :]
+    linear = bias is None and activation == "identity"  # then a linear primitive, which transposes
     bias = jnp.zeros(kernel.shape[-1:], x.dtype) if bias is None else bias.astype(x.dtype)
     out_dtype = np.dtype(preferred_element_type or x.dtype).name
     axes = _explicit_axes(x, kernel)
@@ -472,7 +385,9 @@ def conv_bias_act(
         )
         params, target = _INTERPRET.get()
         call = _Call(layer, activation, out_dtype, params, partition=axes is None, interpret_target=target)
-        return _conv(x, kernel, bias, call)
+        if linear:
+            return primitives.conv(x, kernel, ops=OPS, static=call, dtype=out_dtype)
+        return primitives.conv_bias_act(x, kernel, bias, ops=OPS, static=call, dtype=out_dtype, activation=activation)
 
     if axes is None:
         y = local(x2, kernel2, bias)
@@ -574,7 +489,7 @@ def conv_transpose(
     call = _Call(layer, "identity", out_dtype.name, params, interpret_target=target)
     if multiplier > 1:
         y = jnp.repeat(y, multiplier, axis=-1)
-    out = _input_grad(y, kernel2[..., 0, :], call, out_dtype)
+    out = primitives.conv_transpose(y, kernel2[..., 0, :], ops=OPS, static=call, dtype=out_dtype)
     return out[:, 0] if nd == 1 else out
 
 
@@ -584,6 +499,6 @@ BACKEND = registry.register(
         conv=conv,
         conv_transpose=conv_transpose,
         conv_bias_act=conv_bias_act,
-        description="hand-written Pallas kernel (Mosaic TPU, Triton GPU, interpreter elsewhere), custom VJP",
+        description="hand-written Pallas kernel (Mosaic TPU, Triton GPU, interpreter elsewhere), with its own derivatives",
     )
 )

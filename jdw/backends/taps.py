@@ -9,16 +9,15 @@ Three things make it fast where XLA's grouped convolution is slow:
   dimension, into the part whose window lies inside the input (read straight from
   ``x``) and the thin borders whose window overlaps the padding (computed from
   small padded slabs); :func:`lax.concatenate` joins them inside one fusion.
-* **Its own backward pass** (``jax.custom_vjp``). The input gradient is the
-  adjoint convolution, computed the same way. The kernel gradient, a reduction
-  over batch and space, is first summed over a group of images with fused
-  multiply-adds, since XLA's CPU reductions over sliced operands are slow. Autodiff's
-  version costs ~10 passes over memory.
+* **Its own derivatives.** The convolution, its adjoint in the input (the transposed
+  convolution, computed the same way) and its adjoint in the kernel are JAX primitives
+  whose derivatives are one another (:mod:`jdw.backends.primitives`), so ``grad``, ``jvp``
+  and every higher order run on tap sums. The kernel gradient, a reduction over batch and
+  space, is first summed over a group of images with fused multiply-adds, since XLA's CPU
+  reductions over sliced operands are slow. Autodiff's version costs ~10 passes over memory.
 * **Low precision accumulates in float32** (bf16/f16 inputs), at no extra memory
   traffic since the casts fuse into the loop.
 
-The transposed convolution is the adjoint, and each op's VJP is written with the
-other, so gradients of any order stay on this path.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jdw.backends import registry
+from jdw.backends import primitives, registry
 
 # The kernel gradient sums up to this many products per output element in one fused
 # loop (taps x batch group): larger groups mean fewer passes but longer compiles.
@@ -258,50 +257,21 @@ def _kernel_grad(x, dy, geom: Geometry) -> jax.Array:
     return jnp.expand_dims(grad, -2)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _forward(x, kernel, geom: Geometry):
-    return _forward_impl(x, kernel, geom)
+def _forward_map(x, kernel, *, static: Geometry, dtype) -> jax.Array:
+    return _forward_impl(x, kernel, dataclasses.replace(static, dtype=np.dtype(dtype).name))
 
 
-def _forward_fwd(x, kernel, geom):
-    return _forward_impl(x, kernel, geom), (x, kernel)
+def _adjoint_map(y, kernel, *, static: Geometry, dtype) -> jax.Array:
+    return _adjoint_impl(y, kernel, dataclasses.replace(static, dtype=np.dtype(dtype).name))
 
 
-def _like(cotangent: jax.Array, primal: jax.Array) -> jax.Array:
-    """The cotangent with the primal's sharding, which ``custom_vjp`` requires under explicit meshes."""
-    wanted = jax.typeof(primal).sharding
-    if getattr(wanted.mesh, "empty", True) or jax.typeof(cotangent).sharding.spec == wanted.spec:
-        return cotangent
-    return jax.sharding.reshard(cotangent, wanted.spec)
+def _kernel_grad_map(x, y, *, static: Geometry, dtype) -> jax.Array:
+    return _kernel_grad(x, y, static).astype(dtype)
 
 
-def _forward_bwd(geom, residuals, dy):
-    x, kernel = residuals
-    dx = _adjoint(dy, kernel, dataclasses.replace(geom, dtype=x.dtype.name))
-    dk = _kernel_grad(x, dy, geom).astype(kernel.dtype)
-    return _like(dx, x), _like(dk, kernel)
-
-
-_forward.defvjp(_forward_fwd, _forward_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _adjoint(y, kernel, geom: Geometry):
-    return _adjoint_impl(y, kernel, geom)
-
-
-def _adjoint_fwd(y, kernel, geom):
-    return _adjoint_impl(y, kernel, geom), (y, kernel)
-
-
-def _adjoint_bwd(geom, residuals, dx):
-    y, kernel = residuals
-    dy = _forward(dx, kernel, dataclasses.replace(geom, dtype=y.dtype.name))
-    dk = _kernel_grad(dx, y, geom).astype(kernel.dtype)
-    return _like(dy, y), _like(dk, kernel)
-
-
-_adjoint.defvjp(_adjoint_fwd, _adjoint_bwd)
+# Each map's derivatives are the others (jdw.backends.primitives), so gradients of any order and
+# forward-mode derivatives all stay on the tap sums.
+OPS = primitives.LinearOps("taps", forward=_forward_map, transpose=_adjoint_map, kernel_grad=_kernel_grad_map)
 
 
 def _output_spatial(input_spatial, kernel_size, strides, padding, dilation):
@@ -326,7 +296,7 @@ def conv(x, kernel, *, strides, padding, dilation, precision=None, preferred_ele
         multiplier=kernel.shape[-1] // x.shape[-1],
         dtype=np.dtype(preferred_element_type or x.dtype).name,
     )
-    return _forward(x, kernel, geom)
+    return primitives.conv(x, kernel, ops=OPS, static=geom, dtype=geom.dtype)
 
 
 def conv_transpose(
@@ -348,7 +318,7 @@ def conv_transpose(
         multiplier=1,
         dtype=np.dtype(preferred_element_type or x.dtype).name,
     )
-    return _adjoint(x, kernel, geom)
+    return primitives.conv_transpose(x, kernel, ops=OPS, static=geom, dtype=geom.dtype)
 
 
 BACKEND = registry.register(
@@ -356,6 +326,6 @@ BACKEND = registry.register(
         name="taps",
         conv=conv,
         conv_transpose=conv_transpose,
-        description="sum over kernel taps of shifted slices, fused by XLA, with a custom VJP",
+        description="sum over kernel taps of shifted slices, fused by XLA, with its own derivatives",
     )
 )

@@ -1,0 +1,255 @@
+"""Depthwise convolution as JAX primitives: how a backend's fast code gets every transformation.
+
+A backend's fast code is three maps, each linear in either operand (bilinear):
+
+=================================  ======================================================
+``forward(x, k) -> y``             the convolution: ``(N, *in, C)`` and a kernel -> ``(N, *out, C*M)``
+``transpose(y, k) -> x``           its adjoint in ``x`` (the transposed convolution)
+``kernel_grad(x, y) -> k``         its adjoint in ``k`` (a reduction over batch and space)
+=================================  ======================================================
+
+The adjoint of each one in either operand is again one of the three (``<y, F(x, k)> =
+<T(y, k), x> = <G(x, y), k>``), so wrapped as primitives with those transposes
+(:func:`jax.interpreters.ad.defbilinear`) they close under differentiation: forward mode
+(``jvp``, ``jacfwd``, ``linearize``), reverse mode (``grad``, ``linear_transpose``), and any
+order or mix of the two (``hessian``) all run on the backend's own code, never on XLA's
+derivative of it. ``vmap`` stacks inputs into the batch axis, or anything else into the
+channel axis (depthwise channels are independent). Each primitive lowers to the backend's
+JAX code, so a backend is only ordinary JAX functions (Pallas calls included).
+
+A backend may add a fused ``fused(x, k, b, activation)``: ``activation(forward(x, k) + b)``
+in one kernel. Its tangent is the linear primitives' (``forward(dx, k) + forward(x, dk) +
+db``) times the activation's derivative, read from the output for the piecewise-linear
+activations and otherwise taken on the pre-activation output, which the rule recomputes
+with the same kernel and no activation.
+
+Every operand is channels-last and every kernel's last axis is its channels, which the
+batching rule relies on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LinearOps:
+    """One backend's three bilinear maps (and optionally its fused epilogue), as JAX code.
+
+    Each map is ``map(a, b, *, static, dtype)``: ``static`` is the backend's hashable
+    description of the forward convolution (the same value for all three maps), ``dtype``
+    the result's dtype. Compared by identity: create one per backend, at module level.
+
+    Attributes:
+      name: shown in jaxprs, e.g. ``depthwise_conv[ops=taps ...]``.
+      forward: the convolution ``(x, k) -> y``.
+      transpose: its adjoint in ``x``, ``(y, k) -> x``.
+      kernel_grad: its adjoint in ``k``, ``(x, y) -> k``.
+      fused: optional ``fused(x, k, b, *, static, dtype, activation)``, the convolution with
+        the bias and the activation named ``activation`` applied in the same kernel.
+      epilogues: the activations ``fused`` applies, by name, as functions (their derivatives
+        give the fused op's tangent).
+    """
+
+    name: str
+    forward: Callable[..., jax.Array]
+    transpose: Callable[..., jax.Array]
+    kernel_grad: Callable[..., jax.Array]
+    fused: Callable[..., jax.Array] | None = None
+    epilogues: Mapping[str, Callable[[jax.Array], jax.Array]] = dataclasses.field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+conv_p = Primitive("depthwise_conv")
+transpose_p = Primitive("depthwise_conv_transpose")
+kernel_grad_p = Primitive("depthwise_kernel_grad")
+fused_p = Primitive("depthwise_conv_bias_act")
+_MAP = {conv_p: "forward", transpose_p: "transpose", kernel_grad_p: "kernel_grad"}
+
+
+def conv(x, kernel, *, ops: LinearOps, static: Any, dtype) -> jax.Array:
+    """``ops.forward(x, kernel)`` as a primitive: differentiable in every mode, batchable."""
+    return conv_p.bind(x, kernel, ops=ops, static=static, dtype=np.dtype(dtype))
+
+
+def conv_transpose(y, kernel, *, ops: LinearOps, static: Any, dtype) -> jax.Array:
+    """``ops.transpose(y, kernel)``, the adjoint in ``x`` of :func:`conv` with the same ``static``."""
+    return transpose_p.bind(y, kernel, ops=ops, static=static, dtype=np.dtype(dtype))
+
+
+def kernel_grad(x, y, *, ops: LinearOps, static: Any, dtype) -> jax.Array:
+    """``ops.kernel_grad(x, y)``, the adjoint in the kernel of :func:`conv` with the same ``static``."""
+    return kernel_grad_p.bind(x, y, ops=ops, static=static, dtype=np.dtype(dtype))
+
+
+def conv_bias_act(x, kernel, bias, *, ops: LinearOps, static: Any, dtype, activation: str) -> jax.Array:
+    """``ops.fused(x, kernel, bias)``: ``activation(conv(x, kernel) + bias)`` in one kernel."""
+    return fused_p.bind(x, kernel, bias, ops=ops, static=static, dtype=np.dtype(dtype), activation=activation)
+
+
+# --- evaluation and lowering ----------------------------------------------------------------------
+
+
+def _function(prim: Primitive, ops: LinearOps, **params) -> Callable[..., jax.Array]:
+    fn = ops.fused if prim is fused_p else getattr(ops, _MAP[prim])
+    return functools.partial(fn, **params)
+
+
+def _struct(aval) -> jax.ShapeDtypeStruct:
+    sharding = getattr(aval, "sharding", None)
+    mesh = getattr(sharding, "mesh", None)
+    explicit = mesh is not None and not mesh.empty and jax.sharding.AxisType.Explicit in mesh.axis_types
+    return jax.ShapeDtypeStruct(aval.shape, aval.dtype, sharding=sharding if explicit else None)
+
+
+def _abstract_eval(*avals, prim: Primitive, ops: LinearOps, **params):
+    out = jax.eval_shape(_function(prim, ops, **params), *map(_struct, avals))
+    vma = frozenset().union(*(getattr(a, "vma", frozenset()) for a in avals))
+    kwargs = {"vma": vma} if vma else {}
+    sharding = out.sharding if isinstance(out.sharding, jax.sharding.NamedSharding) else None
+    if sharding is not None:
+        kwargs["sharding"] = sharding
+    return jax.core.ShapedArray(out.shape, params["dtype"], **kwargs)
+
+
+def _lowering(prim: Primitive):
+    def lower(ctx, *args, ops: LinearOps, **params):
+        return mlir.lower_fun(_function(prim, ops, **params), multiple_results=False)(ctx, *args)
+
+    return lower
+
+
+@functools.lru_cache(maxsize=512)
+def _jitted(prim: Primitive, ops: LinearOps, params: tuple) -> Callable[..., jax.Array]:
+    return jax.jit(_function(prim, ops, **dict(params)))
+
+
+def _impl(*args, prim: Primitive, ops: LinearOps, **params):
+    # Eagerly, the backend's code runs under its own jit (not as a lowered primitive: Pallas
+    # calls partitioned with custom_partitioning need the devices, which eager lowering lacks).
+    return _jitted(prim, ops, tuple(sorted(params.items())))(*args)
+
+
+for _prim in (conv_p, transpose_p, kernel_grad_p, fused_p):
+    _prim.def_impl(functools.partial(_impl, prim=_prim))
+    _prim.def_abstract_eval(functools.partial(_abstract_eval, prim=_prim))
+    mlir.register_lowering(_prim, _lowering(_prim))
+
+
+# --- differentiation ------------------------------------------------------------------------------
+
+
+def _like(cotangent: jax.Array, primal) -> jax.Array:
+    """The cotangent in the primal's dtype and, under explicit mesh axes, its sharding."""
+    aval = primal.aval
+    cotangent = cotangent.astype(aval.dtype)
+    wanted = getattr(aval, "sharding", None)
+    mesh = getattr(wanted, "mesh", None)
+    if mesh is None or mesh.empty or jax.sharding.AxisType.Explicit not in mesh.axis_types:
+        return cotangent
+    if jax.typeof(cotangent).sharding.spec == wanted.spec:
+        return cotangent
+    return jax.sharding.reshard(cotangent, wanted.spec)
+
+
+# <y, F(x, k)> = <T(y, k), x> = <G(x, y), k>: each map's adjoint in either operand.
+def _conv_t_lhs(ct, x, k, *, ops, static, dtype):
+    return _like(conv_transpose(ct, k, ops=ops, static=static, dtype=x.aval.dtype), x)
+
+
+def _conv_t_rhs(ct, x, k, *, ops, static, dtype):
+    return _like(kernel_grad(x, ct, ops=ops, static=static, dtype=k.aval.dtype), k)
+
+
+def _transpose_t_lhs(ct, y, k, *, ops, static, dtype):
+    return _like(conv(ct, k, ops=ops, static=static, dtype=y.aval.dtype), y)
+
+
+def _transpose_t_rhs(ct, y, k, *, ops, static, dtype):
+    return _like(kernel_grad(ct, y, ops=ops, static=static, dtype=k.aval.dtype), k)
+
+
+def _kernel_grad_t_lhs(ct, x, y, *, ops, static, dtype):
+    return _like(conv_transpose(y, ct, ops=ops, static=static, dtype=x.aval.dtype), x)
+
+
+def _kernel_grad_t_rhs(ct, x, y, *, ops, static, dtype):
+    return _like(conv(x, ct, ops=ops, static=static, dtype=y.aval.dtype), y)
+
+
+ad.defbilinear(conv_p, _conv_t_lhs, _conv_t_rhs)
+ad.defbilinear(transpose_p, _transpose_t_lhs, _transpose_t_rhs)
+ad.defbilinear(kernel_grad_p, _kernel_grad_t_lhs, _kernel_grad_t_rhs)
+
+# Activations whose derivative is a function of their output (on the open intervals where it is
+# not constant): the tangent rule needs no pre-activation output for them.
+_FROM_OUTPUT: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "identity": lambda y: jnp.ones_like(y),
+    "relu": lambda y: (y > 0).astype(y.dtype),
+    "relu6": lambda y: ((y > 0) & (y < 6)).astype(y.dtype),
+    "hard_sigmoid": lambda y: ((y > 0) & (y < 1)).astype(y.dtype) / 6,
+}
+
+
+def _fused_jvp(primals, tangents, *, ops, static, dtype, activation):
+    x, k, b = primals
+    dx, dk, db = tangents
+    y = fused_p.bind(x, k, b, ops=ops, static=static, dtype=dtype, activation=activation)
+    parts = []
+    if type(dx) is not ad.Zero:
+        parts.append(conv(dx, k, ops=ops, static=static, dtype=dtype))
+    if type(dk) is not ad.Zero:
+        parts.append(conv(x, dk, ops=ops, static=static, dtype=dtype))
+    if type(db) is not ad.Zero:
+        parts.append(jnp.broadcast_to(db.astype(dtype), y.shape))
+    if not parts:
+        return y, ad.Zero.from_primal_value(y)
+    dz = functools.reduce(jnp.add, parts)
+    if activation in _FROM_OUTPUT:
+        return y, dz * _FROM_OUTPUT[activation](y)
+    z = fused_p.bind(x, k, b, ops=ops, static=static, dtype=dtype, activation="identity")
+    compute = jnp.promote_types(dtype, jnp.float32)
+    _, dy = jax.jvp(ops.epilogues[activation], (z.astype(compute),), (dz.astype(compute),))
+    return y, dy.astype(dtype)
+
+
+ad.primitive_jvps[fused_p] = _fused_jvp
+
+
+# --- batching -------------------------------------------------------------------------------------
+
+
+def _batch_rule(prim: Primitive):
+    """Stacks of inputs become more images; stacks of anything else, more channels."""
+
+    def rule(args, dims, **params):
+        size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+        args = [a if d is None else jnp.moveaxis(a, d, 0) for a, d in zip(args, dims)]
+        mapped = [d is not None for d in dims]
+        if prim is not kernel_grad_p and not any(mapped[1:]):
+            x = args[0]
+            y = prim.bind(x.reshape(size * x.shape[1], *x.shape[2:]), *args[1:], **params)
+            return y.reshape(size, -1, *y.shape[1:]), 0
+        folded = []
+        for a, m in zip(args, mapped):
+            a = jnp.moveaxis(a, 0, -2) if m else jnp.broadcast_to(a[..., None, :], (*a.shape[:-1], size, a.shape[-1]))
+            folded.append(a.reshape(*a.shape[:-2], -1))
+        y = prim.bind(*folded, **params)
+        return jnp.moveaxis(y.reshape(*y.shape[:-1], size, -1), -2, 0), 0
+
+    return rule
+
+
+for _prim in (conv_p, transpose_p, kernel_grad_p, fused_p):
+    batching.primitive_batchers[_prim] = _batch_rule(_prim)
