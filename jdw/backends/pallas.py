@@ -318,6 +318,7 @@ OPS = primitives.LinearOps(
     kernel_grad=_kernel_grad_map,
     fused=_fused_map,
     epilogues=kernels.EPILOGUES,
+    requires_devices=True,
 )
 
 

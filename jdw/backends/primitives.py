@@ -37,6 +37,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax._src import dispatch  # the set of primitives whose lowering needs the devices (jax 0.10)
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
@@ -66,44 +67,67 @@ class LinearOps:
     kernel_grad: Callable[..., jax.Array]
     fused: Callable[..., jax.Array] | None = None
     epilogues: Mapping[str, Callable[[jax.Array], jax.Array]] = dataclasses.field(default_factory=dict)
+    requires_devices: bool = False
+
+    def __post_init__(self):
+        primitives = {kind: Primitive(name) for kind, name in _NAMES.items()}
+        object.__setattr__(self, "primitives", primitives)
+        for kind, prim in primitives.items():
+            _define(prim, kind, self)
 
     def __repr__(self) -> str:
         return self.name
 
 
-conv_p = Primitive("depthwise_conv")
-transpose_p = Primitive("depthwise_conv_transpose")
-kernel_grad_p = Primitive("depthwise_kernel_grad")
-fused_p = Primitive("depthwise_conv_bias_act")
-_MAP = {conv_p: "forward", transpose_p: "transpose", kernel_grad_p: "kernel_grad"}
+_NAMES = {
+    "forward": "depthwise_conv",
+    "transpose": "depthwise_conv_transpose",
+    "kernel_grad": "depthwise_kernel_grad",
+    "fused": "depthwise_conv_bias_act",
+}
 
 
 def conv(x, kernel, *, ops: LinearOps, static: Any, dtype) -> jax.Array:
     """``ops.forward(x, kernel)`` as a primitive: differentiable in every mode, batchable."""
-    return conv_p.bind(x, kernel, ops=ops, static=static, dtype=np.dtype(dtype))
+    return ops.primitives["forward"].bind(x, kernel, ops=ops, static=static, dtype=np.dtype(dtype))
 
 
 def conv_transpose(y, kernel, *, ops: LinearOps, static: Any, dtype) -> jax.Array:
     """``ops.transpose(y, kernel)``, the adjoint in ``x`` of :func:`conv` with the same ``static``."""
-    return transpose_p.bind(y, kernel, ops=ops, static=static, dtype=np.dtype(dtype))
+    return ops.primitives["transpose"].bind(y, kernel, ops=ops, static=static, dtype=np.dtype(dtype))
 
 
 def kernel_grad(x, y, *, ops: LinearOps, static: Any, dtype) -> jax.Array:
     """``ops.kernel_grad(x, y)``, the adjoint in the kernel of :func:`conv` with the same ``static``."""
-    return kernel_grad_p.bind(x, y, ops=ops, static=static, dtype=np.dtype(dtype))
+    return ops.primitives["kernel_grad"].bind(x, y, ops=ops, static=static, dtype=np.dtype(dtype))
 
 
 def conv_bias_act(x, kernel, bias, *, ops: LinearOps, static: Any, dtype, activation: str) -> jax.Array:
     """``ops.fused(x, kernel, bias)``: ``activation(conv(x, kernel) + bias)`` in one kernel."""
-    return fused_p.bind(x, kernel, bias, ops=ops, static=static, dtype=np.dtype(dtype), activation=activation)
+    return ops.primitives["fused"].bind(
+        x, kernel, bias, ops=ops, static=static, dtype=np.dtype(dtype), activation=activation
+    )
+
+
+def _define(prim: Primitive, kind: str, ops: LinearOps) -> None:
+    """Registers ``prim``'s evaluation, lowering, derivative and batching rules."""
+    prim.def_impl(functools.partial(_impl, kind=kind))
+    prim.def_effectful_abstract_eval(functools.partial(_abstract_eval, kind=kind))
+    mlir.register_lowering(prim, _lowering(kind))
+    if kind == "fused":
+        ad.primitive_jvps[prim] = _fused_jvp
+    else:
+        ad.defbilinear(prim, *_TRANSPOSES[kind])
+    batching.primitive_batchers[prim] = _batch_rule(prim, kind)
+    if ops.requires_devices:  # Pallas calls partitioned with custom_partitioning
+        dispatch.prim_requires_devices_during_lowering.add(prim)
 
 
 # --- evaluation and lowering ----------------------------------------------------------------------
 
 
-def _function(prim: Primitive, ops: LinearOps, **params) -> Callable[..., jax.Array]:
-    fn = ops.fused if prim is fused_p else getattr(ops, _MAP[prim])
-    return functools.partial(fn, **params)
+def _function(kind: str, ops: LinearOps, **params) -> Callable[..., jax.Array]:
+    return functools.partial(getattr(ops, kind), **params)
 
 
 def _struct(aval) -> jax.ShapeDtypeStruct:
@@ -113,38 +137,27 @@ def _struct(aval) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(aval.shape, aval.dtype, sharding=sharding if explicit else None)
 
 
-def _abstract_eval(*avals, prim: Primitive, ops: LinearOps, **params):
-    out = jax.eval_shape(_function(prim, ops, **params), *map(_struct, avals))
+def _abstract_eval(*avals, kind: str, ops: LinearOps, **params):
+    # The backend's code, traced: its result type and its effects (the TPU interpreter's callbacks).
+    jaxpr, out = jax.make_jaxpr(_function(kind, ops, **params), return_shape=True)(*map(_struct, avals))
     vma = frozenset().union(*(getattr(a, "vma", frozenset()) for a in avals))
     kwargs = {"vma": vma} if vma else {}
-    sharding = out.sharding if isinstance(out.sharding, jax.sharding.NamedSharding) else None
-    if sharding is not None:
-        kwargs["sharding"] = sharding
-    return jax.core.ShapedArray(out.shape, params["dtype"], **kwargs)
+    if isinstance(out.sharding, jax.sharding.NamedSharding):
+        kwargs["sharding"] = out.sharding
+    return jax.core.ShapedArray(out.shape, params["dtype"], **kwargs), jaxpr.effects
 
 
-def _lowering(prim: Primitive):
+def _lowering(kind: str):
     def lower(ctx, *args, ops: LinearOps, **params):
-        return mlir.lower_fun(_function(prim, ops, **params), multiple_results=False)(ctx, *args)
+        return mlir.lower_fun(_function(kind, ops, **params), multiple_results=False)(ctx, *args)
 
     return lower
 
 
-@functools.lru_cache(maxsize=512)
-def _jitted(prim: Primitive, ops: LinearOps, params: tuple) -> Callable[..., jax.Array]:
-    return jax.jit(_function(prim, ops, **dict(params)))
-
-
-def _impl(*args, prim: Primitive, ops: LinearOps, **params):
-    # Eagerly, the backend's code runs under its own jit (not as a lowered primitive: Pallas
-    # calls partitioned with custom_partitioning need the devices, which eager lowering lacks).
-    return _jitted(prim, ops, tuple(sorted(params.items())))(*args)
-
-
-for _prim in (conv_p, transpose_p, kernel_grad_p, fused_p):
-    _prim.def_impl(functools.partial(_impl, prim=_prim))
-    _prim.def_abstract_eval(functools.partial(_abstract_eval, prim=_prim))
-    mlir.register_lowering(_prim, _lowering(_prim))
+def _impl(*args, kind: str, ops: LinearOps, **params):
+    # Eagerly, the backend's code runs as it is (its own jit, or op by op), not as a lowered
+    # primitive: custom_partitioning and the TPU interpreter's callbacks need their own paths.
+    return _function(kind, ops, **params)(*args)
 
 
 # --- differentiation ------------------------------------------------------------------------------
@@ -188,9 +201,11 @@ def _kernel_grad_t_rhs(ct, x, y, *, ops, static, dtype):
     return _like(conv(x, ct, ops=ops, static=static, dtype=y.aval.dtype), y)
 
 
-ad.defbilinear(conv_p, _conv_t_lhs, _conv_t_rhs)
-ad.defbilinear(transpose_p, _transpose_t_lhs, _transpose_t_rhs)
-ad.defbilinear(kernel_grad_p, _kernel_grad_t_lhs, _kernel_grad_t_rhs)
+_TRANSPOSES = {
+    "forward": (_conv_t_lhs, _conv_t_rhs),
+    "transpose": (_transpose_t_lhs, _transpose_t_rhs),
+    "kernel_grad": (_kernel_grad_t_lhs, _kernel_grad_t_rhs),
+}
 
 # Activations whose derivative is a function of their output (on the open intervals where it is
 # not constant): the tangent rule needs no pre-activation output for them.
@@ -205,7 +220,7 @@ _FROM_OUTPUT: dict[str, Callable[[jax.Array], jax.Array]] = {
 def _fused_jvp(primals, tangents, *, ops, static, dtype, activation):
     x, k, b = primals
     dx, dk, db = tangents
-    y = fused_p.bind(x, k, b, ops=ops, static=static, dtype=dtype, activation=activation)
+    y = conv_bias_act(x, k, b, ops=ops, static=static, dtype=dtype, activation=activation)
     parts = []
     if type(dx) is not ad.Zero:
         parts.append(conv(dx, k, ops=ops, static=static, dtype=dtype))
@@ -218,26 +233,24 @@ def _fused_jvp(primals, tangents, *, ops, static, dtype, activation):
     dz = functools.reduce(jnp.add, parts)
     if activation in _FROM_OUTPUT:
         return y, dz * _FROM_OUTPUT[activation](y)
-    z = fused_p.bind(x, k, b, ops=ops, static=static, dtype=dtype, activation="identity")
+    z = conv_bias_act(x, k, b, ops=ops, static=static, dtype=dtype, activation="identity")
     compute = jnp.promote_types(dtype, jnp.float32)
     _, dy = jax.jvp(ops.epilogues[activation], (z.astype(compute),), (dz.astype(compute),))
     return y, dy.astype(dtype)
 
 
-ad.primitive_jvps[fused_p] = _fused_jvp
-
 
 # --- batching -------------------------------------------------------------------------------------
 
 
-def _batch_rule(prim: Primitive):
+def _batch_rule(prim: Primitive, kind: str):
     """Stacks of inputs become more images; stacks of anything else, more channels."""
 
     def rule(args, dims, **params):
         size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
         args = [a if d is None else jnp.moveaxis(a, d, 0) for a, d in zip(args, dims)]
         mapped = [d is not None for d in dims]
-        if prim is not kernel_grad_p and not any(mapped[1:]):
+        if kind != "kernel_grad" and not any(mapped[1:]):
             x = args[0]
             y = prim.bind(x.reshape(size * x.shape[1], *x.shape[2:]), *args[1:], **params)
             return y.reshape(size, -1, *y.shape[1:]), 0
@@ -251,5 +264,3 @@ def _batch_rule(prim: Primitive):
     return rule
 
 
-for _prim in (conv_p, transpose_p, kernel_grad_p, fused_p):
-    batching.primitive_batchers[_prim] = _batch_rule(_prim)
