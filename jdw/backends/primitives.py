@@ -234,7 +234,7 @@ def _fused_jvp(primals, tangents, *, ops, static, dtype, activation):
     if activation in _FROM_OUTPUT:
         return y, dz * _FROM_OUTPUT[activation](y)
     z = conv_bias_act(x, k, b, ops=ops, static=static, dtype=dtype, activation="identity")
-    compute = jnp.promote_types(dtype, jnp.float32)
+    compute = np.float64 if dtype == np.float64 else np.float32  # the derivative in float32 at least
     _, dy = jax.jvp(ops.epilogues[activation], (z.astype(compute),), (dz.astype(compute),))
     return y, dy.astype(dtype)
 
