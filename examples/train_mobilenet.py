@@ -11,14 +11,21 @@ from __future__ import annotations
 import sys
 
 import jax
-from mobilenet_training import config, reporting, train
+from mobilenet_training import checkpoints, config, data, reporting, train
+
+# What a user can fix gets one line and exit status 1, not a traceback: data that cannot be
+# read, a batch larger than the data, a workdir that cannot be written, a diverged run.
+USER_ERRORS = (data.DataError, ValueError, OSError, checkpoints.CheckpointError, train.TrainingError)
 
 
 def main(argv: list[str] | None = None) -> dict:
     cfg, flags = config.parse_flags(argv)
     if flags.multihost:
         jax.distributed.initialize()
-    summary = train.train_and_evaluate(cfg, flags.workdir, progress=not flags.no_progress)
+    try:
+        summary = train.train_and_evaluate(cfg, flags.workdir, progress=not flags.no_progress)
+    except USER_ERRORS as error:
+        raise SystemExit(f"train_mobilenet.py: error: {error}") from None
     if jax.process_index() == 0:
         print(reporting.format_summary(summary))
         print(f"metrics: {flags.workdir}/metrics.jsonl, plot: {flags.workdir}/metrics.png")

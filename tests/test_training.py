@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from mobilenet_training import checkpoints, config, train
+from mobilenet_training import checkpoints, config, data, train
 from training_helpers import EXAMPLES, tiny_config, tiny_digits
 
 
@@ -69,15 +69,19 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path):
     assert resumed["finished"] and resumed["step"] == straight["step"] == 16
     assert resumed["test_loss"] == pytest.approx(straight["test_loss"], rel=1e-6)
     assert resumed["test_accuracy"] == straight["test_accuracy"]
-    # The same records, none repeated; eval figures equal. (A resumed epoch's train averages cover the steps
-    # run since the restart, so they are not compared.)
+    # The same records, none repeated, equal figures: the resumed epoch's train averages cover all its steps,
+    # those run before the interruption included.
     resumed_records, straight_records = _records(tmp_path / "resumed"), _records(tmp_path / "straight")
     assert [sorted(r) for r in resumed_records] == [sorted(r) for r in straight_records]
     for a, b in zip(resumed_records, straight_records):
-        assert (a["step"], a["epoch"]) == (b["step"], b["epoch"])
-        for key in ("eval_loss", "eval_accuracy", "learning_rate"):
+        assert (a["step"], a.get("epoch")) == (b["step"], b.get("epoch"))
+        for key in ("eval_loss", "eval_accuracy", "learning_rate", "train_loss", "train_accuracy", "images"):
             if key in a:
                 assert a[key] == pytest.approx(b[key], rel=1e-6), key
+    # The summary's time covers both sessions' epochs, not only the part after the restart.
+    epochs = [r for r in resumed_records if "train_seconds" in r]
+    assert len(epochs) == 2 and resumed["train_seconds"] == round(sum(r["train_seconds"] for r in epochs), 2)
+    assert resumed["images_per_second"] == pytest.approx(16 * 32 / sum(r["train_seconds"] for r in epochs))
     with pytest.raises(ValueError, match=r"holds a different run \(epochs: 2 there, 3 now\)"):
         train.train_and_evaluate(
             tiny_config(epochs=3, checkpoint_every=3, ema_decay=0.9, dropout=0.3),
@@ -193,8 +197,10 @@ def test_main_trains_from_the_command_line(tmp_path, capsys):
     summary = train_mobilenet.main(argv)
     out = capsys.readouterr().out
     assert summary["finished"] and "finished at step 5: test accuracy" in out and "epoch   1/1" in out
-    again = train_mobilenet.main(argv)  # the same command again: already done, nothing retrained
-    assert again["step"] == 5 and again["test_accuracy"] == summary["test_accuracy"]
+    written = {name: (tmp_path / name).read_bytes() for name in ("summary.json", "metrics.jsonl", "metrics.png")}
+    again = train_mobilenet.main(argv)  # the same command again: already done, nothing retrained or rewritten
+    assert again == summary and again["train_seconds"] > 0 and again["images_per_second"] > 0
+    assert {name: (tmp_path / name).read_bytes() for name in written} == written
     assert config.Config(**json.loads((tmp_path / "config.json").read_text())).batch_size == 256
 
 
@@ -213,3 +219,84 @@ def test_flax_baseline_is_the_same_network(model):
     baseline.eval()
     x = np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
     np.testing.assert_allclose(baseline(x), jdw_model(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("flag, value", [("--learning-rate", "inf"), ("--weight-decay", "nan"), ("--warmup-epochs", "inf")])
+def test_non_finite_flags_are_refused(flag, value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        config.parse_flags([flag, value])
+    assert exit_info.value.code == 2
+    assert f"{flag[2:].replace('-', '_')}={float(value)} must be a finite number" in capsys.readouterr().err
+
+
+def test_diverging_run_stops_with_an_error_and_keeps_valid_files(tmp_path):
+    cfg = tiny_config(epochs=2, learning_rate=1e30, optimizer="sgd", warmup_epochs=0.0, checkpoint_every=2)
+    with pytest.raises(train.TrainingError, match=r"the training loss became (nan|inf) by step \d+: the run diverged"):
+        train.train_and_evaluate(cfg, tmp_path, progress=False, dataset=tiny_digits(train=128, test=32))
+    for line in (tmp_path / "metrics.jsonl").read_text().splitlines():  # strict JSON: no NaN or Infinity
+        json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in metrics.jsonl"))
+    store = checkpoints.Checkpoints(tmp_path, cfg)
+    latest = store.latest_step()
+    store.close()
+    assert latest is None  # the diverged state was never saved (it diverges at its first steps)
+
+
+def test_folder_of_one_class_is_refused(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "cats").mkdir()
+    for i in range(4):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / "cats" / f"{i}.png")
+    with pytest.raises(data.DataError, match=r"one class sub-folder \('cats'\); a classifier needs at least 2"):
+        data.load_image_folder(str(tmp_path), image_size=8)
+
+
+def test_config_without_a_checkpoint_does_not_bind_the_workdir(tmp_path):
+    first, second = tiny_config(epochs=2), tiny_config(epochs=3)
+    checkpoints.Checkpoints(tmp_path, first).close()  # a run that stopped before its first checkpoint
+    checkpoints.Checkpoints(tmp_path, second).close()
+    assert json.loads((tmp_path / "config.json").read_text())["epochs"] == 3
+    store = checkpoints.Checkpoints(tmp_path, second)
+    store.save(1, {"w": jnp.ones(3)})
+    store.close()
+    with pytest.raises(ValueError, match="holds a different run"):
+        checkpoints.Checkpoints(tmp_path, first)
+
+
+def test_a_failed_checkpoint_write_is_one_clear_error(tmp_path, monkeypatch):
+    store = checkpoints.Checkpoints(tmp_path, tiny_config())
+    store.save(1, {"w": jnp.ones(3)})
+    store._manager.wait_until_finished()
+
+    def disk_full(*args, **kwargs):
+        (store.directory / "2.orbax-checkpoint-tmp-1234").mkdir()
+        raise ValueError("Traceback line\nRESOURCE_EXHAUSTED: Error writing to file: No space left on device\nmore")
+
+    monkeypatch.setattr(store._manager, "save", disk_full)
+    with pytest.raises(checkpoints.CheckpointError) as error:
+        store.save(2, {"w": jnp.ones(3)})
+    message = str(error.value)
+    assert "\n" not in message and str(store.directory) in message and "No space left on device" in message
+    assert "the checkpoint of step 1 is kept" in message
+    assert sorted(p.name for p in store.directory.iterdir()) == ["1"]
+
+
+def _main_error(argv, capsys) -> str:
+    sys.path.insert(0, str(EXAMPLES))
+    import train_mobilenet
+
+    with pytest.raises(SystemExit) as exit_info:
+        train_mobilenet.main([*argv, "--no-progress"])
+    assert exit_info.value.code not in (0, None)
+    return str(exit_info.value.code)
+
+
+def test_command_line_errors_are_one_line(tmp_path, capsys):
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    message = _main_error(["--workdir", str(blocked / "run"), "--epochs", "1"], capsys)
+    assert message.startswith("train_mobilenet.py: error: ") and "a_file" in message
+    message = _main_error(["--workdir", str(tmp_path / "run"), "--batch-size", "4096"], capsys)
+    assert "batch_size=4096 is larger than the training set (1438 images)" in message
+    message = _main_error(["--dataset", "folder", "--data-dir", str(tmp_path / "missing")], capsys)
+    assert message == f"train_mobilenet.py: error: image folder {tmp_path / 'missing'} does not exist"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from collections.abc import Sequence
 
 import jdw
@@ -52,7 +53,11 @@ class Config:
     checkpoint_every: int = 0  # steps; 0: at the end of every epoch only
 
     def __post_init__(self):
-        problems = []
+        problems = [
+            f"{field.name}={getattr(self, field.name)} must be a finite number"
+            for field in dataclasses.fields(self)
+            if isinstance(getattr(self, field.name), float) and not math.isfinite(getattr(self, field.name))
+        ]
         if self.model not in MODELS:
             problems.append(f"model={self.model!r} is not one of {sorted(MODELS)}")
         if self.dataset not in DATASETS:

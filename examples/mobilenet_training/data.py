@@ -178,6 +178,10 @@ def load_image_folder(data_dir: str, *, image_size: int, test_fraction: float = 
         classes = tuple(sorted(p.name for p in folder.iterdir() if p.is_dir()))
         if not classes:
             raise DataError(f"{folder} has no class sub-folders; expected {folder}/CLASS_NAME/IMAGE.png")
+        if class_names is None and len(classes) < 2:
+            raise DataError(
+                f"{folder} has one class sub-folder ({classes[0]!r}); a classifier needs at least 2 classes"
+            )
         if class_names is not None and classes != class_names:
             raise DataError(f"{folder} has classes {list(classes)} but the training split has {list(class_names)}")
         images, labels = [], []

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import json
+import math
 import pathlib
 import time
 from collections.abc import Callable
@@ -238,6 +240,56 @@ def evaluate(
     return {"eval_loss": float(totals["loss_sum"]) / count, "eval_accuracy": float(totals["correct"]) / count}
 
 
+class TrainingError(RuntimeError):
+    """The run cannot go on (its loss became NaN or infinite)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _EpochSums:
+    """Sums over the steps of one epoch so far: train loss and accuracy, steps, seconds."""
+
+    loss: float = 0.0
+    accuracy: float = 0.0
+    steps: int = 0
+    seconds: float = 0.0
+
+    @classmethod
+    def resumed(cls, records: list[dict[str, Any]], step: int) -> _EpochSums:
+        """The sums the run that saved the checkpoint of ``step`` had reached (zero if it wrote none)."""
+        saved = [r["epoch_so_far"] for r in records if r.get("step") == step and "epoch_so_far" in r]
+        return cls(**saved[-1]) if saved else cls()
+
+    def plus(self, metrics: list[dict[str, jax.Array]], seconds: float) -> _EpochSums:
+        return _EpochSums(
+            self.loss + sum(float(m["train_loss"]) for m in metrics),
+            self.accuracy + sum(float(m["train_accuracy"]) for m in metrics),
+            self.steps + len(metrics),
+            self.seconds + seconds,
+        )
+
+    def record(self, batch_size: int) -> dict[str, float]:
+        return {
+            "train_loss": self.loss / self.steps,
+            "train_accuracy": self.accuracy / self.steps,
+            "train_seconds": round(self.seconds, 3),
+            "images": self.steps * batch_size,
+            "images_per_second": self.steps * batch_size / self.seconds,
+        }
+
+
+def _check_finite(epoch: _EpochSums, step: int, config: Config, store: checkpoints.Checkpoints) -> None:
+    if math.isfinite(epoch.loss):
+        return
+    store.close()
+    latest = store.latest_step()
+    kept = f"the last checkpoint (step {latest}) is kept" if latest is not None else "no checkpoint was written"
+    raise TrainingError(
+        f"the training loss became {epoch.loss} by step {step}: the run diverged, so it stops here and {kept}. "
+        f"Try a lower --learning-rate (now {config.learning_rate}) or a longer --warmup-epochs "
+        f"(now {config.warmup_epochs}), in a new --workdir."
+    )
+
+
 def train_and_evaluate(
     config: Config,
     workdir: str | pathlib.Path,
@@ -284,6 +336,9 @@ def train_and_evaluate(
     store = checkpoints.Checkpoints(workdir, config)
     state = store.restore_latest(state)
     start = int(state.step)
+    if start >= total_steps and (workdir / "summary.json").exists():  # this run is done: report it, change nothing
+        store.close()
+        return json.loads((workdir / "summary.json").read_text())
     writer = reporting.MetricsWriter(workdir / "metrics.jsonl", keep_up_to_step=start)
     bar = reporting.Progress(total_steps, start, enabled=progress)
     if start:
@@ -295,8 +350,9 @@ def train_and_evaluate(
         f"({len(dataset.train_labels)} train / {len(dataset.test_labels)} test images, {dataset.image_shape}), "
         f"{devices_used} {jax.devices()[0].platform} device(s), {total_steps} steps"
     )
-    train_time, trained_images = 0.0, 0
     end = total_steps if stop_after_step is None else min(stop_after_step, total_steps)
+    # The epoch in progress: its sums so far, carried over from the run that saved the checkpoint resumed from.
+    epoch = _EpochSums.resumed(writer.records(), start) if start % per_epoch else _EpochSums()
     epoch_metrics, epoch_start = [], time.perf_counter()
     for step in range(start, end):
         images, labels = data.train_batch(
@@ -310,35 +366,36 @@ def train_and_evaluate(
         epoch_metrics.append(metrics)
         bar.update(config.batch_size)
         done = step + 1
-        if config.checkpoint_every and done % config.checkpoint_every == 0 and done % per_epoch:
+        if done % per_epoch and not (config.checkpoint_every and done % config.checkpoint_every == 0):
+            continue
+        jax.block_until_ready(state)
+        epoch = epoch.plus(epoch_metrics, time.perf_counter() - epoch_start)
+        epoch_metrics, epoch_start = [], time.perf_counter()
+        _check_finite(epoch, done, config, store)
+        if done % per_epoch:  # a checkpoint within the epoch: its sums so far go with it
+            writer.write({"step": done, "epoch_so_far": dataclasses.asdict(epoch)})
             store.save(done, state)
-        if done % per_epoch == 0:
-            jax.block_until_ready(state)
-            seconds = time.perf_counter() - epoch_start
-            train_time += seconds
-            trained_images += len(epoch_metrics) * config.batch_size
-            means = {k: float(np.mean([float(m[k]) for m in epoch_metrics])) for k in ("train_loss", "train_accuracy")}
-            record = {
-                "step": done,
-                "epoch": done // per_epoch,
-                **means,
-                "learning_rate": float(epoch_metrics[-1]["learning_rate"]),
-                "images_per_second": len(epoch_metrics) * config.batch_size / seconds,
-            }
-            writer.write(record)
-            result = evaluate(eval_fn, state, dataset, config.batch_size, placement)
-            writer.write({"step": done, "epoch": done // per_epoch, **result})
-            bar.write(
-                f"epoch {done // per_epoch:3d}/{config.epochs}  train loss {means['train_loss']:.4f}  "
-                f"train acc {means['train_accuracy']:.2%}  test loss {result['eval_loss']:.4f}  "
-                f"test acc {result['eval_accuracy']:.2%}  {record['images_per_second']:.0f} img/s"
-            )
-            reporting.plot(writer.records(), workdir / "metrics.png")
-            store.save(done, state)
-            epoch_metrics, epoch_start = [], time.perf_counter()
+            continue
+        record = {"step": done, "epoch": done // per_epoch, **epoch.record(config.batch_size)}
+        record["learning_rate"] = float(metrics["learning_rate"])
+        writer.write(record)
+        result = evaluate(eval_fn, state, dataset, config.batch_size, placement)
+        writer.write({"step": done, "epoch": done // per_epoch, **result})
+        bar.write(
+            f"epoch {done // per_epoch:3d}/{config.epochs}  train loss {record['train_loss']:.4f}  "
+            f"train acc {record['train_accuracy']:.2%}  test loss {result['eval_loss']:.4f}  "
+            f"test acc {result['eval_accuracy']:.2%}  {record['images_per_second']:.0f} img/s"
+        )
+        reporting.plot(writer.records(), workdir / "metrics.png")
+        store.save(done, state)
+        epoch = _EpochSums()
     bar.close()
     store.close()
     final = evaluate(eval_fn, state, dataset, config.batch_size, placement)
+    # Whole-run figures: every finished epoch of this run and of the runs it resumed.
+    epochs = [r for r in writer.records() if "train_seconds" in r]
+    train_time = sum(r["train_seconds"] for r in epochs)
+    trained_images = sum(r["images"] for r in epochs)
     summary = {
         "step": int(state.step),
         "finished": int(state.step) == total_steps,

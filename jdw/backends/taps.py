@@ -203,10 +203,24 @@ def _adjoint_impl(y, kernel, geom: Geometry) -> jax.Array:
     return x.astype(geom.dtype)
 
 
-def _batch_group(batch: int, num_taps: int) -> int:
-    """Largest divisor of ``batch`` whose products per output fit the fused-loop budget."""
+def _batch_group(batch: int, num_taps: int, shards: int = 1) -> int:
+    """Largest divisor of ``batch`` whose products per output fit the fused-loop budget.
+
+    With the batch split over ``shards`` devices (explicit mesh axes), the number of groups
+    must stay a multiple of ``shards``: the group index is then what is sharded.
+    """
     limit = max(1, min(_MAX_BATCH_GROUP, _MAX_FUSED_PRODUCTS // num_taps))
-    return max(g for g in range(1, min(batch, limit) + 1) if batch % g == 0)
+    return max(g for g in range(1, min(batch, limit) + 1) if batch % g == 0 and (batch // g) % shards == 0)
+
+
+def _batch_shards(x: jax.Array) -> int:
+    """How many devices ``x``'s batch is split over in its type (explicit mesh axes), else 1."""
+    sharding = jax.typeof(x).sharding
+    spec = tuple(getattr(sharding, "spec", ())) + (None,)
+    if spec[0] is None or getattr(sharding.mesh, "empty", True):
+        return 1
+    axes = spec[0] if isinstance(spec[0], tuple) else (spec[0],)
+    return int(np.prod([sharding.mesh.shape[a] for a in axes]))
 
 
 @functools.partial(jax.jit, static_argnums=2)
@@ -216,6 +230,7 @@ def _kernel_grad(x, dy, geom: Geometry) -> jax.Array:
     compute = _compute_dtype(x.dtype, dy.dtype)
     dy = dy.reshape(dy.shape[:-1] + (-1, geom.multiplier))
     taps = _taps(geom.kernel_size)
+    shards = _batch_shards(x)
 
     def leaf(piece, ranges, interior):
         piece = piece[..., None]
@@ -224,7 +239,7 @@ def _kernel_grad(x, dy, geom: Geometry) -> jax.Array:
             dy_piece = lax.slice_in_dim(dy_piece, o0, o1, axis=1 + dim)
         out = [o1 - o0 for o0, o1 in ranges]
         batch = piece.shape[0]
-        group = _batch_group(batch, len(taps)) if interior else 1
+        group = _batch_group(batch, len(taps), shards) if interior else 1
         # Image g of every group of `group` images: indexed after a reshape, not with a batch-strided
         # slice, which XLA's SPMD partitioner gets wrong on a batch-sharded input (jax 0.10, 8 CPU devices).
         piece = piece.reshape((batch // group, group) + piece.shape[1:])
