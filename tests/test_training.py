@@ -221,7 +221,9 @@ def test_flax_baseline_is_the_same_network(model):
     np.testing.assert_allclose(baseline(x), jdw_model(x), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("flag, value", [("--learning-rate", "inf"), ("--weight-decay", "nan"), ("--warmup-epochs", "inf")])
+@pytest.mark.parametrize(
+    "flag, value", [("--learning-rate", "inf"), ("--weight-decay", "nan"), ("--warmup-epochs", "inf")]
+)
 def test_non_finite_flags_are_refused(flag, value, capsys):
     with pytest.raises(SystemExit) as exit_info:
         config.parse_flags([flag, value])

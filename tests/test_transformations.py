@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import linen, nnx
+from flax import nnx
 from jax import lax
 
 import jdw
@@ -97,7 +97,9 @@ def _causal(implementation, dtype, rng):
 
 
 def _nnx_layer(implementation, dtype, rng):
-    module = jdw.nnx.DepthwiseConv(3, 3, strides=2, activation="hard_swish", implementation=implementation, rngs=nnx.Rngs(0))
+    module = jdw.nnx.DepthwiseConv(
+        3, 3, strides=2, activation="hard_swish", implementation=implementation, rngs=nnx.Rngs(0)
+    )
     graphdef, params = nnx.split(module)
     params = jax.tree.map(lambda p: _normal(rng, p.shape, dtype), params)
 
@@ -178,19 +180,26 @@ TRANSFORMS = {
     "scan": _scan,
 }
 
-# bfloat16 and float64 on the transformations that reach every rule at least once.
-_FEW = ("jit", "vmap", "grad", "jvp", "hessian")
 IMPLEMENTATIONS = ("taps", "pallas", None)
+# The whole grid runs on one function (every transformation, backend and dtype); the others, whose
+# backend calls are the same primitives, on the transformations that reach each rule at least once.
+_FEW = ("jit", "vmap", "grad", "jvp", "hessian", "linearize")
 
 
 def _cases():
     for name in FUNCTIONS:
-        for implementation in IMPLEMENTATIONS if name != "causal_update" else ("xla",):
+        implementations = IMPLEMENTATIONS if name == "conv2d" else ("taps", "pallas")
+        for implementation in implementations if name != "causal_update" else ("xla",):
             for transform in TRANSFORMS:
                 for dtype in ("float32", "bfloat16", "float64"):
-                    if dtype != "float32" and transform not in _FEW:
+                    everything = name in ("conv2d", "causal_update")
+                    if not everything and (dtype != "float32" or transform not in _FEW):
                         continue
-                    yield pytest.param(name, implementation, transform, dtype, id=f"{name}-{implementation}-{transform}-{dtype}")
+                    if everything and dtype != "float32" and transform not in _FEW:
+                        continue
+                    yield pytest.param(
+                        name, implementation, transform, dtype, id=f"{name}-{implementation}-{transform}-{dtype}"
+                    )
 
 
 def _run(name, implementation, transform, dtype):
@@ -237,7 +246,9 @@ def test_forward_mode_stays_on_the_fast_path():
 def test_linear_transpose_is_the_transposed_convolution():
     x, kernel = jnp.arange(2 * 8 * 8 * 3.0).reshape(2, 8, 8, 3) / 100, jnp.ones((3, 3, 1, 3))
     for implementation in IMPLEMENTATIONS:
-        f = functools.partial(jdw.depthwise_conv, kernel=kernel, strides=2, padding="SAME", implementation=implementation)
+        f = functools.partial(
+            jdw.depthwise_conv, kernel=kernel, strides=2, padding="SAME", implementation=implementation
+        )
         y = f(x)
         (got,) = jax.linear_transpose(f, x)(y)
         want = jdw.depthwise_conv_transpose(y, kernel, strides=2, padding="SAME", implementation="xla")

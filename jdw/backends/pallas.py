@@ -256,7 +256,9 @@ def _fused_map(x, kernel, bias, *, static: _Call, dtype, activation: str) -> jax
 
 
 def _forward_map(x, kernel, *, static: _Call, dtype) -> jax.Array:
-    return _fused_map(x, kernel, jnp.zeros(kernel.shape[-1:], x.dtype), static=static, dtype=dtype, activation="identity")
+    return _fused_map(
+        x, kernel, jnp.zeros(kernel.shape[-1:], x.dtype), static=static, dtype=dtype, activation="identity"
+    )
 
 
 def _adjoint_call(call: _Call, dtype) -> _Call:
@@ -500,6 +502,6 @@ BACKEND = registry.register(
         conv=conv,
         conv_transpose=conv_transpose,
         conv_bias_act=conv_bias_act,
-        description="hand-written Pallas kernel (Mosaic TPU, Triton GPU, interpreter elsewhere), with its own derivatives",
+        description="hand-written Pallas kernel (Mosaic TPU, Triton GPU, interpreter elsewhere), own derivatives",
     )
 )

@@ -239,7 +239,6 @@ def _fused_jvp(primals, tangents, *, ops, static, dtype, activation):
     return y, dy.astype(dtype)
 
 
-
 # --- batching -------------------------------------------------------------------------------------
 
 
@@ -262,5 +261,3 @@ def _batch_rule(prim: Primitive, kind: str):
         return jnp.moveaxis(y.reshape(*y.shape[:-1], size, -1), -2, 0), 0
 
     return rule
-
-
