@@ -113,7 +113,51 @@ def _linen_layer(implementation, dtype, rng):
     module = jdw.linen.DepthwiseConv(3, depth_multiplier=2, activation="relu", implementation=implementation)
     x = _normal(rng, (2, 6, 6, 3), dtype)
     params = jax.tree.map(lambda p: _normal(rng, p.shape, dtype), module.init(jax.random.key(0), x))
-    return module.apply, x, params
+    return (lambda x, variables: module.apply(variables, x)), x, params
+
+
+def _nnx_split(module, dtype, rng):
+    """``f(x, params)`` running ``module`` with ``params`` (random, in ``dtype``) and its other state as is."""
+    graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+    params = jax.tree.map(lambda p: _normal(rng, p.shape, dtype), params)
+    return (lambda x, params: nnx.merge(graphdef, params, rest)(x)), params
+
+
+def _nnx_separable(implementation, dtype, rng):
+    module = jdw.nnx.SeparableConv(3, 4, strides=2, implementation=implementation, rngs=nnx.Rngs(0))
+    f, params = _nnx_split(module, dtype, rng)
+    return f, _normal(rng, (2, 6, 6, 3), dtype), params
+
+
+def _nnx_causal(implementation, dtype, rng):
+    module = jdw.nnx.CausalConv1D(4, 3, activation="silu", implementation=implementation, rngs=nnx.Rngs(0))
+    f, params = _nnx_split(module, dtype, rng)
+    return f, _normal(rng, (2, 7, 4), dtype), params
+
+
+def _nnx_inverted_residual(implementation, dtype, rng):
+    """A MobileNetV2 block in inference mode (batch norm then reads its statistics, a pure function)."""
+    module = jdw.nnx.InvertedResidual(
+        3, 3, expand_ratio=2, se_ratio=0.5, implementation=implementation, rngs=nnx.Rngs(0)
+    )
+    module.eval()
+    f, params = _nnx_split(module, dtype, rng)
+    return f, _normal(rng, (2, 5, 5, 3), dtype), params
+
+
+def _linen_causal(implementation, dtype, rng):
+    module = jdw.linen.CausalConv1D(2, activation="silu", implementation=implementation)
+    x = _normal(rng, (2, 7, 4), dtype)
+    params = jax.tree.map(lambda p: _normal(rng, p.shape, dtype), module.init(jax.random.key(0), x))
+    return (lambda x, variables: module.apply(variables, x)), x, params
+
+
+def _pointwise(implementation, dtype, rng):
+    """A matrix multiply over channels (no backends): here for the completeness of the public grid."""
+    del implementation
+    x = _normal(rng, (2, 3, 3, 4), dtype)
+    params = (_normal(rng, (4, 5), dtype), _normal(rng, (5,), dtype))
+    return (lambda x, params: jdw.pointwise_conv(x, *params)), x, params
 
 
 def _causal_update(implementation, dtype, rng):
@@ -138,9 +182,15 @@ FUNCTIONS = {
     "separable": _separable,
     "causal": _causal,
     "nnx": _nnx_layer,
+    "nnx_separable": _nnx_separable,
+    "nnx_causal": _nnx_causal,
+    "nnx_inverted_residual": _nnx_inverted_residual,
     "linen": _linen_layer,
+    "linen_causal": _linen_causal,
     "causal_update": _causal_update,
+    "pointwise": _pointwise,
 }
+_NO_BACKEND = ("causal_update", "pointwise")  # plain JAX on every path: run once
 
 
 # --- the transformations, each mapping (f, a, b, tangents) to a pytree of arrays ---------------
@@ -189,10 +239,10 @@ _FEW = ("jit", "vmap", "grad", "jvp", "hessian", "linearize")
 def _cases():
     for name in FUNCTIONS:
         implementations = IMPLEMENTATIONS if name == "conv2d" else ("taps", "pallas")
-        for implementation in implementations if name != "causal_update" else ("xla",):
+        for implementation in implementations if name not in _NO_BACKEND else ("xla",):
             for transform in TRANSFORMS:
                 for dtype in ("float32", "bfloat16", "float64"):
-                    everything = name in ("conv2d", "causal_update")
+                    everything = name in ("conv2d", *_NO_BACKEND)
                     if not everything and (dtype != "float32" or transform not in _FEW):
                         continue
                     if everything and dtype != "float32" and transform not in _FEW:
@@ -237,7 +287,7 @@ def test_forward_mode_stays_on_the_fast_path():
     x, kernel = jnp.ones((1, 6, 6, 4)), jnp.ones((3, 3, 1, 4))
     f = functools.partial(jdw.depthwise_conv, strides=2, implementation="taps")
     jvp = str(jax.make_jaxpr(lambda x, k, t: jax.jvp(f, (x, k), (t, k)))(x, kernel, x))
-    hessian = str(jax.make_jaxpr(jax.hessian(lambda k: jnp.sum(jnp.sin(f(x, k)))))(kernel))
+    hessian = str(jax.make_jaxpr(jax.hessian(lambda x, k: jnp.sum(jnp.sin(f(x, k))), (0, 1)))(x, kernel))
     assert "conv_general_dilated" not in jvp + hessian
     assert jvp.count("depthwise_conv[") == 3  # the primal and the two tangent terms
     assert "depthwise_conv_transpose[" in hessian and "depthwise_kernel_grad[" in hessian
