@@ -138,7 +138,14 @@ def _struct(aval) -> jax.ShapeDtypeStruct:
 
 
 def _abstract_eval(*avals, kind: str, ops: LinearOps, **params):
-    # The backend's code, traced: its result type and its effects (the TPU interpreter's callbacks).
+    return _result_type(kind, ops, tuple(sorted(params.items())), avals)
+
+
+@functools.lru_cache(maxsize=1024)
+def _result_type(kind: str, ops: LinearOps, params: tuple, avals: tuple):
+    # The backend's code, traced once per signature: its result type and its effects (the TPU
+    # interpreter's callbacks). Cached: a model binds the same layer shapes many times.
+    params = dict(params)
     jaxpr, out = jax.make_jaxpr(_function(kind, ops, **params), return_shape=True)(*map(_struct, avals))
     vma = frozenset().union(*(getattr(a, "vma", frozenset()) for a in avals))
     kwargs = {"vma": vma} if vma else {}
