@@ -104,9 +104,6 @@ class _Call:
     partition: bool = True  # False inside shard_map, where every array is already the local shard
     interpret_target: str = "tpu"  # the kernels the interpreter runs off TPU and GPU
 
-    def with_activation(self, activation: str) -> _Call:
-        return dataclasses.replace(self, activation=activation)
-
 
 _PLATFORM_OF_TARGET = {"tpu": "tpu", "triton": "gpu"}  # jax.default_backend() names both CUDA and ROCm "gpu"
 
@@ -348,9 +345,9 @@ def _as_2d(x, kernel, strides, padding, dilation):
 def _explicit_axes(x, kernel) -> tuple[Any, Any, Any] | None:
     """The mesh and ``x``'s batch and channel axes when ``x`` is typed with explicit axes, else ``None``."""
     mesh = jax.typeof(x).sharding.mesh
-    if mesh.empty or jax.sharding.AxisType.Explicit not in mesh.axis_types:
+    if not registry.explicit_mesh(mesh):
         mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or jax.sharding.AxisType.Explicit not in mesh.axis_types:
+    if not registry.explicit_mesh(mesh):
         return None
     return mesh, *registry.sharded_axes(x, kernel)
 

@@ -41,6 +41,8 @@ from jax._src import dispatch  # the set of primitives whose lowering needs the 
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
+from jdw.backends import registry
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class LinearOps:
@@ -132,8 +134,7 @@ def _function(kind: str, ops: LinearOps, **params) -> Callable[..., jax.Array]:
 
 def _struct(aval) -> jax.ShapeDtypeStruct:
     sharding = getattr(aval, "sharding", None)
-    mesh = getattr(sharding, "mesh", None)
-    explicit = mesh is not None and not mesh.empty and jax.sharding.AxisType.Explicit in mesh.axis_types
+    explicit = registry.explicit_mesh(getattr(sharding, "mesh", None))
     return jax.ShapeDtypeStruct(aval.shape, aval.dtype, sharding=sharding if explicit else None)
 
 
@@ -175,8 +176,7 @@ def _like(cotangent: jax.Array, primal) -> jax.Array:
     aval = primal.aval
     cotangent = cotangent.astype(aval.dtype)
     wanted = getattr(aval, "sharding", None)
-    mesh = getattr(wanted, "mesh", None)
-    if mesh is None or mesh.empty or jax.sharding.AxisType.Explicit not in mesh.axis_types:
+    if not registry.explicit_mesh(getattr(wanted, "mesh", None)):
         return cotangent
     if jax.typeof(cotangent).sharding.spec == wanted.spec:
         return cotangent

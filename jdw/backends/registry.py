@@ -172,8 +172,7 @@ def _same_output_sharding(branches: dict[str, Callable], default: Callable, args
     a tap sum keeps). All branches then reshard to the most sharded of their outputs, which
     costs at most a local slice of a replicated axis, never an all-gather.
     """
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or jax.sharding.AxisType.Explicit not in mesh.axis_types:
+    if not explicit_mesh(jax.sharding.get_abstract_mesh()):
         return branches, default
     candidates = [default, *branches.values()]
     specs = [jax.eval_shape(branch, *args).sharding.spec for branch in candidates]
@@ -185,6 +184,11 @@ def _same_output_sharding(branches: dict[str, Callable], default: Callable, args
         return lambda *a: jax.sharding.reshard(branch(*a), target)
 
     return {platform: resharded(b) for platform, b in branches.items()}, resharded(default)
+
+
+def explicit_mesh(mesh: Any) -> bool:
+    """Whether ``mesh`` (a mesh, an abstract mesh or ``None``) has axes of type ``Explicit`` (sharding in types)."""
+    return mesh is not None and not mesh.empty and jax.sharding.AxisType.Explicit in mesh.axis_types
 
 
 def sharded_axes(x: jax.Array, kernel: jax.Array) -> tuple[Any, Any]:

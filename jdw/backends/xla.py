@@ -26,8 +26,7 @@ def _out_sharding(x: jax.Array, kernel: jax.Array) -> jax.sharding.PartitionSpec
     Depthwise channels are independent, so a channel axis sharded on ``x`` or the kernel
     stays sharded; XLA cannot infer this for a grouped convolution and asks for it.
     """
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or jax.sharding.AxisType.Explicit not in mesh.axis_types:
+    if not registry.explicit_mesh(jax.sharding.get_abstract_mesh()):
         return None
     batch, channels = registry.sharded_axes(x, kernel)
     return jax.sharding.PartitionSpec(batch, *(None,) * (x.ndim - 2), channels)
