@@ -1,6 +1,6 @@
 """jdw: depthwise and depthwise-separable convolution for JAX."""
 
-from jdw import backends, cost, initializers, linen, models, nnx
+from jdw import backends, cost, geometry, initializers, linen, models, nnx
 from jdw.functional import (
     causal_conv1d,
     causal_conv1d_update,
@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 __all__ = [
     "backends",
     "cost",
+    "geometry",
     "initializers",
     "linen",
     "models",

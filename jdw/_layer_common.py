@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from jdw import geometry
 from jdw.backends import registry
 from jdw.functional import _arguments as args_lib
 from jdw.functional.causal import causal_conv1d, causal_conv1d_update
@@ -42,7 +43,7 @@ def check_conv_options(
         dilation = args_lib.as_tuple(dilation, nd, "dilation")
         args_lib.check_choice(padding_mode, args_lib.PADDING_MODES, "padding_mode")
         args_lib.check_choice(data_format, args_lib.DATA_FORMATS, "data_format")
-        spans = args_lib.effective_kernel_size(kernel_size, dilation)
+        spans = geometry.Geometry(kernel_size, kernel_size, dilation=dilation).kernel_span
         args_lib.resolve_padding(padding, spans, kernel_size, strides, dilation)
         if implementation is not None:
             registry.get(implementation)
@@ -59,10 +60,7 @@ def feature_axis(num_spatial: int, data_format: str) -> int:
     return -1 if data_format == "channels_last" else -num_spatial - 1
 
 
-def check_positive_int(layer: str, **values: int) -> None:
-    for name, value in values.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{layer}: {name} must be a positive int, got {name}={value!r}")
+check_positive_int = args_lib.check_positive_ints  # one rule for every count jdw checks
 
 
 def check_input(layer: str, x: jax.Array, num_spatial: int, data_format: str, in_features: int | None) -> int:

@@ -42,7 +42,7 @@ from jdw import backends, traffic
 
 
 @dataclasses.dataclass(frozen=True)
-class Layer:
+class LayerShape:
     """One depthwise layer: input ``size x size x channels``, ``kernel x kernel``, stride; ``count`` in the network."""
 
     size: int
@@ -58,16 +58,16 @@ class Layer:
 
 # The 17 depthwise layers of MobileNetV2 at 224x224 (10 distinct shapes; ``count`` repeats).
 MOBILENET_V2 = (
-    Layer(112, 32, 1),
-    Layer(112, 96, 2),
-    Layer(56, 144, 1),
-    Layer(56, 144, 2),
-    Layer(28, 192, 1, count=2),
-    Layer(28, 192, 2),
-    Layer(14, 384, 1, count=4),
-    Layer(14, 576, 1, count=2),
-    Layer(14, 576, 2),
-    Layer(7, 960, 1, count=3),
+    LayerShape(112, 32, 1),
+    LayerShape(112, 96, 2),
+    LayerShape(56, 144, 1),
+    LayerShape(56, 144, 2),
+    LayerShape(28, 192, 1, count=2),
+    LayerShape(28, 192, 2),
+    LayerShape(14, 384, 1, count=4),
+    LayerShape(14, 576, 1, count=2),
+    LayerShape(14, 576, 2),
+    LayerShape(7, 960, 1, count=3),
 )
 PARTS = ("forward", "input_grad", "kernel_grad", "forward_backward")
 
@@ -107,7 +107,7 @@ def _time(fn: Callable, args: Sequence, repeats: int) -> float:
     return best * 1e3
 
 
-def _programs(layer: Layer, implementation: str):
+def _programs(layer: LayerShape, implementation: str):
     conv = lambda x, k: jdw.depthwise_conv(x, k, strides=layer.stride, implementation=implementation)  # noqa: E731
     return {
         "forward": jax.jit(conv),
@@ -118,7 +118,7 @@ def _programs(layer: Layer, implementation: str):
 
 
 def run(
-    layers: Sequence[Layer] = MOBILENET_V2,
+    layers: Sequence[LayerShape] = MOBILENET_V2,
     implementations: Sequence[str] | None = None,
     *,
     batch: int = 32,
@@ -131,7 +131,7 @@ def run(
 
     Examples:
       >>> from jdw import bench
-      >>> records = bench.run([bench.Layer(8, 16, 1)], ["xla"], batch=2, repeats=1, parts=["forward"])
+      >>> records = bench.run([bench.LayerShape(8, 16, 1)], ["xla"], batch=2, repeats=1, parts=["forward"])
       >>> sorted(records[0])[:4]
       ['batch', 'bytes', 'channels', 'count']
     """
@@ -379,7 +379,7 @@ def _sequence_table(records: list[dict]) -> str:
 
 
 def compiled_traffic(
-    layers: Sequence[Layer] = MOBILENET_V2,
+    layers: Sequence[LayerShape] = MOBILENET_V2,
     implementations: Sequence[str] = ("xla", "pallas"),
     *,
     chip: str = "v5e",
@@ -395,7 +395,7 @@ def compiled_traffic(
 
     Examples:
       >>> from jdw import bench  # compiling for TPU needs libtpu; tests/test_compile_tpu.py runs the same
-      >>> r = bench.compiled_traffic([bench.Layer(8, 128, 1)], ["xla"], batch=2)[0]  # doctest: +SKIP
+      >>> r = bench.compiled_traffic([bench.LayerShape(8, 128, 1)], ["xla"], batch=2)[0]  # doctest: +SKIP
       >>> r["forward_hbm_bytes"] >= r["forward_min_bytes"]  # doctest: +SKIP
       True
     """
@@ -655,7 +655,7 @@ def _parse_sequence(name: str) -> SequenceShape:
         ) from None
 
 
-def _parse_layer(name: str) -> Layer:
+def _parse_layer(name: str) -> LayerShape:
     known = {layer.name: layer for layer in MOBILENET_V2}
     if name in known:
         return known[name]
@@ -663,7 +663,7 @@ def _parse_layer(name: str) -> Layer:
         shape, stride = name.split("/s")
         size, size2, channels = (int(v) for v in shape.split("x"))
         assert size == size2
-        return Layer(size, channels, int(stride))
+        return LayerShape(size, channels, int(stride))
     except (ValueError, AssertionError):
         raise SystemExit(f"bad layer {name!r}: expected SIZExSIZExCHANNELS/sSTRIDE, e.g. 56x56x144/s2") from None
 

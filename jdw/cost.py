@@ -24,11 +24,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 from jax.extend import core as jax_core
 
 from jdw.backends import registry
+from jdw.functional import _arguments as args_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,18 +48,18 @@ class Cost:
     output_shape: tuple[int, ...] = ()
 
 
-def _is_count(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and value >= 1
+_is_count = args_lib.is_positive_int
 
 
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, ...]:
+    """An int is the same size along two dimensions; a sequence gives one per dimension (at least one)."""
+    n = len(value) if isinstance(value, Sequence) and not isinstance(value, str) else 2
     try:
-        values = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
-    except TypeError:
-        values = ()
-    if not values or not all(_is_count(v) for v in values):
-        raise ValueError(f"{name} must be a positive int or a sequence of them, got {value!r}")
-    return tuple(int(v) for v in values)
+        if n == 0:
+            raise ValueError
+        return args_lib.as_tuple(value, n, name)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive int or a sequence of them, got {value!r}") from None
 
 
 def _counts(**values: Any) -> None:

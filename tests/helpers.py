@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import pathlib
+import re
+
 import numpy as np
 
-IMPLEMENTATIONS = ("xla", "taps", "pallas")
+GUIDE = pathlib.Path(__file__).resolve().parent.parent / "docs" / "guides" / "backends.md"
+
+
+def register_guide_backend() -> str:
+    """Registers the example backend of the backend guide, run from the guide's own text; returns its name."""
+    code = re.search(r"```python\n(.*?)```", GUIDE.read_text(), flags=re.S).group(1)
+    exec(compile(code, str(GUIDE), "exec"), {"__name__": "guide_backend"})
+    return "example"
+
+
+# Every test of the grid runs on each: the three backends of jdw and the guide's example backend.
+IMPLEMENTATIONS = ("xla", "taps", "pallas", register_guide_backend())
 
 # Max abs error allowed, relative to max(1, |reference|), per dtype of the computation.
 _TOLERANCE = {"float64": 1e-12, "float32": 2e-5, "float16": 4e-3, "bfloat16": 3e-2}

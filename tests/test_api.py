@@ -49,3 +49,35 @@ def test_layers_document_every_option_with_an_example():
             documented = doc.split(section, 1)[1]
             missing = [o for o in options if f"  {o}:" not in documented]
             assert not missing, f"{module.__name__}.{name} does not document {missing}"
+
+
+def test_import_jdw_leaves_pallas_unimported():
+    """``import jdw`` is light: the Pallas backend (and ``jax.experimental.pallas``) load on first use."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, jdw, jax.numpy as jnp\n"
+        "heavy = ('jax.experimental.pallas', 'jdw.backends.pallas', 'jdw.kernels.pallas_depthwise')\n"
+        "heavy = [m for m in heavy if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "assert 'pallas' in jdw.backends.available()\n"
+        "jdw.depthwise_conv(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 1, 2)), implementation='pallas')\n"
+        "assert 'jdw.backends.pallas' in sys.modules\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu")
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_typing_names_the_argument_types():
+    import typing
+
+    import jdw.typing
+
+    assert typing.get_args(jdw.typing.PaddingMode) == ("zeros", "reflect", "replicate", "circular")
+    assert typing.get_args(jdw.typing.DataFormat) == ("channels_last", "channels_first")
+    for name in jdw.typing.__all__:
+        assert getattr(jdw.typing, name) is not None

@@ -51,9 +51,9 @@ def test_custom_backend_registration():
     calls = []
     xla = backends.get("xla")
 
-    def conv(x, kernel, **kwargs):
-        calls.append(kwargs["strides"])
-        return xla.conv(x, kernel, **kwargs)
+    def conv(x, kernel, geometry, **kwargs):
+        calls.append(geometry.strides)
+        return xla.conv(x, kernel, geometry, **kwargs)
 
     backends.register(backends.Backend("test-spy", conv, xla.conv_transpose, "spy"))
     try:

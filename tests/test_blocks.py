@@ -256,3 +256,14 @@ def test_errors_name_the_values(index):
     build, message = ERRORS[index]
     with pytest.raises(ValueError, match=re.escape(message)):
         build()
+
+
+@pytest.mark.parametrize("num_spatial_dims", [1, 3])
+def test_inverted_residual_in_other_ranks(rng, num_spatial_dims):
+    """An int kernel size with ``num_spatial_dims``: the same block over sequences or volumes, NNX and Linen alike."""
+    block = jdw.nnx.InvertedResidual(4, 4, 3, expand_ratio=2, num_spatial_dims=num_spatial_dims, rngs=nnx.Rngs(0))
+    block.eval()
+    assert block.depthwise.conv.kernel.shape == (3,) * num_spatial_dims + (1, 8)
+    x = jnp.asarray(rng.standard_normal((2, *(5,) * num_spatial_dims, 4)), jnp.float32)
+    linen_block = jdw.linen.InvertedResidual(4, 3, expand_ratio=2, num_spatial_dims=num_spatial_dims)
+    assert_close(linen_block.apply(linen_variables(block), x), block(x))

@@ -27,6 +27,7 @@ PUBLIC = [
     "jdw.models",
     "jdw.cost",
     "jdw.backends",
+    "jdw.geometry",
     "jdw.initializers",
     "jdw.kernels.pallas_depthwise",
     "jdw.traffic",
@@ -41,6 +42,7 @@ NOT_CALLABLE = {
     "nnx",
     "pallas",
     "EPILOGUES",
+    "geometry",
     "TARGETS",
     "TPU_CHIPS",
 }
@@ -97,7 +99,7 @@ def test_pictures_referenced_by_the_docs_are_in_the_repository():
 def test_the_picture_script_draws_every_picture(tmp_path):
     from jdw import bench
 
-    records = bench.run([bench.Layer(8, 8, 1), bench.Layer(9, 8, 2)], ["xla", "taps"], batch=1, repeats=1)
+    records = bench.run([bench.LayerShape(8, 8, 1), bench.LayerShape(9, 8, 2)], ["xla", "taps"], batch=1, repeats=1)
     saved = tmp_path / "bench.json"
     saved.write_text(json.dumps(records))
     out = tmp_path / "images"

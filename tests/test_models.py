@@ -178,3 +178,33 @@ def test_a_mobilenet_trains_through_the_pallas_kernel(rng):
     scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(g_xla))
     worst = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(g_pallas), jax.tree.leaves(g_xla)))
     assert worst <= 1e-4 * scale, (worst, scale)
+
+
+# The keywords every model takes, so that code (the training example) builds any of them alike.
+COMMON_KEYWORDS = dict(
+    width=0.5, in_features=1, dropout=0.0, small_inputs=True, input_rescaling=(1.0, 0.0), stochastic_depth_rate=0.0,
+    norm_momentum=0.9, norm_epsilon=1e-3, implementation="taps", dtype=jnp.float32, param_dtype=jnp.float32,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("cls", MODELS)
+def test_every_model_takes_the_same_keywords(cls):
+    model = cls(num_classes=3, **COMMON_KEYWORDS, rngs=nnx.Rngs(0))
+    model.eval()
+    assert model(jnp.zeros((1, 32, 32, 1))).shape == (1, 3)
+    assert isinstance(model, jdw.models._mobilenet.MobileNet) and len(model.blocks) == len(model.block_strides)
+
+
+def test_mobilenet_v1_refuses_stochastic_depth():
+    with pytest.raises(ValueError, match=r"MobileNetV1 has no residual blocks .* stochastic_depth_rate=0.1"):
+        MobileNetV1(num_classes=3, stochastic_depth_rate=0.1, rngs=nnx.Rngs(0))
+
+
+def test_the_base_class_checks_blocks_against_strides():
+    stem = jdw.nnx.ConvNormAct(1, 4, 3, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="MobileNet: 1 blocks but 2 block strides"):
+        jdw.models._mobilenet.MobileNet(
+            stem=stem, stem_strides=1, blocks=[stem], block_strides=[1, 2], head=None, pre_logits=None,
+            pre_logits_activation=None, dropout=nnx.Dropout(0.0), classifier=None, in_features=1, num_classes=None,
+            width=1.0, input_rescaling=None,
+        )  # fmt: skip

@@ -14,6 +14,8 @@ import pytest
 from mobilenet_training import checkpoints, config, data, train
 from training_helpers import EXAMPLES, tiny_config, tiny_digits
 
+import jdw
+
 
 @pytest.fixture(autouse=True)
 def standard_promotion():
@@ -219,6 +221,16 @@ def test_flax_baseline_is_the_same_network(model):
     baseline.eval()
     x = np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
     np.testing.assert_allclose(baseline(x), jdw_model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_flax_baseline_refuses_a_fused_activation():
+    """nnx.Conv has no activation: swapping it in for a layer that fuses one would drop it silently."""
+    from flax import nnx
+    from mobilenet_training import flax_baseline
+
+    layer = jdw.nnx.DepthwiseConv(4, 3, activation="relu6", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"fuses activation='relu6', which nnx.Conv has no place for"):
+        flax_baseline.grouped_conv_from(layer)
 
 
 @pytest.mark.parametrize(

@@ -13,9 +13,19 @@ import jdw
 
 
 def grouped_conv_from(layer: jdw.nnx.DepthwiseConv) -> nnx.Conv:
-    """An ``nnx.Conv(feature_group_count=C)`` computing what ``layer`` computes, with its parameters."""
+    """An ``nnx.Conv(feature_group_count=C)`` computing what ``layer`` computes, with its parameters.
+
+    Raises:
+      ValueError: for a layer ``nnx.Conv`` cannot express: channels-first, a padding mode
+        other than zeros, or a fused activation (which would otherwise be silently dropped).
+    """
     if layer.data_format != "channels_last" or layer.padding_mode != "zeros":
         raise ValueError("only channels-last, zero-padded depthwise layers have an nnx.Conv equivalent")
+    if layer.activation not in (None, "identity"):
+        raise ValueError(
+            f"this DepthwiseConv fuses activation={layer.activation!r}, which nnx.Conv has no place for; "
+            "put the activation after the layer (as ConvNormAct does) to compare it with nnx.Conv"
+        )
     conv = nnx.Conv(
         layer.in_features,
         layer.out_features,

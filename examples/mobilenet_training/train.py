@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import json
 import math
 import pathlib
@@ -63,10 +62,6 @@ def create_model(config: Config, num_classes: int, in_features: int) -> nnx.Modu
         implementation=config.implementation,
         dtype=jnp.dtype(config.dtype),
     )
-    accepted = inspect.signature(cls.__init__).parameters
-    if config.stochastic_depth_rate and "stochastic_depth_rate" not in accepted:
-        raise ValueError(f"{config.model} has no residual blocks, so no stochastic depth; set it to 0")
-    options = {name: value for name, value in options.items() if name in accepted}
     return nnx.jit(lambda: cls(**options, rngs=nnx.Rngs(config.seed)))()
 
 

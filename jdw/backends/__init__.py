@@ -1,10 +1,20 @@
 """Backends of depthwise convolution, chosen with ``implementation=``.
 
 ``"xla"`` (the reference) is always available; ``"taps"`` is the fused pure-JAX path;
-``"pallas"`` is the hand-written kernel (:mod:`jdw.backends.pallas`).
+``"pallas"`` is the hand-written kernel (:mod:`jdw.backends.pallas`), imported with
+``jax.experimental.pallas`` the first time it is used.
 """
 
-from jdw.backends import pallas, taps, xla  # noqa: F401  (registers the backends)
+import importlib
+
+from jdw.backends import taps, xla  # noqa: F401  (registers the backends)
 from jdw.backends.registry import Backend, automatic_choice, available, forced_implementation, get, register
+
+
+def __getattr__(name: str):
+    if name == "pallas":  # jdw.backends.pallas, imported (and registered) on first use
+        return importlib.import_module("jdw.backends.pallas")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["pallas", "Backend", "automatic_choice", "available", "forced_implementation", "get", "register"]

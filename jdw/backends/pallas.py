@@ -58,6 +58,7 @@ from jax import lax
 from jax.experimental.custom_partitioning import custom_partitioning
 
 from jdw.backends import primitives, registry
+from jdw.geometry import Geometry
 from jdw.kernels import pallas_depthwise as kernels
 
 _INTERPRET: contextvars.ContextVar[tuple[Any, str]] = contextvars.ContextVar(
@@ -263,29 +264,10 @@ def _adjoint_call(call: _Call, dtype) -> _Call:
 
     The kernels take the dilation as the layer's ``input_dilation`` (the GPU kernel reads the
     cotangent where it is, the TPU kernel has XLA dilate it first), with the padding of the
-    transposed convolution (negative where it crops; :func:`registry.adjoint_padding`).
+    transposed convolution (negative where it crops; :meth:`jdw.geometry.Geometry.adjoint`).
     """
-    layer = call.layer
-    padding = []
-    for n_in, n_out, k, s, d, (low, _) in zip(
-        layer.input_size,
-        (layer.output_rows, layer.output_cols),
-        layer.kernel_size,
-        layer.strides,
-        layer.dilation,
-        layer.padding,
-    ):
-        (lo, hi, _), (pad_lo, pad_hi) = registry.adjoint_padding(n_in, n_out, k, s, d, low)
-        padding.append((lo + pad_lo, hi + pad_hi))
-    adjoint = kernels.Layer(
-        input_size=(layer.output_rows, layer.output_cols),
-        kernel_size=layer.kernel_size,
-        strides=(1, 1),
-        padding=tuple(padding),
-        dilation=layer.dilation,
-        channels=layer.channels,
-        itemsize=np.dtype(dtype).itemsize,
-        input_dilation=layer.strides,
+    adjoint = kernels.Layer.from_geometry(
+        call.layer.geometry.adjoint(), channels=call.layer.channels, itemsize=np.dtype(dtype).itemsize
     )
     return dataclasses.replace(call, layer=adjoint, activation="identity", out_dtype=np.dtype(dtype).name)
 
@@ -324,24 +306,6 @@ OPS = primitives.LinearOps(
 # --- the backend interface ------------------------------------------------------------------------
 
 
-def _as_2d(x, kernel, strides, padding, dilation):
-    """1-D calls become 2-D calls on one row; 3-D is not served."""
-    nd = kernel.ndim - 2
-    if nd == 2:
-        return x, kernel, tuple(strides), registry.pairs(padding), tuple(dilation)
-    if nd == 1:
-        return (
-            x[:, None],
-            kernel[None],
-            (1, *strides),
-            ((0, 0), *registry.pairs(padding)),
-            (1, *dilation),
-        )
-    raise NotImplementedError(
-        f"the pallas backend serves 1-D, 2-D and 3-D depthwise convolutions, not {nd}-D"
-    )  # 3-D: _conv3d
-
-
 def _explicit_axes(x, kernel) -> tuple[Any, Any, Any] | None:
     """The mesh and ``x``'s batch and channel axes when ``x`` is typed with explicit axes, else ``None``."""
     mesh = jax.typeof(x).sharding.mesh
@@ -353,18 +317,21 @@ def _explicit_axes(x, kernel) -> tuple[Any, Any, Any] | None:
 
 
 def conv_bias_act(
-    x, kernel, bias, *, activation, strides, padding, dilation, precision=None, preferred_element_type=None
+    x, kernel, bias, geometry: Geometry, *, activation, precision=None, preferred_element_type=None
 ) -> jax.Array:
     """Depthwise convolution, bias and activation in one kernel. ``precision`` is unused (float32 products)."""
     del precision
     activation = activation or "identity"
     if activation not in kernels.EPILOGUES:
-        raise NotImplementedError(f"no fused epilogue for {activation!r}")
-    nd = kernel.ndim - 2
+        raise ValueError(f"the pallas kernels fuse {sorted(kernels.EPILOGUES)}, not {activation!r}")
+    nd = geometry.num_spatial
     if nd == 3:
-        return _conv3d(x, kernel, bias, activation, strides, padding, dilation, preferred_element_type)
-    x2, kernel2, strides2, padding2, dilation2 = _as_2d(x, kernel, strides, padding, dilation)
-    kernel2 = kernel2[..., 0, :]
+        return _conv3d(x, kernel, bias, geometry, activation, preferred_element_type)
+    if nd > 3:
+        raise NotImplementedError(f"the pallas backend serves 1-D, 2-D and 3-D depthwise convolutions, not {nd}-D")
+    plane = geometry.as_2d()  # 1-D runs as 2-D on one row
+    x2 = x[:, None] if nd == 1 else x
+    kernel2 = kernel.reshape(plane.kernel_size + kernel.shape[-1:])
     linear = bias is None and activation == "identity"  # then a linear primitive, which transposes
     bias = jnp.zeros(kernel.shape[-1:], x.dtype) if bias is None else bias.astype(x.dtype)
     out_dtype = np.dtype(preferred_element_type or x.dtype).name
@@ -374,15 +341,7 @@ def conv_bias_act(
         multiplier = kernel.shape[-1] // x.shape[-1]
         if multiplier > 1:
             x = jnp.repeat(x, multiplier, axis=-1)  # output channel c*M + m reads input channel c
-        layer = kernels.Layer(
-            input_size=tuple(x.shape[1:3]),
-            kernel_size=tuple(kernel.shape[:2]),
-            strides=strides2,
-            padding=padding2,
-            dilation=dilation2,
-            channels=kernel.shape[-1],
-            itemsize=x.dtype.itemsize,
-        )
+        layer = kernels.Layer.from_geometry(plane, channels=kernel.shape[-1], itemsize=x.dtype.itemsize)
         params, target = _INTERPRET.get()
         call = _Call(layer, activation, out_dtype, params, partition=axes is None, interpret_target=target)
         if linear:
@@ -406,16 +365,16 @@ def conv_bias_act(
     return y[:, 0] if nd == 1 else y
 
 
-def _conv3d(x, kernel, bias, activation, strides, padding, dilation, preferred_element_type) -> jax.Array:
+def _conv3d(x, kernel, bias, geometry: Geometry, activation, preferred_element_type) -> jax.Array:
     """3-D as a sum over depth taps of 2-D kernel calls, each on all output depths folded into the batch.
 
     Reads the input once per depth tap (``kd`` passes instead of one): correct and
     differentiable through the 2-D kernel, not tuned.
     """
-    (low, high), kd, sd, dd = padding[0], kernel.shape[0], strides[0], dilation[0]
+    (low, high), kd, sd, dd = geometry.padding[0], geometry.kernel_size[0], geometry.strides[0], geometry.dilation[0]
+    out_depth = geometry.output_size[0]
     x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (low, high, 0), (0, 0, 0), (0, 0, 0), (0, 0, 0)])
-    n, depth, h, w, c = x.shape
-    out_depth = (depth - ((kd - 1) * dd + 1)) // sd + 1
+    n, _, h, w, c = x.shape
     total = None
     for t in range(kd):
         planes = lax.slice_in_dim(x, t * dd, t * dd + (out_depth - 1) * sd + 1, stride=sd, axis=1)
@@ -423,10 +382,8 @@ def _conv3d(x, kernel, bias, activation, strides, padding, dilation, preferred_e
             planes.reshape(n * out_depth, h, w, c),
             kernel[t],
             bias if t == 0 else None,
+            geometry.drop_leading(),
             activation=None,
-            strides=strides[1:],
-            padding=padding[1:],
-            dilation=dilation[1:],
             preferred_element_type=kernels.accumulator_dtype(x.dtype),
         )
         total = y if total is None else total + y
@@ -435,61 +392,41 @@ def _conv3d(x, kernel, bias, activation, strides, padding, dilation, preferred_e
     return total.reshape(n, out_depth, *total.shape[1:])
 
 
-def conv(x, kernel, *, strides, padding, dilation, precision=None, preferred_element_type=None) -> jax.Array:
+def conv(x, kernel, geometry: Geometry, *, precision=None, preferred_element_type=None) -> jax.Array:
     """Depthwise convolution with the Pallas kernel (see the module docstring for what runs where)."""
     return conv_bias_act(
-        x,
-        kernel,
-        None,
-        activation=None,
-        strides=strides,
-        padding=padding,
-        dilation=dilation,
-        precision=precision,
-        preferred_element_type=preferred_element_type,
+        x, kernel, None, geometry, activation=None, precision=precision, preferred_element_type=preferred_element_type
     )
 
 
-def conv_transpose(
-    x, kernel, *, strides, padding, dilation, output_spatial, precision=None, preferred_element_type=None
-) -> jax.Array:
+def conv_transpose(y, kernel, geometry: Geometry, *, precision=None, preferred_element_type=None) -> jax.Array:
     """Transposed depthwise convolution, channel ``c`` -> ``c*M + m``: the adjoint of a multiplier-1 :func:`conv`."""
     del precision
-    nd = kernel.ndim - 2
-    multiplier = kernel.shape[-1] // x.shape[-1]
-    out_dtype = np.dtype(preferred_element_type or x.dtype)
+    nd = geometry.num_spatial
+    multiplier = kernel.shape[-1] // y.shape[-1]
+    out_dtype = np.dtype(preferred_element_type or y.dtype)
+    if multiplier > 1:
+        y = jnp.repeat(y, multiplier, axis=-1)
     if nd == 3:  # the adjoint of the 3-D forward (a sum of 2-D calls): its VJP, through the 2-D kernels
-        if multiplier > 1:
-            x = jnp.repeat(x, multiplier, axis=-1)
-        grid = jnp.zeros((x.shape[0], *output_spatial, kernel.shape[-1]), out_dtype)
+        grid = jnp.zeros((y.shape[0], *geometry.input_size, kernel.shape[-1]), out_dtype)
         forward = functools.partial(
             _conv3d,
             kernel=kernel.astype(out_dtype),
             bias=None,
+            geometry=geometry,
             activation="identity",
-            strides=strides,
-            padding=padding,
-            dilation=dilation,
             preferred_element_type=out_dtype,
         )
         _, vjp = jax.vjp(forward, grid)
-        return vjp(x.astype(out_dtype))[0]
-    y, kernel2, strides2, padding2, dilation2 = _as_2d(x, kernel, strides, padding, dilation)
-    out_spatial = tuple(output_spatial) if nd == 2 else (1, *output_spatial)
-    layer = kernels.Layer(
-        input_size=out_spatial,
-        kernel_size=tuple(kernel2.shape[:2]),
-        strides=strides2,
-        padding=padding2,
-        dilation=dilation2,
-        channels=kernel2.shape[-1],
-        itemsize=x.dtype.itemsize,
-    )
+        return vjp(y.astype(out_dtype))[0]
+    if nd > 3:
+        raise NotImplementedError(f"the pallas backend serves 1-D, 2-D and 3-D depthwise convolutions, not {nd}-D")
+    plane = geometry.as_2d()
+    layer = kernels.Layer.from_geometry(plane, channels=kernel.shape[-1], itemsize=y.dtype.itemsize)
     params, target = _INTERPRET.get()
     call = _Call(layer, "identity", out_dtype.name, params, interpret_target=target)
-    if multiplier > 1:
-        y = jnp.repeat(y, multiplier, axis=-1)
-    out = primitives.conv_transpose(y, kernel2[..., 0, :], ops=OPS, static=call, dtype=out_dtype)
+    kernel2 = kernel.reshape(plane.kernel_size + kernel.shape[-1:])
+    out = primitives.conv_transpose(y[:, None] if nd == 1 else y, kernel2, ops=OPS, static=call, dtype=out_dtype)
     return out[:, 0] if nd == 1 else out
 
 
@@ -499,6 +436,7 @@ BACKEND = registry.register(
         conv=conv,
         conv_transpose=conv_transpose,
         conv_bias_act=conv_bias_act,
+        fused_activations=frozenset(kernels.EPILOGUES),
         description="hand-written Pallas kernel (Mosaic TPU, Triton GPU, interpreter elsewhere), own derivatives",
     )
 )

@@ -1,11 +1,14 @@
 """The registry of depthwise-convolution backends and the automatic choice between them.
 
 Every backend computes the same canonical operation: channels-last ``x`` of shape
-``(N, *spatial, C)``, a kernel of shape ``(*kernel_spatial, 1, C * M)``, explicit
-non-negative zero padding. The public functions in :mod:`jdw.functional` handle
-everything else (layouts, padding modes, bias, validation). The ``"xla"``
-backend is always registered and is the reference the others are tested against;
-a backend that cannot serve a call raises :class:`NotImplementedError`.
+``(N, *spatial, C)``, a kernel of shape ``(*kernel_spatial, 1, C * M)`` and a
+:class:`jdw.geometry.Geometry` (strides, explicit non-negative zero padding, dilation).
+The public functions in :mod:`jdw.functional` handle everything else (layouts, padding
+modes, bias, validation). The ``"xla"`` backend is always registered and is the reference
+the others are tested against.
+
+A backend is one module and one :func:`register` call; see the backend guide
+(``docs/api/backends.md``) for a complete ten-line example.
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
-from collections.abc import Callable, Iterator, Sequence
+import importlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
 from jax import lax
 
-Pairs = tuple[tuple[int, int], ...]
+from jdw.geometry import Geometry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,15 +33,20 @@ class Backend:
 
     Attributes:
       name: the value of ``implementation=`` that selects it.
-      conv: ``conv(x, kernel, *, strides, padding, dilation, precision, preferred_element_type)``.
-      conv_transpose: ``conv_transpose(x, kernel, *, strides, padding, dilation, output_spatial,
-        precision, preferred_element_type)``, the transposed convolution whose ``padding`` is that
-        of the forward convolution it transposes.
+      conv: ``conv(x, kernel, geometry, *, precision, preferred_element_type)``: ``x``
+        ``(N, *geometry.input_size, C)``, ``kernel`` ``(*geometry.kernel_size, 1, C * M)``, the result
+        ``(N, *geometry.output_size, C * M)``.
+      conv_transpose: ``conv_transpose(y, kernel, geometry, *, precision, preferred_element_type)``,
+        the transposed convolution of the forward convolution over ``geometry``: ``y``
+        ``(N, *geometry.output_size, C)``, the result ``(N, *geometry.input_size, C * M)``
+        (channel ``c`` spreads to ``c * M + m``).
       description: one line for documentation and the benchmark.
-      conv_bias_act: optional ``conv_bias_act(x, kernel, bias, *, activation, strides, padding, dilation,
-        precision, preferred_element_type)``: the convolution with the bias and the activation
-        named ``activation`` fused in. Backends without it get ``conv`` followed by XLA's bias
-        add and activation, which XLA fuses into one elementwise pass.
+      conv_bias_act: optional ``conv_bias_act(x, kernel, bias, geometry, *, activation, precision,
+        preferred_element_type)``: the convolution with the bias (``None``: none) and the
+        activation named ``activation`` (``None``: none) fused in.
+      fused_activations: the activation names ``conv_bias_act`` fuses. Other activations, and
+        backends without ``conv_bias_act``, get ``conv`` followed by XLA's bias add and
+        activation, which XLA fuses into one elementwise pass.
     """
 
     name: str
@@ -45,35 +54,39 @@ class Backend:
     conv_transpose: Callable[..., jax.Array]
     description: str
     conv_bias_act: Callable[..., jax.Array] | None = None
-
-    def method(self, name: str) -> Callable[..., jax.Array]:
-        """``conv``, ``conv_transpose`` or ``conv_bias_act`` (native or composed)."""
-        if name == "conv_bias_act":
-            return functools.partial(_conv_bias_act, self)
-        return getattr(self, name)
+    fused_activations: frozenset[str] = frozenset()
 
 
-def _conv_bias_act(backend: Backend, x, kernel, bias, *, activation, epilogue, **kwargs) -> jax.Array:
-    """Convolution, bias and activation: fused where ``backend`` can, else composed.
+def conv_bias_act(
+    backend: Backend, x, kernel, bias, geometry: Geometry, *, activation: str | None, epilogue: Callable, **kwargs
+) -> jax.Array:
+    """Convolution, bias and activation on ``backend``: fused where it declares it can, else composed.
 
-    ``activation`` is a name the backend may fuse, or ``None`` when the activation is an
-    arbitrary function; ``epilogue`` is the activation as a function, applied here whenever
-    the backend did not apply it.
+    ``activation`` is the activation's name, or ``None`` when it is an arbitrary function;
+    ``epilogue`` is the activation as a function, applied here whenever the backend does
+    not fuse it (the bias then still goes into the backend's kernel).
     """
     if backend.conv_bias_act is not None:
-        try:
-            y = backend.conv_bias_act(x, kernel, bias, activation=activation, **kwargs)
-        except NotImplementedError:
-            pass
-        else:  # an activation that has no name (a callable) runs after the kernel
-            return y if activation is not None else epilogue(y)
-    y = backend.conv(x, kernel, **kwargs)
+        if activation is not None and activation in backend.fused_activations:
+            return backend.conv_bias_act(x, kernel, bias, geometry, activation=activation, **kwargs)
+        if "identity" in backend.fused_activations and bias is not None:
+            return epilogue(backend.conv_bias_act(x, kernel, bias, geometry, activation=None, **kwargs))
+    y = backend.conv(x, kernel, geometry, **kwargs)
     if bias is not None:
         y = y + bias.astype(y.dtype).reshape((1,) * (y.ndim - 1) + (-1,))
     return epilogue(y)
 
 
+def conv_transpose(backend: Backend, y, kernel, geometry: Geometry, **kwargs) -> jax.Array:
+    """``backend.conv_transpose``, for :func:`dispatch`."""
+    return backend.conv_transpose(y, kernel, geometry, **kwargs)
+
+
 _REGISTRY: dict[str, Backend] = {}
+
+# Backends registered by importing their module on first use, so that ``import jdw`` does not
+# import what only they need (``jax.experimental.pallas`` for ``"pallas"``).
+_DEFERRED: dict[str, str] = {"pallas": "jdw.backends.pallas"}
 
 # Backend the automatic choice uses per platform (lowering platform, not default device):
 # measured by ``python -m jdw.bench``; platforms not listed use "xla".
@@ -88,7 +101,7 @@ def register(backend: Backend) -> Backend:
 
 def available() -> tuple[str, ...]:
     """Names accepted by ``implementation=``, besides ``None`` (automatic)."""
-    return tuple(sorted(_REGISTRY))
+    return tuple(sorted(set(_REGISTRY) | set(_DEFERRED)))
 
 
 def get(name: str) -> Backend:
@@ -97,6 +110,8 @@ def get(name: str) -> Backend:
     Raises:
       ValueError: if no such backend is registered.
     """
+    if name not in _REGISTRY and name in _DEFERRED:
+        importlib.import_module(_DEFERRED[name])  # registers it
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -134,13 +149,14 @@ def forced_implementation(name: str) -> Iterator[None]:
 def automatic_choice(platform: str) -> str:
     """The backend ``implementation=None`` uses when lowering for ``platform`` ("cpu", "cuda", "tpu", ...)."""
     name = _AUTOMATIC.get(platform, "xla")
-    return name if name in _REGISTRY else "xla"
+    return name if name in available() else "xla"
 
 
-def dispatch(implementation: str | None, method: str, *args: Any, **kwargs: Any) -> jax.Array:
-    """Calls ``method`` ("conv", "conv_transpose" or "conv_bias_act") of the chosen backend.
+def dispatch(implementation: str | None, op: Callable[..., jax.Array], *args: Any, **kwargs: Any) -> jax.Array:
+    """``op(backend, *args, **kwargs)`` on the chosen backend (``op``: :func:`conv_bias_act` or :func:`conv_transpose`).
 
-    With ``implementation=None`` the choice is made per lowering platform with
+    ``args`` are the arrays (or ``None``), ``kwargs`` the static rest. With
+    ``implementation=None`` the choice is made per lowering platform with
     :func:`jax.lax.platform_dependent`, so a function exported from a CPU machine for
     TPU or CUDA carries the choice for that platform, not the CPU's.
     """
@@ -150,14 +166,12 @@ def dispatch(implementation: str | None, method: str, *args: Any, **kwargs: Any)
         # zero gradients); the others' tiles and batch reshapes assume at least one image.
         implementation = "xla"
     if implementation is not None:
-        return get(implementation).method(method)(*args, **kwargs)
+        return op(get(implementation), *args, **kwargs)
     choices = {name: automatic_choice(name) for name in ("cpu", "cuda", "rocm", "tpu")}
     branches = {
-        platform: functools.partial(get(name).method(method), **kwargs)
-        for platform, name in choices.items()
-        if name != "xla"
+        platform: functools.partial(op, get(name), **kwargs) for platform, name in choices.items() if name != "xla"
     }
-    default = functools.partial(get("xla").method(method), **kwargs)
+    default = functools.partial(op, get("xla"), **kwargs)
     if not branches:
         return default(*args)
     branches, default = _same_output_sharding(branches, default, args)
@@ -201,33 +215,3 @@ def sharded_axes(x: jax.Array, kernel: jax.Array) -> tuple[Any, Any]:
     kernel_spec = tuple(jax.typeof(kernel).sharding.spec) + (None,) * kernel.ndim
     channels = x_spec[x.ndim - 1] if x_spec[x.ndim - 1] is not None else kernel_spec[kernel.ndim - 1]
     return x_spec[0], channels
-
-
-def pairs(padding: Sequence[Sequence[int]]) -> Pairs:
-    return tuple((int(lo), int(hi)) for lo, hi in padding)
-
-
-def adjoint_padding(
-    n_in: int, n_out: int, kernel: int, stride: int, dilation: int, low: int
-) -> tuple[tuple[int, int, int], tuple[int, int]]:
-    """How the transposed convolution of one spatial dimension is computed as a stride-1 convolution.
-
-    The cotangent (``n_out`` long) is dilated by ``stride`` and padded so that a stride-1
-    convolution with the flipped kernel gives the ``n_in`` input positions. Returns the
-    ``lax.pad`` config ``(low, high, interior)`` applied to the cotangent (crops are negative)
-    and the zero padding ``(low, high)`` left to the convolution, which a backend may fuse.
-    Where the crop would consume the whole dilated cotangent (an output reading only
-    padding), all of the padding goes to ``lax.pad``.
-
-    Examples:
-      >>> adjoint_padding(n_in=8, n_out=4, kernel=3, stride=2, dilation=1, low=0)  # SAME, stride 2
-      ((0, 0, 1), (2, 1))
-      >>> adjoint_padding(n_in=1, n_out=1, kernel=2, stride=3, dilation=1, low=3)  # reads only padding
-      ((-2, 3, 2), (0, 0))
-    """
-    span = (kernel - 1) * dilation + 1
-    lo, hi = span - 1 - low, n_in - (n_out - 1) * stride - 1 + low
-    dilated = (n_out - 1) * stride + 1
-    if dilated + min(lo, 0) + min(hi, 0) < 1:
-        return (lo, hi, stride - 1), (0, 0)
-    return (min(lo, 0), min(hi, 0), stride - 1), (max(lo, 0), max(hi, 0))

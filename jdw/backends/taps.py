@@ -31,7 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jdw import geometry as geometry_lib
 from jdw.backends import primitives, registry
+from jdw.geometry import Geometry
 
 # The kernel gradient sums up to this many products per output element in one fused
 # loop (taps x batch group): larger groups mean fewer passes but longer compiles.
@@ -40,21 +42,12 @@ _MAX_BATCH_GROUP = 32
 
 
 @dataclasses.dataclass(frozen=True)
-class Geometry:
-    """Static shape information of one depthwise convolution ``x -> y`` (channels last)."""
+class _Static:
+    """The static part of one tap-sum call: the convolution's geometry, multiplier and result dtype."""
 
-    input_spatial: tuple[int, ...]
-    output_spatial: tuple[int, ...]
-    kernel_size: tuple[int, ...]
-    strides: tuple[int, ...]
-    padding: tuple[tuple[int, int], ...]
-    dilation: tuple[int, ...]
+    geometry: Geometry
     multiplier: int
     dtype: str  # dtype of the op's result
-
-    @property
-    def num_spatial(self) -> int:
-        return len(self.kernel_size)
 
 
 def _compute_dtype(*dtypes) -> np.dtype:
@@ -69,10 +62,7 @@ def _taps(kernel_size: Sequence[int]):
 
 def _over_regions(
     x: jax.Array,
-    padding: tuple[tuple[int, int], ...],
-    kernel_size: Sequence[int],
-    strides: Sequence[int],
-    dilation: Sequence[int],
+    geometry: Geometry,
     leaf: Callable,
     combine: Callable,
     *,
@@ -86,16 +76,16 @@ def _over_regions(
     dim; ``combine(parts, axis)`` joins the parts of one dimension. Only the interior
     is split further, so there are ``2 * num_spatial + 1`` regions: a border slab is
     thin, and padding it in every remaining dimension is cheap. Spatial dims of ``x``
-    are axes ``1 .. len(strides)``; trailing axes are carried along.
+    (of ``geometry.input_size``, non-negative padding) are axes ``1 .. num_spatial``;
+    trailing axes are carried along.
     """
-    nd = len(strides)
+    nd = geometry.num_spatial
     if dim == nd:
         return leaf(x, ranges, True)
     axis = 1 + dim
     n = x.shape[axis]
-    s, (pl, ph) = strides[dim], padding[dim]
-    ke = (kernel_size[dim] - 1) * dilation[dim] + 1
-    out = (n + pl + ph - ke) // s + 1
+    s, (pl, _) = geometry.strides[dim], geometry.padding[dim]
+    ke, out = geometry.kernel_span[dim], geometry.output_size[dim]
     lo = min(out, -(-pl // s))  # first output whose window starts inside the input
     hi = max(lo, min(out, (n - ke + pl) // s + 1))  # first output whose window ends past it
     parts = []
@@ -107,27 +97,13 @@ def _over_regions(
         stop = max(min(b, n), start)
         piece = lax.slice_in_dim(x, start, stop, axis=axis)
         if not border:
-            parts.append(
-                _over_regions(
-                    piece,
-                    padding,
-                    kernel_size,
-                    strides,
-                    dilation,
-                    leaf,
-                    combine,
-                    dim=dim + 1,
-                    ranges=ranges + ((o0, o1),),
-                )
-            )
+            parts.append(_over_regions(piece, geometry, leaf, combine, dim=dim + 1, ranges=ranges + ((o0, o1),)))
             continue
         config = [(0, 0, 0)] * x.ndim
         config[axis] = (start - a, b - stop, 0)
-        rest = []
         for e in range(dim + 1, nd):
-            config[1 + e] = (*padding[e], 0)
-            ke_e = (kernel_size[e] - 1) * dilation[e] + 1
-            rest.append((0, (x.shape[1 + e] + sum(padding[e]) - ke_e) // strides[e] + 1))
+            config[1 + e] = (*geometry.padding[e], 0)
+        rest = tuple((0, o) for o in geometry.output_size[dim + 1 :])
         piece = lax.pad(piece, jnp.zeros((), x.dtype), config)
         parts.append(leaf(piece, ranges + ((o0, o1), *rest), False))
     return combine(parts, axis)
@@ -145,7 +121,8 @@ def _tap_sum(x, w, strides, dilation, compute_dtype):
     """Valid (unpadded) tap sum. ``x``: (N, *spatial, C, Mx), ``w``: (*k, C, M) -> (N, *out, C, M)."""
     nd = len(strides)
     kernel_size = w.shape[:nd]
-    out = [(n - ((k - 1) * d + 1)) // s + 1 for n, k, s, d in zip(x.shape[1 : 1 + nd], kernel_size, strides, dilation)]
+    spatial = x.shape[1 : 1 + nd]
+    out = [geometry_lib.output_size(n, (0, 0), k, s, d) for n, k, s, d in zip(spatial, kernel_size, strides, dilation)]
     w = w.astype(compute_dtype)
     trailing = list(x.shape[1 + nd :])
     acc = None
@@ -158,11 +135,12 @@ def _tap_sum(x, w, strides, dilation, compute_dtype):
     return acc
 
 
-def _conv_regions(x, w, strides, padding, dilation, compute_dtype):
+def _conv_regions(x, w, geometry: Geometry, compute_dtype):
     """Zero-padded tap sum without a padded copy of ``x``. Shapes as in :func:`_tap_sum`."""
-    nd = len(strides)
-    leaf = lambda piece, ranges, interior: _tap_sum(piece, w, strides, dilation, compute_dtype)  # noqa: E731
-    return _over_regions(x, padding, w.shape[:nd], strides, dilation, leaf, _concatenate)
+    leaf = lambda piece, ranges, interior: _tap_sum(  # noqa: E731
+        piece, w, geometry.strides, geometry.dilation, compute_dtype
+    )
+    return _over_regions(x, geometry, leaf, _concatenate)
 
 
 def _grouped_kernel(kernel: jax.Array, multiplier: int) -> jax.Array:
@@ -173,34 +151,30 @@ def _grouped_kernel(kernel: jax.Array, multiplier: int) -> jax.Array:
 
 # Jitted so that eager callers compile the many slices once, not op by op.
 @functools.partial(jax.jit, static_argnums=2)
-def _forward_impl(x, kernel, geom: Geometry) -> jax.Array:
+def _forward_impl(x, kernel, static: _Static) -> jax.Array:
     compute = _compute_dtype(x.dtype, kernel.dtype)
-    w = _grouped_kernel(kernel, geom.multiplier)
-    y = _conv_regions(x[..., None], w, geom.strides, geom.padding, geom.dilation, compute)
-    return y.reshape(y.shape[:-2] + (-1,)).astype(geom.dtype)
+    w = _grouped_kernel(kernel, static.multiplier)
+    y = _conv_regions(x[..., None], w, static.geometry, compute)
+    return y.reshape(y.shape[:-2] + (-1,)).astype(static.dtype)
 
 
 @functools.partial(jax.jit, static_argnums=2)
-def _adjoint_impl(y, kernel, geom: Geometry) -> jax.Array:
+def _adjoint_impl(y, kernel, static: _Static) -> jax.Array:
     """The adjoint (transpose) of :func:`_forward_impl` in ``x``: (N, *out, C*M) -> (N, *in, C)."""
-    nd = geom.num_spatial
+    nd = static.geometry.num_spatial
     compute = _compute_dtype(y.dtype, kernel.dtype)
-    w = lax.rev(_grouped_kernel(kernel, geom.multiplier), tuple(range(nd)))
-    y = y.reshape(y.shape[:-1] + (-1, geom.multiplier))
-    # The adjoint is a stride-1 convolution of the stride-dilated y with the flipped kernel.
-    config, pads = [(0, 0, 0)], []
-    for n_in, n_out, k, s, d, (pl, _) in zip(
-        geom.input_spatial, geom.output_spatial, geom.kernel_size, geom.strides, geom.dilation, geom.padding
-    ):
-        crop, pad = registry.adjoint_padding(n_in, n_out, k, s, d, pl)
-        config.append(crop)
-        pads.append(pad)
-    config += [(0, 0, 0), (0, 0, 0)]
+    w = lax.rev(_grouped_kernel(kernel, static.multiplier), tuple(range(nd)))
+    y = y.reshape(y.shape[:-1] + (-1, static.multiplier))
+    # The adjoint is a stride-1 convolution of the stride-dilated y with the flipped kernel; the
+    # dilation and any crops happen in lax.pad, the zero padding in the regions.
+    adjoint = static.geometry.adjoint()
+    config, padding = adjoint.split_padding()
     if any(c != (0, 0, 0) for c in config):
-        y = lax.pad(y, jnp.zeros((), y.dtype), config)
-    x = _conv_regions(y, w, (1,) * nd, tuple(pads), geom.dilation, compute)
-    x = x[..., 0] if geom.multiplier == 1 else jnp.sum(x, axis=-1)
-    return x.astype(geom.dtype)
+        y = lax.pad(y, jnp.zeros((), y.dtype), [(0, 0, 0), *config, (0, 0, 0), (0, 0, 0)])
+    dilated = Geometry(y.shape[1 : 1 + nd], adjoint.kernel_size, padding=padding, dilation=adjoint.dilation)
+    x = _conv_regions(y, w, dilated, compute)
+    x = x[..., 0] if static.multiplier == 1 else jnp.sum(x, axis=-1)
+    return x.astype(static.dtype)
 
 
 def _batch_group(batch: int, num_taps: int, shards: int = 1) -> int:
@@ -224,11 +198,12 @@ def _batch_shards(x: jax.Array) -> int:
 
 
 @functools.partial(jax.jit, static_argnums=2)
-def _kernel_grad(x, dy, geom: Geometry) -> jax.Array:
+def _kernel_grad(x, dy, static: _Static) -> jax.Array:
     """d<dy, conv(x, k)>/dk: (N, *in, C), (N, *out, C*M) -> (*k, 1, C*M) in the compute dtype."""
+    geom = static.geometry
     nd = geom.num_spatial
     compute = _compute_dtype(x.dtype, dy.dtype)
-    dy = dy.reshape(dy.shape[:-1] + (-1, geom.multiplier))
+    dy = dy.reshape(dy.shape[:-1] + (-1, static.multiplier))
     taps = _taps(geom.kernel_size)
     shards = _batch_shards(x)
 
@@ -264,7 +239,7 @@ def _kernel_grad(x, dy, geom: Geometry) -> jax.Array:
         return jnp.sum(jnp.stack(partials), axis=tuple(range(1, nd + 2)))
 
     combine = lambda parts, axis: functools.reduce(jnp.add, parts)  # noqa: E731
-    grad = _over_regions(x, geom.padding, geom.kernel_size, geom.strides, geom.dilation, leaf, combine)
+    grad = _over_regions(x, geom, leaf, combine)
     # One axis change per reshape: JAX's sharding rules for reshape (explicit meshes, jax 0.10)
     # accept merging (C, M) or splitting the tap axis, not both at once with a new unit axis.
     taps, channels, multiplier = grad.shape
@@ -272,15 +247,15 @@ def _kernel_grad(x, dy, geom: Geometry) -> jax.Array:
     return jnp.expand_dims(grad, -2)
 
 
-def _forward_map(x, kernel, *, static: Geometry, dtype) -> jax.Array:
+def _forward_map(x, kernel, *, static: _Static, dtype) -> jax.Array:
     return _forward_impl(x, kernel, dataclasses.replace(static, dtype=np.dtype(dtype).name))
 
 
-def _adjoint_map(y, kernel, *, static: Geometry, dtype) -> jax.Array:
+def _adjoint_map(y, kernel, *, static: _Static, dtype) -> jax.Array:
     return _adjoint_impl(y, kernel, dataclasses.replace(static, dtype=np.dtype(dtype).name))
 
 
-def _kernel_grad_map(x, y, *, static: Geometry, dtype) -> jax.Array:
+def _kernel_grad_map(x, y, *, static: _Static, dtype) -> jax.Array:
     return _kernel_grad(x, y, static).astype(dtype)
 
 
@@ -289,51 +264,21 @@ def _kernel_grad_map(x, y, *, static: Geometry, dtype) -> jax.Array:
 OPS = primitives.LinearOps("taps", forward=_forward_map, transpose=_adjoint_map, kernel_grad=_kernel_grad_map)
 
 
-def _output_spatial(input_spatial, kernel_size, strides, padding, dilation):
-    return tuple(
-        (n + lo + hi - ((k - 1) * d + 1)) // s + 1
-        for n, k, s, (lo, hi), d in zip(input_spatial, kernel_size, strides, padding, dilation)
-    )
-
-
-def conv(x, kernel, *, strides, padding, dilation, precision=None, preferred_element_type=None) -> jax.Array:
+def conv(x, kernel, geometry: Geometry, *, precision=None, preferred_element_type=None) -> jax.Array:
     """Depthwise convolution by tap sums. ``precision`` is unused: products are elementwise."""
     del precision
-    nd = kernel.ndim - 2
-    kernel_size = tuple(kernel.shape[:nd])
-    geom = Geometry(
-        input_spatial=tuple(x.shape[1:-1]),
-        output_spatial=_output_spatial(x.shape[1:-1], kernel_size, strides, padding, dilation),
-        kernel_size=kernel_size,
-        strides=tuple(strides),
-        padding=registry.pairs(padding),
-        dilation=tuple(dilation),
-        multiplier=kernel.shape[-1] // x.shape[-1],
-        dtype=np.dtype(preferred_element_type or x.dtype).name,
-    )
-    return primitives.conv(x, kernel, ops=OPS, static=geom, dtype=geom.dtype)
+    static = _Static(geometry, kernel.shape[-1] // x.shape[-1], np.dtype(preferred_element_type or x.dtype).name)
+    return primitives.conv(x, kernel, ops=OPS, static=static, dtype=static.dtype)
 
 
-def conv_transpose(
-    x, kernel, *, strides, padding, dilation, output_spatial, precision=None, preferred_element_type=None
-) -> jax.Array:
-    """Transposed depthwise convolution: the adjoint of :func:`conv`, channel ``c`` -> ``c*M + m``."""
+def conv_transpose(y, kernel, geometry: Geometry, *, precision=None, preferred_element_type=None) -> jax.Array:
+    """Transposed depthwise convolution: the adjoint of :func:`conv` over ``geometry``, channel ``c`` -> ``c*M + m``."""
     del precision
-    nd = kernel.ndim - 2
-    multiplier = kernel.shape[-1] // x.shape[-1]
+    multiplier = kernel.shape[-1] // y.shape[-1]
     if multiplier > 1:
-        x = jnp.repeat(x, multiplier, axis=-1)
-    geom = Geometry(
-        input_spatial=tuple(output_spatial),
-        output_spatial=tuple(x.shape[1:-1]),
-        kernel_size=tuple(kernel.shape[:nd]),
-        strides=tuple(strides),
-        padding=registry.pairs(padding),
-        dilation=tuple(dilation),
-        multiplier=1,
-        dtype=np.dtype(preferred_element_type or x.dtype).name,
-    )
-    return primitives.conv_transpose(x, kernel, ops=OPS, static=geom, dtype=geom.dtype)
+        y = jnp.repeat(y, multiplier, axis=-1)
+    static = _Static(geometry, 1, np.dtype(preferred_element_type or y.dtype).name)
+    return primitives.conv_transpose(y, kernel, ops=OPS, static=static, dtype=static.dtype)
 
 
 BACKEND = registry.register(

@@ -10,6 +10,7 @@ import jax
 from jax import lax
 
 from jdw.backends import registry
+from jdw.geometry import Geometry
 
 
 def _dimension_numbers(num_spatial: int) -> lax.ConvDimensionNumbers:
@@ -32,15 +33,15 @@ def _out_sharding(x: jax.Array, kernel: jax.Array) -> jax.sharding.PartitionSpec
     return jax.sharding.PartitionSpec(batch, *(None,) * (x.ndim - 2), channels)
 
 
-def conv(x, kernel, *, strides, padding, dilation, precision=None, preferred_element_type=None) -> jax.Array:
-    nd = kernel.ndim - 2
+def conv(x, kernel, geometry: Geometry, *, precision=None, preferred_element_type=None) -> jax.Array:
     return lax.conv_general_dilated(
         x,
         kernel,
-        window_strides=strides,
-        padding=padding,
-        rhs_dilation=dilation,
-        dimension_numbers=_dimension_numbers(nd),
+        window_strides=geometry.strides,
+        padding=geometry.padding,
+        lhs_dilation=geometry.input_dilation,
+        rhs_dilation=geometry.dilation,
+        dimension_numbers=_dimension_numbers(geometry.num_spatial),
         feature_group_count=x.shape[-1],
         precision=precision,
         preferred_element_type=preferred_element_type,
@@ -48,33 +49,10 @@ def conv(x, kernel, *, strides, padding, dilation, precision=None, preferred_ele
     )
 
 
-def conv_transpose(
-    x, kernel, *, strides, padding, dilation, output_spatial, precision=None, preferred_element_type=None
-) -> jax.Array:
+def conv_transpose(y, kernel, geometry: Geometry, *, precision=None, preferred_element_type=None) -> jax.Array:
     """Transposed grouped convolution through ``lhs_dilation`` (slow on CPU; kept as the reference)."""
-    nd = kernel.ndim - 2
-    pads = []
-    for n_in, n_out, k, s, d, (lo, _) in zip(
-        x.shape[1:-1], output_spatial, kernel.shape[:nd], strides, dilation, padding
-    ):
-        ke = (k - 1) * d + 1
-        low = ke - 1 - lo
-        high = n_out - ((n_in - 1) * s + 1) - low + ke - 1
-        pads.append((low, high))
-    flipped = lax.rev(kernel, tuple(range(nd)))
-    return lax.conv_general_dilated(
-        x,
-        flipped,
-        window_strides=(1,) * nd,
-        padding=pads,
-        lhs_dilation=strides,
-        rhs_dilation=dilation,
-        dimension_numbers=_dimension_numbers(nd),
-        feature_group_count=x.shape[-1],
-        precision=precision,
-        preferred_element_type=preferred_element_type,
-        out_sharding=_out_sharding(x, kernel),
-    )
+    flipped = lax.rev(kernel, tuple(range(geometry.num_spatial)))
+    return conv(y, flipped, geometry.adjoint(), precision=precision, preferred_element_type=preferred_element_type)
 
 
 BACKEND = registry.register(

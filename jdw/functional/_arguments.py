@@ -7,17 +7,15 @@ backends can trust their inputs: channels-last arrays, a kernel of shape
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-PaddingLike = str | int | Sequence[int | tuple[int, int]]
-PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
-DataFormat = Literal["channels_last", "channels_first"]
+from jdw import geometry
+from jdw.geometry import Geometry
+from jdw.typing import PaddingLike
 
 PADDING_STRINGS = ("SAME", "VALID", "CAUSAL")
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -31,13 +29,28 @@ def layout_name(num_spatial: int, data_format: str) -> str:
     return f"N{spatial}C" if data_format == "channels_last" else f"NC{spatial}"
 
 
+def is_positive_int(value) -> bool:
+    """jdw's one rule for sizes, strides, counts: an int (Python's or NumPy's), not a bool, at least 1."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and value >= 1
+
+
+def check_positive_ints(where: str, **values) -> None:
+    """Raises ``ValueError`` naming the first of ``values`` that is not a positive int (:func:`is_positive_int`)."""
+    for name, value in values.items():
+        if not is_positive_int(value):
+            raise ValueError(f"{where}: {name} must be a positive int, got {name}={value!r}")
+
+
 def as_tuple(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
     """Turns ``value`` (an int or a sequence of ``n`` ints) into an ``n``-tuple of positive ints.
 
+    The entries follow :func:`is_positive_int`.
+
     Raises:
-      ValueError: if the length is wrong or an entry is not a positive integer.
+      TypeError: if ``value`` or an entry is not an int.
+      ValueError: if the length is wrong or an entry is below 1.
     """
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
         values = (int(value),) * n
     else:
         try:
@@ -50,9 +63,9 @@ def as_tuple(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
                 f"got {value!r} of length {len(values)}"
             )
     for v in values:
-        if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, (bool, np.bool_)):
             raise TypeError(f"{name} must contain ints, got {value!r}")
-        if v < 1:
+        if not is_positive_int(v):
             raise ValueError(f"{name} must be positive, got {name}={value!r}")
     return tuple(int(v) for v in values)
 
@@ -66,10 +79,6 @@ def check_choice(value: str, choices: Sequence[str], name: str) -> str:
 def check_floating(name: str, array: jax.Array) -> None:
     if not jnp.issubdtype(array.dtype, jnp.floating):
         raise TypeError(f"{name} must have a floating-point dtype, got {array.dtype}")
-
-
-def effective_kernel_size(kernel_size: Sequence[int], dilation: Sequence[int]) -> tuple[int, ...]:
-    return tuple((k - 1) * d + 1 for k, d in zip(kernel_size, dilation))
 
 
 def resolve_padding(
@@ -86,7 +95,7 @@ def resolve_padding(
     ``effective_kernel - 1`` on the low side, so output ``t`` sees inputs ``<= t``.
     """
     nd = len(input_spatial)
-    ke = effective_kernel_size(kernel_size, dilation)
+    ke = tuple(geometry.span(k, d) for k, d in zip(kernel_size, dilation))
     if isinstance(padding, str):
         mode = padding.upper()
         check_choice(mode, PADDING_STRINGS, "padding")
@@ -138,21 +147,6 @@ def resolve_padding(
     return tuple(pairs)
 
 
-def output_size(n: int, pads: tuple[int, int], kernel: int, stride: int, dilation: int) -> int:
-    ke = (kernel - 1) * dilation + 1
-    return (n + pads[0] + pads[1] - ke) // stride + 1
-
-
-@dataclasses.dataclass(frozen=True)
-class ConvArgs:
-    """The validated, canonical form of a depthwise convolution call (channels last)."""
-
-    num_spatial: int
-    strides: tuple[int, ...]
-    dilation: tuple[int, ...]
-    padding: tuple[tuple[int, int], ...]
-
-
 def check_kernel(
     x: jax.Array, kernel: jax.Array, *, op: str, data_format: str
 ) -> tuple[int, int, int, tuple[int, ...]]:
@@ -198,8 +192,8 @@ def check_conv_args(
     padding_mode: str,
     data_format: str,
     op: str = "depthwise_conv",
-) -> ConvArgs:
-    """Validates a depthwise convolution call. ``x`` must already be channels-last and batched."""
+) -> Geometry:
+    """Validates a depthwise convolution call and returns its geometry (``x`` channels-last and batched)."""
     check_choice(padding_mode, PADDING_MODES, "padding_mode")
     nd, _, _, kernel_size = check_kernel(x, kernel, op=op, data_format=data_format)
     strides = as_tuple(strides, nd, "strides")
@@ -219,18 +213,13 @@ def check_conv_args(
                     f"has size {n} and padding ({lo}, {hi})"
                 )
     for dim, (n, k, d, p) in enumerate(zip(spatial, kernel_size, dilation, pads)):
-        ke = (k - 1) * d + 1
+        ke = geometry.span(k, d)
         if n + p[0] + p[1] < ke:
             raise ValueError(
                 f"{op}: effective kernel size {ke} (kernel {k}, dilation {d}) is larger than the padded input "
                 f"size {n + p[0] + p[1]} (size {n}, padding {p}) along spatial dim {dim}"
             )
-    return ConvArgs(
-        num_spatial=nd,
-        strides=strides,
-        dilation=dilation,
-        padding=pads,
-    )
+    return Geometry(spatial, kernel_size, strides, pads, dilation)
 
 
 def apply_padding_mode(x: jax.Array, pads: tuple[tuple[int, int], ...], padding_mode: str) -> jax.Array:

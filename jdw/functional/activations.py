@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
 
-Activation = Callable[[jax.Array], jax.Array]
-ActivationLike = str | Activation | None
+from jdw.typing import Activation, ActivationLike
 
 
 def _identity(x: jax.Array) -> jax.Array:

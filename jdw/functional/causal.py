@@ -16,9 +16,9 @@ from jax.typing import ArrayLike, DTypeLike
 
 from jdw.backends import registry
 from jdw.functional import _arguments as args_lib
-from jdw.functional._arguments import DataFormat
-from jdw.functional.activations import ActivationLike, get_activation
+from jdw.functional.activations import get_activation
 from jdw.functional.depthwise import depthwise_conv
+from jdw.typing import ActivationLike, DataFormat
 
 
 def state_size(kernel_size: int, dilation: int = 1) -> int:

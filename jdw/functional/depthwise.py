@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike, DTypeLike
 
 from jdw.backends import registry
 from jdw.functional import _arguments as args_lib
-from jdw.functional._arguments import DataFormat, PaddingLike, PaddingMode
-from jdw.functional.activations import ActivationLike, get_activation
+from jdw.functional.activations import get_activation
+from jdw.typing import ActivationLike, DataFormat, PaddingLike, PaddingMode
 
 
 def depthwise_conv(
@@ -89,7 +91,7 @@ def depthwise_conv(
     x, unbatched = args_lib.canonical_input(
         x, kernel.ndim - 2, data_format, op="depthwise_conv", kernel_shape=tuple(kernel.shape)
     )
-    conv = args_lib.check_conv_args(
+    geometry = args_lib.check_conv_args(
         x,
         kernel,
         strides=strides,
@@ -105,22 +107,18 @@ def depthwise_conv(
     if implementation is not None:
         registry.get(implementation)
     x, kernel = args_lib.cast_common(x, kernel)
-    pads = conv.padding
     if padding_mode != "zeros":
-        x = args_lib.apply_padding_mode(x, pads, padding_mode)
-        pads = ((0, 0),) * conv.num_spatial
-    epilogue = get_activation(activation)
+        x = args_lib.apply_padding_mode(x, geometry.padding, padding_mode)
+        geometry = dataclasses.replace(geometry, input_size=tuple(x.shape[1:-1]), padding=None)
     y = registry.dispatch(
         implementation,
-        "conv_bias_act",
+        registry.conv_bias_act,
         x,
         kernel,
         bias,
+        geometry=geometry,
         activation=activation if isinstance(activation, str) else None,
-        epilogue=epilogue,
-        strides=conv.strides,
-        padding=pads,
-        dilation=conv.dilation,
+        epilogue=get_activation(activation),
         precision=precision,
         preferred_element_type=preferred_element_type,
     )

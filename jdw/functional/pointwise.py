@@ -8,7 +8,7 @@ from jax import lax
 from jax.typing import ArrayLike, DTypeLike
 
 from jdw.functional import _arguments as args_lib
-from jdw.functional._arguments import DataFormat
+from jdw.typing import DataFormat
 
 
 def pointwise_conv(

@@ -5,9 +5,9 @@ from __future__ import annotations
 import jax
 from jax.typing import ArrayLike, DTypeLike
 
-from jdw.functional._arguments import DataFormat, PaddingLike, PaddingMode
 from jdw.functional.depthwise import depthwise_conv
 from jdw.functional.pointwise import pointwise_conv
+from jdw.typing import DataFormat, PaddingLike, PaddingMode
 
 
 def separable_conv(

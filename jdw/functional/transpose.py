@@ -7,9 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike, DTypeLike
 
+from jdw import geometry as geometry_lib
 from jdw.backends import registry
 from jdw.functional import _arguments as args_lib
-from jdw.functional._arguments import DataFormat, PaddingLike
+from jdw.geometry import Geometry
+from jdw.typing import DataFormat, PaddingLike
 
 
 def transposed_output_size(n: int, kernel: int, stride: int, dilation: int, padding: str | tuple[int, int]) -> int:
@@ -17,7 +19,7 @@ def transposed_output_size(n: int, kernel: int, stride: int, dilation: int, padd
 
     ``padding`` is ``"SAME"``, ``"VALID"`` or a ``(low, high)`` pair.
     """
-    ke = (kernel - 1) * dilation + 1
+    ke = geometry_lib.span(kernel, dilation)
     if isinstance(padding, str):
         return n * stride if padding.upper() == "SAME" else (n - 1) * stride + ke
     return (n - 1) * stride + ke - padding[0] - padding[1]
@@ -122,7 +124,7 @@ def depthwise_conv_transpose(
         ]
     output_spatial = tuple(b + p for b, p in zip(base, output_padding))
     for dim, (n, out, k, s, d, p) in enumerate(zip(spatial, output_spatial, kernel_size, strides, dilation, pads)):
-        if out < 1 or args_lib.output_size(out, p, k, s, d) != n:
+        if out < 1 or geometry_lib.output_size(out, p, k, s, d) != n:
             raise ValueError(
                 f"{op}: along spatial dim {dim}, input size {n} with kernel {k}, stride {s}, dilation {d}, "
                 f"padding {p} and output_padding {output_padding[dim]} gives no valid output size "
@@ -135,15 +137,13 @@ def depthwise_conv_transpose(
     if implementation is not None:
         registry.get(implementation)
     x, kernel = args_lib.cast_common(x, kernel)
+    geometry = Geometry(output_spatial, kernel_size, strides, pads, dilation)  # of the forward convolution
     y = registry.dispatch(
         implementation,
-        "conv_transpose",
+        registry.conv_transpose,
         x,
         kernel,
-        strides=strides,
-        padding=pads,
-        dilation=dilation,
-        output_spatial=output_spatial,
+        geometry=geometry,
         precision=precision,
         preferred_element_type=preferred_element_type,
     )

@@ -68,6 +68,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from jdw.geometry import Geometry
+
 # Activations the forward kernel applies to its float32 accumulator before the store.
 EPILOGUES = {
     "identity": lambda z: z,
@@ -218,7 +220,8 @@ class Layer:
     backend repeats input channels first). ``padding`` is explicit ``(low, high)`` zero
     padding (negative crops). ``input_dilation`` puts ``d - 1`` zeros between input
     elements, like ``lax.conv_general_dilated``'s ``lhs_dilation``: a transposed convolution
-    (the input gradient) is a stride-1 convolution of the dilated cotangent.
+    (the input gradient) is a stride-1 convolution of the dilated cotangent. The shape
+    arithmetic is :class:`jdw.geometry.Geometry`'s (:attr:`geometry`, :meth:`from_geometry`).
     """
 
     input_size: tuple[int, int]
@@ -231,21 +234,31 @@ class Layer:
     input_dilation: tuple[int, int] = (1, 1)
 
     def __post_init__(self):
-        if self.output_rows < 1 or self.output_cols < 1:
-            raise ValueError(f"{self} has an empty output")
+        try:
+            _ = self.geometry
+        except ValueError:
+            raise ValueError(f"{self} has an empty output") from None
 
-    def _out(self, axis: int) -> int:
-        k = (self.kernel_size[axis] - 1) * self.dilation[axis] + 1
-        size = (self.input_size[axis] - 1) * self.input_dilation[axis] + 1
-        return (size + sum(self.padding[axis]) - k) // self.strides[axis] + 1
+    @classmethod
+    def from_geometry(cls, geometry: Geometry, channels: int, itemsize: int = 4) -> Layer:
+        """The layer of a 1-D or 2-D ``geometry`` (1-D runs on one row) with ``channels`` of ``itemsize`` bytes."""
+        g = geometry.as_2d()
+        return cls(g.input_size, g.kernel_size, g.strides, g.padding, g.dilation, channels, itemsize, g.input_dilation)
+
+    @functools.cached_property
+    def geometry(self) -> Geometry:
+        """The layer's shape as a :class:`~jdw.geometry.Geometry`."""
+        return Geometry(
+            self.input_size, self.kernel_size, self.strides, self.padding, self.dilation, self.input_dilation
+        )
 
     @property
     def output_rows(self) -> int:
-        return self._out(0)
+        return self.geometry.output_size[0]
 
     @property
     def output_cols(self) -> int:
-        return self._out(1)
+        return self.geometry.output_size[1]
 
     def __str__(self) -> str:
         return (
@@ -255,33 +268,21 @@ class Layer:
         )
 
 
-def _tpu_pads(layer: Layer) -> tuple[tuple[tuple[int, int, int], tuple[int, int]], ...]:
-    """Per spatial axis, the ``lax.pad`` config (dilation, crops) applied to the input in XLA and the zero
-    padding left to the TPU kernels. Where the crops would leave no input (an output that reads
-    only padding), all of the padding goes to ``lax.pad``."""
-    pads = []
-    for n, d, (lo, hi) in zip(layer.input_size, layer.input_dilation, layer.padding):
-        if (n - 1) * d + 1 + min(lo, 0) + min(hi, 0) < 1:
-            pads.append(((lo, hi, d - 1), (0, 0)))
-        else:
-            pads.append(((min(lo, 0), min(hi, 0), d - 1), (max(lo, 0), max(hi, 0))))
-    return tuple(pads)
-
-
 def _tpu_layer(layer: Layer) -> Layer:
-    """The layer the TPU kernels run: after :func:`_tpu_input` has dilated the input and made its crops."""
+    """The layer the TPU kernels run: after :func:`_tpu_input` has dilated the input and made its crops
+    in XLA (:meth:`Geometry.split_padding`), leaving them only non-negative zero padding."""
     if layer.input_dilation == (1, 1) and min(min(p) for p in layer.padding) >= 0:
         return layer
-    pads = _tpu_pads(layer)
-    size = tuple((n - 1) * (inner + 1) + 1 + lo + hi for n, ((lo, hi, inner), _) in zip(layer.input_size, pads))
-    return dataclasses.replace(layer, input_size=size, padding=tuple(p for _, p in pads), input_dilation=(1, 1))
+    config, padding = layer.geometry.split_padding()
+    size = tuple((n - 1) * (inner + 1) + 1 + lo + hi for n, (lo, hi, inner) in zip(layer.input_size, config))
+    return dataclasses.replace(layer, input_size=size, padding=padding, input_dilation=(1, 1))
 
 
 def _tpu_input(x: jax.Array, layer: Layer) -> jax.Array:
     """``x`` dilated and cropped in XLA for :func:`_tpu_layer` (one pass; the TPU kernels read windows by DMA)."""
     if _tpu_layer(layer) is layer:
         return x
-    config = [config for config, _ in _tpu_pads(layer)]
+    config, _ = layer.geometry.split_padding()
     return lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), *config, (0, 0, 0)])
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +13,7 @@ from jax.typing import ArrayLike
 
 from jdw import _layer_common as common
 from jdw.functional.activations import get_activation
+from jdw.typing import ActivationLike
 
 
 def check_model_args(model: str, num_classes, width, *, min_width: float = 0.0) -> None:
@@ -40,11 +42,62 @@ def check_model_args(model: str, num_classes, width, *, min_width: float = 0.0) 
 class MobileNet(nnx.Module):
     """Base class of the MobileNets: the forward pass, feature maps and input checks.
 
-    Subclasses set ``stem``, ``blocks`` (an ``nnx.List``), ``block_strides``, ``head``
-    (a last 1x1 conv-norm-act or ``None``), ``pre_logits`` (a dense layer before the
-    classifier or ``None``) with ``pre_logits_activation``, ``dropout``, ``classifier``
-    (``None`` without top), ``in_features``, ``input_rescaling`` and ``min_input_size``.
+    A subclass builds its layers and hands them to this ``__init__``; everything else
+    (``__call__``, :meth:`features`, :attr:`total_stride`, the input checks) lives here.
+
+    Args:
+      stem: the first layer, applied to the (rescaled) images.
+      stem_strides: the stem's stride.
+      blocks: the blocks after the stem, in order.
+      block_strides: each block's stride (the feature maps of :meth:`features` are taken
+        before every block of stride above 1).
+      head: a last layer after the blocks (MobileNetV2's and V3's 1x1 conv-norm-act), or ``None``.
+      pre_logits: a dense layer between pooling and the classifier (MobileNetV3's), or ``None``.
+      pre_logits_activation: the activation after ``pre_logits``.
+      dropout: the dropout before the classifier.
+      classifier: the last dense layer, or ``None`` without top (``__call__`` then returns
+        the last feature map).
+      in_features: the images' channels.
+      num_classes: the classifier's outputs, or ``None``.
+      width: the width multiplier the model was built with.
+      input_rescaling: optional ``(scale, offset)`` applied to the images first.
+      min_input_size: the smallest image side accepted (``None``: 1).
     """
+
+    def __init__(
+        self,
+        *,
+        stem: nnx.Module,
+        stem_strides: int,
+        blocks: Sequence[nnx.Module],
+        block_strides: Sequence[int],
+        head: nnx.Module | None,
+        pre_logits: nnx.Module | None,
+        pre_logits_activation: ActivationLike,
+        dropout: nnx.Dropout,
+        classifier: nnx.Module | None,
+        in_features: int,
+        num_classes: int | None,
+        width: float,
+        input_rescaling: tuple[float, float] | None,
+        min_input_size: int | None = None,
+    ):
+        if len(blocks) != len(block_strides):
+            raise ValueError(f"{type(self).__name__}: {len(blocks)} blocks but {len(block_strides)} block strides")
+        self.stem = stem
+        self.stem_strides = stem_strides
+        self.blocks = nnx.List(blocks)
+        self.block_strides = tuple(block_strides)
+        self.head = head
+        self.pre_logits = pre_logits
+        self.pre_logits_activation = pre_logits_activation
+        self.dropout = dropout
+        self.classifier = classifier
+        self.in_features = in_features
+        self.num_classes = num_classes
+        self.width = width
+        self.input_rescaling = input_rescaling
+        self.min_input_size = 1 if min_input_size is None else min_input_size
 
     def _check_input(self, x: jax.Array) -> None:
         name = type(self).__name__

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -73,6 +75,8 @@ class MobileNetV1(MobileNet):
       small_inputs: stride 1 instead of 2 in the stem and the first stride-2 layer (for
         32x32 images); the total stride becomes 8.
       input_rescaling: optional ``(scale, offset)`` applied to the input first.
+      stochastic_depth_rate: accepted for a signature common to all MobileNets; V1 has no
+        residual blocks, so only 0 is valid.
       norm_momentum: momentum of the batch norms' running statistics.
       norm_epsilon: epsilon of the batch norms.
       implementation: backend of every depthwise convolution.
@@ -103,6 +107,7 @@ class MobileNetV1(MobileNet):
         dropout: float = 1e-3,
         small_inputs: bool = False,
         input_rescaling: tuple[float, float] | None = None,
+        stochastic_depth_rate: float = 0.0,
         norm_momentum: float = 0.99,
         norm_epsilon: float = 1e-3,
         implementation: str | None = None,
@@ -111,11 +116,16 @@ class MobileNetV1(MobileNet):
         rngs: nnx.Rngs,
     ):
         check_model_args("MobileNetV1", num_classes, width, min_width=1 / 32)
+        if stochastic_depth_rate:
+            raise ValueError(
+                f"MobileNetV1 has no residual blocks to drop, so stochastic_depth_rate must be 0, "
+                f"got stochastic_depth_rate={stochastic_depth_rate!r}"
+            )
         shared = dict(norm_momentum=norm_momentum, norm_epsilon=norm_epsilon, dtype=dtype, param_dtype=param_dtype)
         channels = int(32 * width)
-        self.stem_strides = 1 if small_inputs else 2
-        self.stem = ConvNormAct(
-            in_features, channels, 3, strides=self.stem_strides,
+        stem_strides = 1 if small_inputs else 2
+        stem = ConvNormAct(
+            in_features, channels, 3, strides=stem_strides,
             padding="SAME" if small_inputs else _STRIDE_TWO_PADDING, activation="relu6", rngs=rngs, **shared,
         )  # fmt: skip
         strides = [s for _, s in LAYERS]
@@ -131,16 +141,23 @@ class MobileNetV1(MobileNet):
                 )
             )  # fmt: skip
             channels = out
-        self.blocks = nnx.List(blocks)
-        self.block_strides = tuple(strides)
-        self.head = None
-        self.pre_logits, self.pre_logits_activation = None, None
-        self.dropout = nnx.Dropout(dropout, rngs=rngs)
-        self.classifier = (
-            nnx.Linear(channels, num_classes, dtype=dtype, param_dtype=param_dtype, rngs=rngs) if num_classes else None
+        super().__init__(
+            stem=stem,
+            stem_strides=stem_strides,
+            blocks=blocks,
+            block_strides=strides,
+            head=None,
+            pre_logits=None,
+            pre_logits_activation=None,
+            dropout=nnx.Dropout(dropout, rngs=rngs),
+            classifier=(
+                nnx.Linear(channels, num_classes, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                if num_classes
+                else None
+            ),
+            in_features=in_features,
+            num_classes=num_classes,
+            width=width,
+            input_rescaling=input_rescaling,
+            min_input_size=stem_strides * math.prod(strides),
         )
-        self.in_features = in_features
-        self.num_classes = num_classes
-        self.width = width
-        self.input_rescaling = input_rescaling
-        self.min_input_size = self.total_stride

@@ -72,10 +72,8 @@ class MobileNetV2(MobileNet):
         check_model_args("MobileNetV2", num_classes, width)
         shared = dict(norm_momentum=norm_momentum, norm_epsilon=norm_epsilon, dtype=dtype, param_dtype=param_dtype)
         channels = make_divisible(32 * width, 8)
-        self.stem_strides = 1 if small_inputs else 2
-        self.stem = ConvNormAct(
-            in_features, channels, 3, strides=self.stem_strides, activation="relu6", rngs=rngs, **shared
-        )
+        stem_strides = 1 if small_inputs else 2
+        stem = ConvNormAct(in_features, channels, 3, strides=stem_strides, activation="relu6", rngs=rngs, **shared)
         specs = []
         first_stride_two = True
         for t, c, n, s in STAGES:
@@ -101,17 +99,21 @@ class MobileNetV2(MobileNet):
                 )
             )
             channels = out
-        self.blocks = nnx.List(blocks)
-        self.block_strides = tuple(s for _, _, s in specs)
         last = make_divisible(1280 * width, 8) if width > 1.0 else 1280
-        self.head = ConvNormAct(channels, last, 1, activation="relu6", rngs=rngs, **shared)
-        self.pre_logits, self.pre_logits_activation = None, None
-        self.dropout = nnx.Dropout(dropout, rngs=rngs)
-        self.classifier = (
-            nnx.Linear(last, num_classes, dtype=dtype, param_dtype=param_dtype, rngs=rngs) if num_classes else None
+        super().__init__(
+            stem=stem,
+            stem_strides=stem_strides,
+            blocks=blocks,
+            block_strides=[s for _, _, s in specs],
+            head=ConvNormAct(channels, last, 1, activation="relu6", rngs=rngs, **shared),
+            pre_logits=None,
+            pre_logits_activation=None,
+            dropout=nnx.Dropout(dropout, rngs=rngs),
+            classifier=(
+                nnx.Linear(last, num_classes, dtype=dtype, param_dtype=param_dtype, rngs=rngs) if num_classes else None
+            ),
+            in_features=in_features,
+            num_classes=num_classes,
+            width=width,
+            input_rescaling=input_rescaling,
         )
-        self.in_features = in_features
-        self.num_classes = num_classes
-        self.width = width
-        self.input_rescaling = input_rescaling
-        self.min_input_size = 1

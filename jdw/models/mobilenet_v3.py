@@ -53,8 +53,8 @@ class _MobileNetV3(MobileNet):
         check_model_args(type(self).__name__, num_classes, width)
         kernel, se_ratio, act = (3, None, "relu") if minimalistic else (5, 0.25, "hard_swish")
         shared = dict(norm_momentum=norm_momentum, norm_epsilon=norm_epsilon, dtype=dtype, param_dtype=param_dtype)
-        self.stem_strides = 1 if small_inputs else 2
-        self.stem = ConvNormAct(in_features, 16, 3, strides=self.stem_strides, activation=act, rngs=rngs, **shared)
+        stem_strides = 1 if small_inputs else 2
+        stem = ConvNormAct(in_features, 16, 3, strides=stem_strides, activation=act, rngs=rngs, **shared)
         channels, blocks, strides = 16, [], []
         first_stride_two = True
         for index, (k, expansion, out, se, activation, s) in enumerate(self.TABLE):
@@ -81,22 +81,25 @@ class _MobileNetV3(MobileNet):
             )
             strides.append(s)
             channels = out
-        self.blocks = nnx.List(blocks)
-        self.block_strides = tuple(strides)
         last_conv = make_divisible(channels * 6)
         last_point = make_divisible(self.LAST_POINT * width) if width > 1.0 else self.LAST_POINT
-        self.head = ConvNormAct(channels, last_conv, 1, activation=act, rngs=rngs, **shared)
         linear = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.pre_logits = nnx.Linear(last_conv, last_point, **linear) if num_classes else None
-        self.pre_logits_activation = act
-        self.dropout = nnx.Dropout(dropout, rngs=rngs)
-        self.classifier = nnx.Linear(last_point, num_classes, **linear) if num_classes else None
-        self.in_features = in_features
-        self.num_classes = num_classes
-        self.width = width
+        super().__init__(
+            stem=stem,
+            stem_strides=stem_strides,
+            blocks=blocks,
+            block_strides=strides,
+            head=ConvNormAct(channels, last_conv, 1, activation=act, rngs=rngs, **shared),
+            pre_logits=nnx.Linear(last_conv, last_point, **linear) if num_classes else None,
+            pre_logits_activation=act,
+            dropout=nnx.Dropout(dropout, rngs=rngs),
+            classifier=nnx.Linear(last_point, num_classes, **linear) if num_classes else None,
+            in_features=in_features,
+            num_classes=num_classes,
+            width=width,
+            input_rescaling=input_rescaling,
+        )
         self.minimalistic = minimalistic
-        self.input_rescaling = input_rescaling
-        self.min_input_size = 1
 
 
 _DOC = """MobileNetV3-{size}: inverted residuals with squeeze-excite and hard-swish, found by NAS.

@@ -14,9 +14,9 @@ from jax.nn import initializers
 from jax.typing import ArrayLike, DTypeLike
 
 from jdw import _layer_common as common
-from jdw.functional._arguments import PaddingLike
-from jdw.functional.activations import ActivationLike, get_activation
+from jdw.functional.activations import get_activation
 from jdw.nnx.conv import DepthwiseConv, PointwiseConv
+from jdw.typing import ActivationLike, PaddingLike
 
 Initializer = initializers.Initializer
 _HE_NORMAL = initializers.he_normal()
@@ -238,6 +238,7 @@ class InvertedResidual(nnx.Module):
       se_activation: bottleneck activation of the squeeze-excite.
       se_gate: gate of the squeeze-excite (``"hard_sigmoid"`` in V3).
       stochastic_depth_rate: probability of dropping the residual branch in training.
+      num_spatial_dims: spatial rank when ``kernel_size`` is an int (1 for sequences, 3 for volumes).
       norm_momentum: momentum of the batch norms.
       norm_epsilon: epsilon of the batch norms.
       dtype: dtype of the computation.
@@ -269,6 +270,7 @@ class InvertedResidual(nnx.Module):
         se_activation: ActivationLike = "relu",
         se_gate: ActivationLike = "sigmoid",
         stochastic_depth_rate: float = 0.0,
+        num_spatial_dims: int = 2,
         norm_momentum: float = 0.99,
         norm_epsilon: float = 1e-3,
         dtype: DTypeLike | None = None,
@@ -277,7 +279,7 @@ class InvertedResidual(nnx.Module):
         implementation: str | None = None,
         rngs: nnx.Rngs,
     ):
-        kernel_size = common.kernel_size_tuple(kernel_size, 2, "InvertedResidual")
+        kernel_size = common.kernel_size_tuple(kernel_size, num_spatial_dims, "InvertedResidual")
         nd = len(kernel_size)
         hidden = common.expanded_width(in_features, expand_ratio, expanded_features, "InvertedResidual")
         if not 0.0 <= stochastic_depth_rate < 1.0:

@@ -13,10 +13,10 @@ from jax.nn import initializers
 from jax.typing import ArrayLike, DTypeLike
 
 from jdw import _layer_common as common
-from jdw.functional._arguments import DataFormat
-from jdw.functional.activations import ActivationLike, get_activation
+from jdw.functional.activations import get_activation
 from jdw.functional.causal import causal_conv1d, state_size
 from jdw.nnx.conv import _DEPTHWISE_INIT, _NO_METADATA, Initializer, _optional_param
+from jdw.typing import ActivationLike, DataFormat
 
 
 class CausalConv1D(nnx.Module):

@@ -15,9 +15,9 @@ from jax.typing import ArrayLike, DTypeLike
 
 from jdw import _layer_common as common
 from jdw.functional import depthwise_conv, pointwise_conv
-from jdw.functional._arguments import DataFormat, PaddingLike, PaddingMode
-from jdw.functional.activations import ActivationLike, get_activation
+from jdw.functional.activations import get_activation
 from jdw.initializers import depthwise_kernel_init, pointwise_kernel_init
+from jdw.typing import ActivationLike, DataFormat, PaddingLike, PaddingMode
 
 Initializer = initializers.Initializer
 _DEPTHWISE_INIT = depthwise_kernel_init()
