@@ -43,7 +43,7 @@ def check_conv_options(
         dilation = args_lib.as_tuple(dilation, nd, "dilation")
         args_lib.check_choice(padding_mode, args_lib.PADDING_MODES, "padding_mode")
         args_lib.check_choice(data_format, args_lib.DATA_FORMATS, "data_format")
-        spans = geometry.Geometry(kernel_size, kernel_size, dilation=dilation).kernel_span
+        spans = tuple(geometry.span(k, d) for k, d in zip(kernel_size, dilation))
         args_lib.resolve_padding(padding, spans, kernel_size, strides, dilation)
         if implementation is not None:
             registry.get(implementation)

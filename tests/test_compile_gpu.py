@@ -19,6 +19,7 @@ from helpers import mamba_conv_program, training_program  # noqa: E402
 from jax_cuda12_plugin import version as plugin_version  # noqa: E402
 
 import jdw  # noqa: E402
+import jdw.kernels.pallas_depthwise  # noqa: E402  (jdw imports the Pallas kernels on first use)
 from jdw import traffic  # noqa: E402
 
 if plugin_version.__version__ != jaxlib.__version__:

@@ -17,6 +17,7 @@ import jax  # noqa: E402
 from helpers import mamba_conv_program, training_program  # noqa: E402
 
 import jdw  # noqa: E402
+import jdw.kernels.pallas_depthwise  # noqa: E402  (jdw imports the Pallas kernels on first use)
 from jdw import traffic  # noqa: E402
 
 CHIPS = ("v5e", "v6e")
