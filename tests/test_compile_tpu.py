@@ -66,9 +66,18 @@ def _kernels(compiled) -> list[str]:
     return [line for line in compiled.as_text().splitlines() if 'custom_call_target="tpu_custom_call"' in line]
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("layer", MOBILENET_V2 + OTHERS, ids=_name)
-@pytest.mark.parametrize("chip", CHIPS)
+# Every layer in both dtypes on v5e; v6e, whose VPU computes bfloat16 natively, in bfloat16 (its
+# float32 kernels are v5e's, and the CI machine has 2 cores for the whole suite).
+GRID = [
+    pytest.param(chip, layer, dtype, id=f"{chip}-{_name(layer)}-{dtype}")
+    for chip in CHIPS
+    for layer in MOBILENET_V2 + OTHERS
+    for dtype in ("float32", "bfloat16")
+    if chip == "v5e" or dtype == "bfloat16"
+]
+
+
+@pytest.mark.parametrize("chip, layer, dtype", GRID)
 def test_forward_and_training_compile_for_tpu(chip, layer, dtype):
     """Forward with a fused epilogue, and the whole training vjp (recomputed forward, input and kernel gradients)."""
     x, kernel, bias = _args(chip, layer, dtype)
