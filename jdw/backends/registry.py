@@ -8,7 +8,7 @@ modes, bias, validation). The ``"xla"`` backend is always registered and is the 
 the others are tested against.
 
 A backend is one module and one :func:`register` call; see the backend guide
-(``docs/api/backends.md``) for a complete ten-line example.
+(``docs/guides/backends.md``) for a complete ten-line example.
 """
 
 from __future__ import annotations
