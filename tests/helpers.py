@@ -6,6 +6,7 @@ import pathlib
 import re
 
 import numpy as np
+import pytest
 
 GUIDE = pathlib.Path(__file__).resolve().parent.parent / "docs" / "guides" / "backends.md"
 
@@ -22,6 +23,18 @@ IMPLEMENTATIONS = ("xla", "taps", "pallas", register_guide_backend())
 
 # Max abs error allowed, relative to max(1, |reference|), per dtype of the computation.
 _TOLERANCE = {"float64": 1e-12, "float32": 2e-5, "float16": 4e-3, "bfloat16": 3e-2}
+
+
+def compile_grid(chips, layers, name, keep):
+    """The ``(chip, layer, dtype)`` cases of a deviceless compile test: every chip x layer in float32 and
+    bfloat16 where ``keep(chip, dtype)``, with ids such as ``v5e-14x14x384-k3-s1-d1-bfloat16``."""
+    return [
+        pytest.param(chip, layer, dtype, id=f"{chip}-{name(layer)}-{dtype}")
+        for chip in chips
+        for layer in layers
+        for dtype in ("float32", "bfloat16")
+        if keep(chip, dtype)
+    ]
 
 
 def tolerance(dtype) -> float:

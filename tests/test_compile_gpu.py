@@ -15,7 +15,7 @@ pytest.importorskip("jax_cuda12_plugin", reason="compiling for GPU without one n
 
 import jax  # noqa: E402
 import jaxlib  # noqa: E402
-from helpers import mamba_conv_program, training_program  # noqa: E402
+from helpers import compile_grid, mamba_conv_program, training_program  # noqa: E402
 from jax_cuda12_plugin import version as plugin_version  # noqa: E402
 
 import jdw  # noqa: E402
@@ -85,13 +85,7 @@ def _kernels(compiled) -> list[str]:
 
 # Every layer on both cards in float32 (the most registers: A100's sm_80 float32 kernels use the
 # most) and on H100 in bfloat16; the CI machine has 2 cores for the whole suite.
-GRID = [
-    pytest.param(chip, layer, dtype, id=f"{chip}-{_name(layer)}-{dtype}")
-    for chip in CHIPS
-    for layer in MOBILENET_V2 + OTHERS
-    for dtype in ("float32", "bfloat16")
-    if chip == "h100" or dtype == "float32"
-]
+GRID = compile_grid(CHIPS, MOBILENET_V2 + OTHERS, _name, keep=lambda chip, dtype: chip == "h100" or dtype == "float32")
 
 
 @pytest.mark.parametrize("chip, layer, dtype", GRID)

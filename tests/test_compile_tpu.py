@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("libtpu", reason="compiling for TPU without one needs libtpu (jdw's test extra)")
 
 import jax  # noqa: E402
-from helpers import mamba_conv_program, training_program  # noqa: E402
+from helpers import compile_grid, mamba_conv_program, training_program  # noqa: E402
 
 import jdw  # noqa: E402
 import jdw.kernels.pallas_depthwise  # noqa: E402  (jdw imports the Pallas kernels on first use)
@@ -68,13 +68,7 @@ def _kernels(compiled) -> list[str]:
 
 # Every layer in both dtypes on v5e; v6e, whose VPU computes bfloat16 natively, in bfloat16 (its
 # float32 kernels are v5e's, and the CI machine has 2 cores for the whole suite).
-GRID = [
-    pytest.param(chip, layer, dtype, id=f"{chip}-{_name(layer)}-{dtype}")
-    for chip in CHIPS
-    for layer in MOBILENET_V2 + OTHERS
-    for dtype in ("float32", "bfloat16")
-    if chip == "v5e" or dtype == "bfloat16"
-]
+GRID = compile_grid(CHIPS, MOBILENET_V2 + OTHERS, _name, keep=lambda chip, dtype: chip == "v5e" or dtype == "bfloat16")
 
 
 @pytest.mark.parametrize("chip, layer, dtype", GRID)
