@@ -93,7 +93,8 @@ def test_matches_numpy_with_state_and_segments(case, implementation, rng):
         tail = np.concatenate([past, x], axis=1)[:, -pad:]
         if ids is not None:
             runs = np.concatenate([np.full((x.shape[0], pad), -1), np.arange(x.shape[1])[None].repeat(2, 0)], 1)
-            starts = jax.device_get(jdw.functional.causal._segment_starts(jnp.asarray(ids)))[:, -1:]
+            changes = [[t for t in range(1, ids.shape[1]) if row[t] != row[t - 1]] for row in ids]
+            starts = np.array([[c[-1] if c else 0] for c in changes])  # where each row's last run starts
             first = np.where(starts > 0, starts, -pad)
             tail = np.where((runs[:, -pad:] >= first)[..., None], tail, 0)
         assert_close(final, tail)
@@ -230,8 +231,47 @@ def test_gradients_match_xla_including_the_initial_state(implementation, segment
     assert abs(float(jnp.vdot(jax.grad(f)(initial), direction)) - float(fd)) < 1e-2 * max(1.0, abs(float(fd)))
 
 
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_vmap_over_segment_ids_and_kernels(implementation, rng):
+    """Stacks of packed batches fold into the batch; a stack of kernels and ids together (and the kernel
+    gradient of a stack of ids) maps one element at a time: each equals the loop over the stack."""
+    x, kernel, bias, initial, _ = _case(rng, state=True)
+    xs = np.stack([x, x[::-1] * 0.5])
+    ids = np.stack([np.cumsum(rng.random((2, 13)) < p, axis=1) for p in (0.2, 0.5)])
+    kernels = np.stack([kernel, kernel * -0.5])
+
+    def f(x, kernel, ids, impl=implementation):
+        return jdw.causal_conv1d(x, kernel, bias, initial_state=initial, segment_ids=ids, implementation=impl)
+
+    def dk(x, kernel, ids, impl=implementation):
+        return jax.grad(lambda k: jnp.sum(jnp.sin(f(x, k, ids, impl))))(kernel)
+
+    for fn, axes, args in [
+        (f, (0, None, 0), (xs, kernel, ids)),
+        (f, (None, 0, 0), (x, kernels, ids)),
+        (f, (0, 0, None), (xs, kernels, ids[0])),
+        (dk, (0, None, 0), (xs, kernel, ids)),
+    ]:
+        got = jax.vmap(fn, axes)(*args)
+        for n in range(2):
+            one = [a if ax is None else a[n] for a, ax in zip(args, axes)]
+            assert_close(got[n], fn(*one, impl="xla"))
+
+
+def test_packed_sequences_stay_on_the_tap_sums():
+    """Every derivative of the packed path is one of the three masked tap sums, never JAX's derivative of a
+    masked slice sum (which costs a reduction per tap)."""
+    x, kernel, ids = jnp.ones((2, 9, 4)), jnp.ones((4, 1, 4)), jnp.array([[0] * 4 + [1] * 5] * 2)
+    f = lambda x, k: jnp.sum(jnp.sin(jdw.causal_conv1d(x, k, segment_ids=ids, implementation="taps")))  # noqa: E731
+    hessian = str(jax.make_jaxpr(jax.hessian(f, (0, 1)))(x, kernel))
+    jvp = str(jax.make_jaxpr(lambda x, k: jax.jvp(f, (x, k), (x, k)))(x, kernel))
+    for kind in ("depthwise_conv[", "depthwise_conv_transpose[", "depthwise_kernel_grad["):
+        assert kind in hessian
+    assert jvp.count("depthwise_conv[") == 3
+
+
 def test_forward_mode_through_segments_and_updates(rng):
-    """The masked-tap paths are plain jnp: jvp works there on every backend."""
+    """The packed path's primitives and the update's plain jnp both have forward mode."""
     x, kernel, bias, initial, ids = _case(rng, state=True, segments=True)
     f = lambda k: jdw.causal_conv1d(x, k, bias, initial_state=initial, segment_ids=ids)  # noqa: E731
     _, tangent = jax.jvp(f, (kernel,), (jnp.ones_like(kernel),))

@@ -96,6 +96,21 @@ def _causal(implementation, dtype, rng):
     return f, x, params
 
 
+def _causal_packed(implementation, dtype, rng):
+    """Packed sequences (runs of ids, the first continuing a state), the state differentiated too."""
+    x = _normal(rng, (2, 7, 4), dtype)
+    params = (_normal(rng, (3, 1, 4), dtype), _normal(rng, (2, 2, 4), dtype))
+    ids = jnp.array([[0, 0, 0, 1, 1, 1, 1], [5, 5, 2, 2, 2, 2, 7]])
+
+    def f(x, params):
+        kernel, state = params
+        return jdw.causal_conv1d(
+            x, kernel, activation="silu", initial_state=state, segment_ids=ids, implementation=implementation
+        )
+
+    return f, x, params
+
+
 def _nnx_layer(implementation, dtype, rng):
     module = jdw.nnx.DepthwiseConv(
         3, 3, strides=2, activation="hard_swish", implementation=implementation, rngs=nnx.Rngs(0)
@@ -181,6 +196,7 @@ FUNCTIONS = {
     "transpose": _transpose,
     "separable": _separable,
     "causal": _causal,
+    "causal_packed": _causal_packed,
     "nnx": _nnx_layer,
     "nnx_separable": _nnx_separable,
     "nnx_causal": _nnx_causal,
@@ -238,7 +254,7 @@ _FEW = ("jit", "vmap", "grad", "jvp", "hessian", "linearize")
 
 def _cases():
     for name in FUNCTIONS:
-        implementations = IMPLEMENTATIONS if name == "conv2d" else ("taps", "pallas")
+        implementations = {"conv2d": IMPLEMENTATIONS, "causal_packed": ("taps",)}.get(name, ("taps", "pallas"))
         for implementation in implementations if name not in _NO_BACKEND else ("xla",):
             for transform in TRANSFORMS:
                 for dtype in ("float32", "bfloat16", "float64"):

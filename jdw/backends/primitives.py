@@ -25,6 +25,11 @@ with the same kernel and no activation.
 
 Every operand is channels-last and every kernel's last axis is its channels, which the
 batching rule relies on.
+
+The maps may take further operands after the two linear ones, *masks*: integer arrays that
+are not differentiated and that the maps use with the same value in all three (the packed
+sequences' segment positions of :func:`jdw.causal_conv1d`, shape ``(N, ...)``, indexed by
+image). Each rule passes them through unchanged.
 """
 
 from __future__ import annotations
@@ -89,19 +94,19 @@ _NAMES = {
 }
 
 
-def conv(x, kernel, *, ops: LinearOps, static: Any, dtype) -> jax.Array:
-    """``ops.forward(x, kernel)`` as a primitive: differentiable in every mode, batchable."""
-    return ops.primitives["forward"].bind(x, kernel, ops=ops, static=static, dtype=np.dtype(dtype))
+def conv(x, kernel, *masks, ops: LinearOps, static: Any, dtype) -> jax.Array:
+    """``ops.forward(x, kernel, *masks)`` as a primitive: differentiable in every mode, batchable."""
+    return ops.primitives["forward"].bind(x, kernel, *masks, ops=ops, static=static, dtype=np.dtype(dtype))
 
 
-def conv_transpose(y, kernel, *, ops: LinearOps, static: Any, dtype) -> jax.Array:
-    """``ops.transpose(y, kernel)``, the adjoint in ``x`` of :func:`conv` with the same ``static``."""
-    return ops.primitives["transpose"].bind(y, kernel, ops=ops, static=static, dtype=np.dtype(dtype))
+def conv_transpose(y, kernel, *masks, ops: LinearOps, static: Any, dtype) -> jax.Array:
+    """``ops.transpose(y, kernel, *masks)``, the adjoint in ``x`` of :func:`conv` with the same ``static``."""
+    return ops.primitives["transpose"].bind(y, kernel, *masks, ops=ops, static=static, dtype=np.dtype(dtype))
 
 
-def kernel_grad(x, y, *, ops: LinearOps, static: Any, dtype) -> jax.Array:
-    """``ops.kernel_grad(x, y)``, the adjoint in the kernel of :func:`conv` with the same ``static``."""
-    return ops.primitives["kernel_grad"].bind(x, y, ops=ops, static=static, dtype=np.dtype(dtype))
+def kernel_grad(x, y, *masks, ops: LinearOps, static: Any, dtype) -> jax.Array:
+    """``ops.kernel_grad(x, y, *masks)``, the adjoint in the kernel of :func:`conv` with the same ``static``."""
+    return ops.primitives["kernel_grad"].bind(x, y, *masks, ops=ops, static=static, dtype=np.dtype(dtype))
 
 
 def conv_bias_act(x, kernel, bias, *, ops: LinearOps, static: Any, dtype, activation: str) -> jax.Array:
@@ -119,7 +124,10 @@ def _define(prim: Primitive, kind: str, ops: LinearOps) -> None:
     if kind == "fused":
         ad.primitive_jvps[prim] = _fused_jvp
     else:
-        ad.defbilinear(prim, *_TRANSPOSES[kind])
+        # Bilinear in the first two operands; masks are passed through (ad.defbilinear's rules,
+        # which take exactly two operands, with the masks added).
+        ad.primitive_jvps[prim] = functools.partial(_bilinear_jvp, prim)
+        ad.primitive_transposes[prim] = functools.partial(_bilinear_transpose, *_TRANSPOSES[kind])
     batching.primitive_batchers[prim] = _batch_rule(prim, kind)
     if ops.requires_devices:  # Pallas calls partitioned with custom_partitioning
         dispatch.prim_requires_devices_during_lowering.add(prim)
@@ -184,28 +192,49 @@ def _like(cotangent: jax.Array, primal) -> jax.Array:
 
 
 # <y, F(x, k)> = <T(y, k), x> = <G(x, y), k>: each map's adjoint in either operand.
-def _conv_t_lhs(ct, x, k, *, ops, static, dtype):
-    return _like(conv_transpose(ct, k, ops=ops, static=static, dtype=x.aval.dtype), x)
+def _conv_t_lhs(ct, x, k, *masks, ops, static, dtype):
+    return _like(conv_transpose(ct, k, *masks, ops=ops, static=static, dtype=x.aval.dtype), x)
 
 
-def _conv_t_rhs(ct, x, k, *, ops, static, dtype):
-    return _like(kernel_grad(x, ct, ops=ops, static=static, dtype=k.aval.dtype), k)
+def _conv_t_rhs(ct, x, k, *masks, ops, static, dtype):
+    return _like(kernel_grad(x, ct, *masks, ops=ops, static=static, dtype=k.aval.dtype), k)
 
 
-def _transpose_t_lhs(ct, y, k, *, ops, static, dtype):
-    return _like(conv(ct, k, ops=ops, static=static, dtype=y.aval.dtype), y)
+def _transpose_t_lhs(ct, y, k, *masks, ops, static, dtype):
+    return _like(conv(ct, k, *masks, ops=ops, static=static, dtype=y.aval.dtype), y)
 
 
-def _transpose_t_rhs(ct, y, k, *, ops, static, dtype):
-    return _like(kernel_grad(ct, y, ops=ops, static=static, dtype=k.aval.dtype), k)
+def _transpose_t_rhs(ct, y, k, *masks, ops, static, dtype):
+    return _like(kernel_grad(ct, y, *masks, ops=ops, static=static, dtype=k.aval.dtype), k)
 
 
-def _kernel_grad_t_lhs(ct, x, y, *, ops, static, dtype):
-    return _like(conv_transpose(y, ct, ops=ops, static=static, dtype=x.aval.dtype), x)
+def _kernel_grad_t_lhs(ct, x, y, *masks, ops, static, dtype):
+    return _like(conv_transpose(y, ct, *masks, ops=ops, static=static, dtype=x.aval.dtype), x)
 
 
-def _kernel_grad_t_rhs(ct, x, y, *, ops, static, dtype):
-    return _like(conv(x, ct, ops=ops, static=static, dtype=y.aval.dtype), y)
+def _kernel_grad_t_rhs(ct, x, y, *masks, ops, static, dtype):
+    return _like(conv(x, ct, *masks, ops=ops, static=static, dtype=y.aval.dtype), y)
+
+
+def _bilinear_jvp(prim: Primitive, primals, tangents, **params):
+    a, b, *masks = primals
+    da, db = tangents[:2]
+    out = prim.bind(a, b, *masks, **params)
+    parts = [prim.bind(t, b, *masks, **params) for t in (da,) if type(t) is not ad.Zero]
+    parts += [prim.bind(a, t, *masks, **params) for t in (db,) if type(t) is not ad.Zero]
+    if not parts:
+        return out, ad.Zero.from_primal_value(out)
+    return out, functools.reduce(jnp.add, parts)
+
+
+def _bilinear_transpose(lhs_rule, rhs_rule, ct, a, b, *masks, **params):
+    """The cotangents of the one linear operand that is unknown (masks are never)."""
+    none = [None] * len(masks)
+    if ad.is_undefined_primal(a):
+        out = ad.Zero(a.aval.to_ct_aval()) if type(ct) is ad.Zero else lhs_rule(ct, a, b, *masks, **params)
+        return [out, None, *none]
+    out = ad.Zero(b.aval.to_ct_aval()) if type(ct) is ad.Zero else rhs_rule(ct, a, b, *masks, **params)
+    return [None, out, *none]
 
 
 _TRANSPOSES = {
@@ -250,21 +279,41 @@ def _fused_jvp(primals, tangents, *, ops, static, dtype, activation):
 
 
 def _batch_rule(prim: Primitive, kind: str):
-    """Stacks of inputs become more images; stacks of anything else, more channels."""
+    """Stacks of inputs become more images; stacks of anything else, more channels.
+
+    Masks (operands after the first two) are indexed by image: they fold into the batch with
+    the input. A stacked mask with a stacked kernel (or in the kernel gradient, which has no
+    batch axis) cannot fold into channels; that rare case maps the primitive over the stack.
+    """
 
     def rule(args, dims, **params):
         size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
         args = [a if d is None else jnp.moveaxis(a, d, 0) for a, d in zip(args, dims)]
         mapped = [d is not None for d in dims]
-        if kind != "kernel_grad" and not any(mapped[1:]):
-            x = args[0]
-            y = prim.bind(x.reshape(size * x.shape[1], *x.shape[2:]), *args[1:], **params)
+        linear = 3 if kind == "fused" else 2  # operands before the masks
+        if kind != "kernel_grad" and not any(mapped[1:linear]):
+            stacked = [a if m else jnp.broadcast_to(a, (size, *a.shape)) for a, m in zip(args, mapped)]
+            x, masks = stacked[0], [m.reshape(size * m.shape[1], *m.shape[2:]) for m in stacked[linear:]]
+            y = prim.bind(x.reshape(size * x.shape[1], *x.shape[2:]), *args[1:linear], *masks, **params)
             return y.reshape(size, -1, *y.shape[1:]), 0
+        if any(mapped[linear:]):
+            return _mapped(prim, args, mapped, params), 0
         folded = []
-        for a, m in zip(args, mapped):
+        for a, m in zip(args[:linear], mapped):
             a = jnp.moveaxis(a, 0, -2) if m else jnp.broadcast_to(a[..., None, :], (*a.shape[:-1], size, a.shape[-1]))
             folded.append(a.reshape(*a.shape[:-2], -1))
-        y = prim.bind(*folded, **params)
+        y = prim.bind(*folded, *args[linear:], **params)
         return jnp.moveaxis(y.reshape(*y.shape[:-1], size, -1), -2, 0), 0
 
     return rule
+
+
+def _mapped(prim: Primitive, args: list, mapped: list[bool], params: dict) -> jax.Array:
+    """``prim`` over a stack (axis 0 of the mapped operands), one element at a time (``lax.map``)."""
+    stacked = [a for a, m in zip(args, mapped) if m]
+
+    def one(slices):
+        it = iter(slices)
+        return prim.bind(*(next(it) if m else a for a, m in zip(args, mapped)), **params)
+
+    return jax.lax.map(one, stacked)

@@ -47,6 +47,13 @@ class Backend:
       fused_activations: the activation names ``conv_bias_act`` fuses. Other activations, and
         backends without ``conv_bias_act``, get ``conv`` followed by XLA's bias add and
         activation, which XLA fuses into one elementwise pass.
+      segment_conv: optional ``segment_conv(xp, kernel, reach, *, dilation, preferred_element_type)``,
+        the causal 1-D convolution of packed sequences (:func:`jdw.causal_conv1d` with
+        ``segment_ids``): ``xp`` ``(N, L + pad, C)`` is the chunk with ``pad = (W - 1) * dilation``
+        earlier tokens in front, ``kernel`` ``(W, 1, C * M)``, ``reach`` ``(N, L)`` int32 how many
+        earlier tokens each output may read (its segment's); the result ``(N, L, C * M)`` is
+        ``Σ_i kernel[i] * xp[:, t + i * dilation]`` over the taps whose lag ``pad - i * dilation``
+        is at most ``reach[:, t]``. Backends without one use ``"taps"``'s.
     """
 
     name: str
@@ -55,6 +62,7 @@ class Backend:
     description: str
     conv_bias_act: Callable[..., jax.Array] | None = None
     fused_activations: frozenset[str] = frozenset()
+    segment_conv: Callable[..., jax.Array] | None = None
 
 
 def conv_bias_act(
@@ -146,6 +154,11 @@ def forced_implementation(name: str) -> Iterator[None]:
         _FORCED.reset(token)
 
 
+def forced() -> str | None:
+    """The backend :func:`forced_implementation` imposes in this context, or ``None``."""
+    return _FORCED.get()
+
+
 def automatic_choice(platform: str) -> str:
     """The backend ``implementation=None`` uses when lowering for ``platform`` ("cpu", "cuda", "tpu", ...)."""
     name = _AUTOMATIC.get(platform, "xla")
@@ -160,7 +173,7 @@ def dispatch(implementation: str | None, op: Callable[..., jax.Array], *args: An
     :func:`jax.lax.platform_dependent`, so a function exported from a CPU machine for
     TPU or CUDA carries the choice for that platform, not the CPU's.
     """
-    implementation = _FORCED.get() or implementation
+    implementation = forced() or implementation
     if any(dim == 0 for dim in args[0].shape):
         # An empty batch has nothing to compute. The reference returns the empty result (and
         # zero gradients); the others' tiles and batch reshapes assume at least one image.

@@ -264,6 +264,119 @@ def _kernel_grad_map(x, y, *, static: _Static, dtype) -> jax.Array:
 OPS = primitives.LinearOps("taps", forward=_forward_map, transpose=_adjoint_map, kernel_grad=_kernel_grad_map)
 
 
+# --- Packed sequences: the causal 1-D tap sum with a segment mask ----------------------------------
+#
+# For jdw.causal_conv1d with segment_ids: y[b, t] = Σ_i k[i] · xp[b, t + i·d] over the taps whose lag
+# (pad - i·d, with pad = (W - 1)·d) is at most reach[b, t], the number of earlier tokens of t's own
+# segment that it may read (xp is the chunk with its pad past tokens in front). reach is the mask
+# operand of the primitives; the three maps apply it with the same value, so they stay each other's
+# adjoints.
+
+
+@dataclasses.dataclass(frozen=True)
+class _Causal:
+    """The static part of a segment-masked causal tap sum: kernel width, dilation, multiplier, result dtype."""
+
+    width: int
+    dilation: int
+    multiplier: int
+    dtype: str
+
+    @property
+    def pad(self) -> int:
+        return (self.width - 1) * self.dilation
+
+    def readable(self, reach: jax.Array, tap: int) -> jax.Array:
+        """``(N, L, 1, 1)``: whether tap ``tap`` may be read at each output."""
+        return (reach >= self.pad - tap * self.dilation)[..., None, None]
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _causal_forward(xp, kernel, reach, static: _Causal) -> jax.Array:
+    """(N, L + pad, C), (W, 1, C*M), (N, L) -> (N, L, C*M)."""
+    compute = _compute_dtype(xp.dtype, kernel.dtype)
+    w = _grouped_kernel(kernel, static.multiplier).astype(compute)
+    xp = xp[..., None]
+    length = reach.shape[1]
+    acc = None
+    for i in range(static.width):
+        window = lax.slice_in_dim(xp, i * static.dilation, i * static.dilation + length, axis=1).astype(compute)
+        term = jnp.where(static.readable(reach, i), window * w[i][None, None], 0)
+        acc = term if acc is None else acc + term
+    return acc.reshape(acc.shape[:-2] + (-1,)).astype(static.dtype)
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _causal_adjoint(y, kernel, reach, static: _Causal) -> jax.Array:
+    """The adjoint in ``xp``: (N, L, C*M), (W, 1, C*M), (N, L) -> (N, L + pad, C)."""
+    compute = _compute_dtype(y.dtype, kernel.dtype)
+    w = _grouped_kernel(kernel, static.multiplier).astype(compute)
+    y = y.reshape(y.shape[:-1] + (-1, static.multiplier))
+    pad, length = static.pad, reach.shape[1]
+    # xp[s] gathers y[s - i·d] for every tap: slices of y padded once on both sides (the mask padded
+    # with "unreadable"), so the sum is one fused loop with no scatter.
+    y = lax.pad(y, jnp.zeros((), y.dtype), [(0, 0, 0), (pad, pad, 0), (0, 0, 0), (0, 0, 0)])
+    reach = lax.pad(reach, jnp.asarray(-1, reach.dtype), [(0, 0, 0), (pad, pad, 0)])
+    acc = None
+    for i in range(static.width):
+        start = pad - i * static.dilation
+        window = lax.slice_in_dim(y, start, start + length + pad, axis=1).astype(compute)
+        readable = static.readable(lax.slice_in_dim(reach, start, start + length + pad, axis=1), i)
+        term = jnp.where(readable, window * w[i][None, None], 0)
+        acc = term if acc is None else acc + term
+    x = acc[..., 0] if static.multiplier == 1 else jnp.sum(acc, axis=-1)
+    return x.astype(static.dtype)
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _causal_kernel_grad(xp, dy, reach, static: _Causal) -> jax.Array:
+    """The adjoint in the kernel: (N, L + pad, C), (N, L, C*M), (N, L) -> (W, 1, C*M).
+
+    Summed over a group of images with fused multiply-adds first, like :func:`_kernel_grad`.
+    """
+    compute = _compute_dtype(xp.dtype, dy.dtype)
+    batch, length = reach.shape
+    dy = dy.reshape(dy.shape[:-1] + (-1, static.multiplier))
+    xp = xp[..., None]
+    group = _batch_group(batch, static.width, _batch_shards(xp))
+    xp, dy, reach = (a.reshape((batch // group, group) + a.shape[1:]) for a in (xp, dy, reach))
+    partials = []
+    for i in range(static.width):
+        acc = None
+        for g in range(group):
+            image = lax.index_in_dim(xp, g, 1, keepdims=False)
+            window = lax.slice_in_dim(image, i * static.dilation, i * static.dilation + length, axis=1)
+            grad = lax.index_in_dim(dy, g, 1, keepdims=False).astype(compute)
+            readable = static.readable(lax.index_in_dim(reach, g, 1, keepdims=False), i)
+            term = jnp.where(readable, window.astype(compute) * grad, 0)
+            acc = term if acc is None else acc + term
+        partials.append(acc)
+    grad = jnp.sum(jnp.stack(partials), axis=(1, 2))  # (W, C, M)
+    return grad.reshape(static.width, 1, -1)
+
+
+def _causal_map(fn):
+    def apply(a, b, reach, *, static: _Causal, dtype):
+        return fn(a, b, reach, dataclasses.replace(static, dtype=np.dtype(dtype).name)).astype(dtype)
+
+    return apply
+
+
+CAUSAL_OPS = primitives.LinearOps(
+    "taps_causal",
+    forward=_causal_map(_causal_forward),
+    transpose=_causal_map(_causal_adjoint),
+    kernel_grad=_causal_map(_causal_kernel_grad),
+)
+
+
+def segment_conv(xp, kernel, reach, *, dilation: int, preferred_element_type=None) -> jax.Array:
+    """The causal 1-D tap sum of packed sequences (see :attr:`jdw.backends.Backend.segment_conv`)."""
+    static = _Causal(kernel.shape[0], dilation, kernel.shape[-1] // xp.shape[-1], "float32")
+    dtype = np.dtype(preferred_element_type or jnp.result_type(xp, kernel))
+    return primitives.conv(xp, kernel, reach, ops=CAUSAL_OPS, static=static, dtype=dtype)
+
+
 def conv(x, kernel, geometry: Geometry, *, precision=None, preferred_element_type=None) -> jax.Array:
     """Depthwise convolution by tap sums. ``precision`` is unused: products are elementwise."""
     del precision
@@ -287,5 +400,6 @@ BACKEND = registry.register(
         conv=conv,
         conv_transpose=conv_transpose,
         description="sum over kernel taps of shifted slices, fused by XLA, with its own derivatives",
+        segment_conv=segment_conv,
     )
 )

@@ -7,6 +7,7 @@ Always available. On GPU it is cuDNN's grouped convolution; on CPU it is slow
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from jax import lax
 
 from jdw.backends import registry
@@ -55,11 +56,33 @@ def conv_transpose(y, kernel, geometry: Geometry, *, precision=None, preferred_e
     return conv(y, flipped, geometry.adjoint(), precision=precision, preferred_element_type=preferred_element_type)
 
 
+def segment_conv(xp, kernel, reach, *, dilation: int, preferred_element_type=None) -> jax.Array:
+    """Packed sequences' causal tap sum (:attr:`registry.Backend.segment_conv`) in plain JAX, differentiated by JAX.
+
+    A grouped convolution cannot mask taps per output, so the reference is the masked sum of
+    shifted slices written out, with JAX's own derivatives of it.
+    """
+    width, channels = kernel.shape[0], xp.shape[-1]
+    multiplier, pad, length = kernel.shape[-1] // channels, (width - 1) * dilation, reach.shape[1]
+    out_dtype = preferred_element_type or jnp.result_type(xp, kernel)
+    accumulate = jnp.float64 if jnp.dtype(out_dtype) == jnp.float64 else jnp.float32
+    if multiplier > 1:
+        xp = jnp.repeat(xp, multiplier, axis=-1)
+    total = None
+    for i in range(width):
+        window = lax.slice_in_dim(xp, i * dilation, i * dilation + length, axis=1).astype(accumulate)
+        readable = (reach >= pad - i * dilation)[..., None]
+        term = jnp.where(readable, window * kernel[i, 0].astype(accumulate)[None, None], 0)
+        total = term if total is None else total + term
+    return total.astype(out_dtype)
+
+
 BACKEND = registry.register(
     registry.Backend(
         name="xla",
         conv=conv,
         conv_transpose=conv_transpose,
         description="lax.conv_general_dilated with feature_group_count (the reference)",
+        segment_conv=segment_conv,
     )
 )

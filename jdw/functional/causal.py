@@ -71,24 +71,27 @@ def _check_state(state, x, pad, data_format, name, op):
     return _channels_last(state, data_format)
 
 
-def _segment_starts(segment_ids: jax.Array) -> jax.Array:
-    """``(B, L)``: where the run of equal ids that holds each position begins."""
+def _segment_reach(segment_ids: jax.Array, pad: int) -> jax.Array:
+    """``(B, L)`` int32: how many earlier tokens each position may read.
+
+    A segment is a run of equal ids; a position reads back to its run's start, and the first
+    run of a row also reads the state (``pad`` tokens: everything).
+    """
     positions = lax.broadcasted_iota(jnp.int32, segment_ids.shape, 1)
     new = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
-    return lax.cummax(jnp.where(new, positions, 0), axis=1)
+    starts = lax.cummax(jnp.where(new, positions, 0), axis=1)
+    return jnp.where(starts > 0, jnp.minimum(positions - starts, pad), pad)
 
 
-def _masked_taps(xp, kernel, multiplier, dilation, length, first_readable, dtype):
-    """``Σ_i k[i] · xp[t + i·dilation]`` over the taps whose ``xp`` index is at least ``first_readable[b, t]``."""
-    acc_dtype = jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32  # 16-bit inputs accumulate in f32
+def _tap_sum(xp, kernel, multiplier, dilation, length, dtype):
+    """``Σ_i k[i] · xp[t + i·dilation]`` for ``t < length``, accumulated in float32 for 16-bit inputs."""
+    acc_dtype = jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32
     if multiplier > 1:
         xp = jnp.repeat(xp, multiplier, axis=-1)
-    taps = jnp.arange(length, dtype=jnp.int32)[None]
     total = None
     for i in range(kernel.shape[0]):
         window = lax.slice_in_dim(xp, i * dilation, i * dilation + length, axis=1).astype(acc_dtype)
-        readable = (taps + i * dilation >= first_readable)[..., None]
-        term = jnp.where(readable, window, 0) * kernel[i, 0].astype(acc_dtype)[None, None]
+        term = window * kernel[i, 0].astype(acc_dtype)[None, None]
         total = term if total is None else total + term
     return total
 
@@ -135,13 +138,15 @@ def causal_conv1d(
         change of id), and ``initial_state`` belongs to the segment at position 0, so it
         continues the sequence the previous chunk ended with (for a row whose chunk starts a
         new sequence, pass zeros). The final state holds zeros for positions outside the
-        last segment. With segments the masked tap sum runs in XLA
-        (one fused pass) whatever ``implementation`` says.
+        last segment. With segments the convolution is a tap sum with a
+        per-position mask (:attr:`jdw.backends.Backend.segment_conv`): ``"taps"``'s, with its own
+        derivatives, unless ``implementation`` names a backend that has its own (``"xla"``: the
+        masked sum differentiated by JAX, the reference).
       dilation: spacing of the taps.
       data_format: ``"channels_last"`` or ``"channels_first"``.
       precision: see :func:`jdw.depthwise_conv`.
       preferred_element_type: dtype of the result; float32 accumulation for 16-bit inputs.
-      implementation: backend (see :func:`jdw.depthwise_conv`) without ``segment_ids``.
+      implementation: backend (see :func:`jdw.depthwise_conv`).
 
     Returns:
       ``y`` like ``x`` with ``D * M`` channels, or ``(y, final_state)`` with ``return_final_state``.
@@ -206,14 +211,18 @@ def causal_conv1d(
                 f"{op}: segment_ids must be integers of shape (B, L) = {(batch, length)}, "
                 f"got {segment_ids.dtype} {segment_ids.shape}"
             )
-        starts = _segment_starts(segment_ids)
-        # In xp's indices (the state first): the first run also reads the state, later runs start at their start.
-        first_readable = jnp.where(starts > 0, starts + pad, 0)
-        total = _masked_taps(xp, kernel, multiplier, dilation, length, first_readable, x.dtype)
+        reach = _segment_reach(segment_ids, pad)
+        # "taps" is the fastest on every platform measured (see the sequences guide); an empty
+        # batch has nothing to compute and goes to the reference, like jdw.depthwise_conv's.
+        name = "xla" if x.size == 0 else registry.forced() or implementation or "taps"
+        segment_conv = registry.get(name).segment_conv or registry.get("taps").segment_conv
+        accumulate = jnp.float64 if jnp.dtype(out_dtype) == jnp.float64 else jnp.float32  # then bias and activation
+        total = segment_conv(xp, kernel, reach, dilation=dilation, preferred_element_type=accumulate)
         if bias is not None:
             total = total + bias.astype(total.dtype)[None, None]
         y = get_activation(activation)(total).astype(out_dtype)
-        last_readable = first_readable[:, -1:]
+        # The final state keeps the last run's tokens (and the state's, when that run is the first).
+        last_readable = jnp.where(reach[:, -1:] < pad, length - 1 - reach[:, -1:] + pad, 0)
     y = _channels_last(y, data_format)
     if not return_final_state:
         return y
@@ -280,7 +289,7 @@ def causal_conv1d_update(
     out_dtype = jnp.result_type(x, kernel)
     steps = x.shape[1]
     xp = jnp.concatenate([state.astype(x.dtype), x], axis=1)
-    total = _masked_taps(xp, kernel, multiplier, dilation, steps, jnp.zeros((1, 1), jnp.int32), x.dtype)
+    total = _tap_sum(xp, kernel, multiplier, dilation, steps, x.dtype)
     if bias is not None:
         total = total + bias.astype(total.dtype)[None, None]
     y = get_activation(activation)(total).astype(out_dtype)
