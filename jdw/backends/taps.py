@@ -287,35 +287,39 @@ class _Causal:
         return (self.width - 1) * self.dilation
 
     def readable(self, reach: jax.Array, tap: int) -> jax.Array:
-        """``(N, L, 1, 1)``: whether tap ``tap`` may be read at each output."""
-        return (reach >= self.pad - tap * self.dilation)[..., None, None]
+        """``(N, L, 1)``: whether tap ``tap`` may be read at each output."""
+        return (reach >= self.pad - tap * self.dilation)[..., None]
+
+    def spread(self, xp: jax.Array) -> jax.Array:
+        """Input channel ``c`` repeated for its ``M`` outputs ``c*M + m``: every array stays ``(N, L, channels)``
+        (a trailing multiplier axis of size 1 would fill TPU lanes with padding)."""
+        return xp if self.multiplier == 1 else jnp.repeat(xp, self.multiplier, axis=-1)
 
 
 @functools.partial(jax.jit, static_argnums=3)
 def _causal_forward(xp, kernel, reach, static: _Causal) -> jax.Array:
     """(N, L + pad, C), (W, 1, C*M), (N, L) -> (N, L, C*M)."""
     compute = _compute_dtype(xp.dtype, kernel.dtype)
-    w = _grouped_kernel(kernel, static.multiplier).astype(compute)
-    xp = xp[..., None]
+    w = kernel[:, 0].astype(compute)
+    xp = static.spread(xp)
     length = reach.shape[1]
     acc = None
     for i in range(static.width):
         window = lax.slice_in_dim(xp, i * static.dilation, i * static.dilation + length, axis=1).astype(compute)
         term = jnp.where(static.readable(reach, i), window * w[i][None, None], 0)
         acc = term if acc is None else acc + term
-    return acc.reshape(acc.shape[:-2] + (-1,)).astype(static.dtype)
+    return acc.astype(static.dtype)
 
 
 @functools.partial(jax.jit, static_argnums=3)
 def _causal_adjoint(y, kernel, reach, static: _Causal) -> jax.Array:
     """The adjoint in ``xp``: (N, L, C*M), (W, 1, C*M), (N, L) -> (N, L + pad, C)."""
     compute = _compute_dtype(y.dtype, kernel.dtype)
-    w = _grouped_kernel(kernel, static.multiplier).astype(compute)
-    y = y.reshape(y.shape[:-1] + (-1, static.multiplier))
+    w = kernel[:, 0].astype(compute)
     pad, length = static.pad, reach.shape[1]
     # xp[s] gathers y[s - i·d] for every tap: slices of y padded once on both sides (the mask padded
     # with "unreadable"), so the sum is one fused loop with no scatter.
-    y = lax.pad(y, jnp.zeros((), y.dtype), [(0, 0, 0), (pad, pad, 0), (0, 0, 0), (0, 0, 0)])
+    y = lax.pad(y, jnp.zeros((), y.dtype), [(0, 0, 0), (pad, pad, 0), (0, 0, 0)])
     reach = lax.pad(reach, jnp.asarray(-1, reach.dtype), [(0, 0, 0), (pad, pad, 0)])
     acc = None
     for i in range(static.width):
@@ -324,8 +328,9 @@ def _causal_adjoint(y, kernel, reach, static: _Causal) -> jax.Array:
         readable = static.readable(lax.slice_in_dim(reach, start, start + length + pad, axis=1), i)
         term = jnp.where(readable, window * w[i][None, None], 0)
         acc = term if acc is None else acc + term
-    x = acc[..., 0] if static.multiplier == 1 else jnp.sum(acc, axis=-1)
-    return x.astype(static.dtype)
+    if static.multiplier > 1:
+        acc = jnp.sum(acc.reshape(acc.shape[:-1] + (-1, static.multiplier)), axis=-1)
+    return acc.astype(static.dtype)
 
 
 @functools.partial(jax.jit, static_argnums=3)
@@ -336,8 +341,7 @@ def _causal_kernel_grad(xp, dy, reach, static: _Causal) -> jax.Array:
     """
     compute = _compute_dtype(xp.dtype, dy.dtype)
     batch, length = reach.shape
-    dy = dy.reshape(dy.shape[:-1] + (-1, static.multiplier))
-    xp = xp[..., None]
+    xp = static.spread(xp)
     group = _batch_group(batch, static.width, _batch_shards(xp))
     xp, dy, reach = (a.reshape((batch // group, group) + a.shape[1:]) for a in (xp, dy, reach))
     partials = []
@@ -351,8 +355,8 @@ def _causal_kernel_grad(xp, dy, reach, static: _Causal) -> jax.Array:
             term = jnp.where(readable, window.astype(compute) * grad, 0)
             acc = term if acc is None else acc + term
         partials.append(acc)
-    grad = jnp.sum(jnp.stack(partials), axis=(1, 2))  # (W, C, M)
-    return grad.reshape(static.width, 1, -1)
+    grad = jnp.sum(jnp.stack(partials), axis=(1, 2))  # (W, C*M)
+    return grad[:, None]
 
 
 def _causal_map(fn):
