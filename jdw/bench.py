@@ -212,6 +212,9 @@ def run_sequences(
 ) -> list[dict]:
     """Times :func:`jdw.causal_conv1d` (SiLU fused) forward and forward + backward per backend, and a decoding step.
 
+    Each backend runs whole sequences and packed ones (``segment_ids``, about four runs per
+    row), each compared with the ``"xla"`` path's same call.
+
     The decoding step updates ``decode_layers`` layers' states at once (``vmap`` of
     :func:`jdw.causal_conv1d_update` over a ``(layers, decode_batch, W - 1, D)`` stack, one
     token per sequence), against one elementwise pass over that stack.
@@ -220,8 +223,8 @@ def run_sequences(
       >>> from jdw import bench
       >>> shape = bench.SequenceShape("tiny", 1, 64, 8, 4)
       >>> records = bench.run_sequences([shape], ["xla"], repeats=1, decode_layers=2, decode_batch=1)
-      >>> [r["implementation"] for r in records]
-      ['xla', 'decode']
+      >>> [(r["implementation"], r.get("packed")) for r in records]
+      [('xla', False), ('xla', True), ('decode', None)]
     """
     implementations = list(implementations or default_implementations())
     rng = np.random.default_rng(0)
@@ -235,20 +238,28 @@ def run_sequences(
         base = dict(
             layer=shape.name, batch=shape.batch, length=shape.length, channels=shape.channels, kernel=shape.kernel
         )
+        # Packed rows: runs of about a quarter of the row each (ids 0, 1, 2, ... as a tokenizer packs them).
+        ids = jnp.asarray(np.sort(rng.integers(0, 4, (shape.batch, shape.length)), axis=1), jnp.int32)
         for name in implementations:
+            for packed in (False, True):
 
-            def conv(x, k, b, name=name):
-                return jdw.causal_conv1d(x, k, b, activation="silu", implementation=name)
+                def conv(x, k, b, name=name, packed=packed):
+                    return jdw.causal_conv1d(
+                        x, k, b, activation="silu", segment_ids=ids if packed else None, implementation=name
+                    )
 
-            forward = jax.jit(conv)
-            backward = jax.jit(lambda x, k, b, dy, conv=conv: jax.vjp(conv, x, k, b)[1](dy))
-            record = dict(base, implementation=name, dtype=dtype, elementwise_ms=elementwise)
-            record["forward_ms"] = _time(forward, (x, k, b), repeats)
-            record["forward_backward_ms"] = _time(backward, (x, k, b, dy), repeats)
-            records.append(record)
+                forward = jax.jit(conv)
+                backward = jax.jit(lambda x, k, b, dy, conv=conv: jax.vjp(conv, x, k, b)[1](dy))
+                record = dict(base, implementation=name, packed=packed, dtype=dtype, elementwise_ms=elementwise)
+                record["forward_ms"] = _time(forward, (x, k, b), repeats)
+                record["forward_backward_ms"] = _time(backward, (x, k, b, dy), repeats)
+                records.append(record)
         mine = [r for r in records if r["layer"] == shape.name]
-        reference = next((r for r in mine if r["implementation"] == "xla"), None)
+        # Each call against the xla path's same call (packed against its masked reference).
         for record in mine:
+            reference = next(
+                (r for r in mine if r["implementation"] == "xla" and r["packed"] == record["packed"]), None
+            )
             for part in ("forward", "forward_backward"):
                 record[f"{part}_elementwise_passes"] = record[f"{part}_ms"] / elementwise
                 if reference is not None:
@@ -270,6 +281,8 @@ def run_sequences(
                 decode_ms=decode_ms,
                 state_pass_ms=state_pass,
                 decode_state_passes=decode_ms / state_pass,
+                # A step reads the state and a token and writes both: (pad + 1) / pad passes at the least.
+                decode_minimum_passes=(pad + 1) / pad,
             )
         )
     return records
@@ -348,12 +361,16 @@ def _sequence_traffic_table(records: list[dict]) -> str:
 
 
 def _sequence_table(records: list[dict]) -> str:
-    head = ["shape", "impl", "fwd ms", "fwd passes", "fwd vs xla", "fwd+bwd ms", "fwd+bwd passes", "fwd+bwd vs xla"]
+    head = ["shape", "impl", "call", "fwd ms", "fwd passes", "fwd vs xla", "fwd+bwd ms", "fwd+bwd passes", "fwd+bwd vs xla"]
     rows = []
     for r in records:
         if r["implementation"] == "decode":
             continue
-        cells = [f"{r['layer']} ({r['batch']}x{r['length']}x{r['channels']}, k{r['kernel']})", r["implementation"]]
+        cells = [
+            f"{r['layer']} ({r['batch']}x{r['length']}x{r['channels']}, k{r['kernel']})",
+            r["implementation"],
+            "packed" if r["packed"] else "sequence",
+        ]
         for part in ("forward", "forward_backward"):
             cells += [
                 f"{r[f'{part}_ms']:.2f}",
@@ -364,13 +381,14 @@ def _sequence_table(records: list[dict]) -> str:
     table = _markdown(head, rows)
     decode = [r for r in records if r["implementation"] == "decode"]
     if decode:
-        head = ["shape", "decode step of a layer stack", "ms", "passes over the state"]
+        head = ["shape", "decode step of a layer stack", "ms", "passes over the state", "least possible"]
         rows = [
             [
                 r["layer"],
                 f"{r['decode_layers']} layers x {r['decode_batch']} x {r['kernel'] - 1} x {r['channels']}",
                 f"{r['decode_ms']:.3f}",
                 f"{r['decode_state_passes']:.2f}",
+                f"{r['decode_minimum_passes']:.2f}",
             ]
             for r in decode
         ]
