@@ -44,8 +44,9 @@ def test_sequence_suite_times_causal_conv1d_and_a_decoding_step(capsys):
     out = capsys.readouterr().out
     assert "# jdw.bench --suite sequence: float32" in out
     rows = [line for line in out.splitlines() if line.startswith("| 1x64x8/k4 (1x64x8, k4)")]
-    assert [row.split("|")[2].strip() for row in rows] == ["xla", "taps"]
-    assert "| 1.00x" in rows[0]  # xla against itself
+    cells = [[c.strip() for c in row.split("|")[2:4]] for row in rows]
+    assert cells == [["xla", "sequence"], ["xla", "packed"], ["taps", "sequence"], ["taps", "packed"]]
+    assert "| 1.00x" in rows[0] and "| 1.00x" in rows[1]  # xla against itself, each call
     assert "24 layers x 8 x 3 x 8" in out
 
 
