@@ -187,3 +187,29 @@ def test_bench_reports_compiled_sequence_traffic(capsys):
     rows = {tuple(c.strip() for c in line.split("|")[2:4]): line for line in out.splitlines() if "2x256x64/k4" in line}
     assert set(rows) == {(impl, call) for impl in ("xla", "pallas") for call in ("sequence", "chunk + state", "packed")}
     assert "| 1.00x" in rows["pallas", "sequence"]  # the kernel reads x and writes y, nothing else
+
+
+def test_packed_training_moves_a_fraction_of_the_references_bytes():
+    """Conformer-S with segment ids (kernel 31): the masked tap sums' own derivatives against JAX's derivative
+    of the masked sum (one padded array per tap), compiled for an H100 and counted."""
+    import jdw
+
+    device = traffic.gpu_device("h100")
+    sharding = jax.sharding.SingleDeviceSharding(device)
+    x = jax.ShapeDtypeStruct((8, 500, 256), "bfloat16", sharding=sharding)
+    kernel, ids = (
+        jax.ShapeDtypeStruct((31, 1, 256), "bfloat16", sharding=sharding),
+        jax.ShapeDtypeStruct((8, 500), "int32", sharding=sharding),
+    )
+
+    def moved(implementation):
+        def training(x, kernel, ids, dy):
+            f = lambda x, k: jdw.causal_conv1d(x, k, activation="silu", segment_ids=ids, implementation=implementation)  # noqa: E731
+            y, vjp = jax.vjp(f, x, kernel)
+            return y, *vjp(dy)
+
+        return traffic.hbm_bytes(jax.jit(training).lower(x, kernel, ids, x).compile())["total"]
+
+    minimum = 4 * traffic.logical_bytes(x)  # x, y, dy, dx
+    fast, reference = moved("taps"), moved("xla")
+    assert fast <= 7.5 * minimum and reference >= 3 * fast, (fast / minimum, reference / minimum)
