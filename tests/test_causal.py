@@ -258,6 +258,84 @@ def test_vmap_over_segment_ids_and_kernels(implementation, rng):
             assert_close(got[n], fn(*one, impl="xla"))
 
 
+GPU_KERNEL_CASES = [
+    dict(width=4, state=True),
+    dict(width=4, state=True, segments=True),
+    dict(width=3, dilation=2, state=True, segments=True),
+    dict(width=4, state=True, segments=True, multiplier=2),  # the composed path
+    dict(width=4, segments=True),  # no state: the composed path
+]
+
+
+@pytest.mark.parametrize("activation", ["silu", "relu", None])
+@pytest.mark.parametrize("case", GPU_KERNEL_CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+def test_gpu_causal_kernel_in_the_interpreter(case, activation, rng):
+    """The GPU kernel for a chunk with a state (state and segment positions read in place), run by Pallas's
+    interpreter: forward, gradients with respect to everything, and forward mode, against the xla reference."""
+    from jdw.backends import pallas
+
+    dilation = case.get("dilation", 1)
+    x, kernel, bias, initial, ids = _case(rng, **case)
+
+    def f(impl):
+        def conv(x, kernel, bias, initial):
+            return jdw.causal_conv1d(
+                x,
+                kernel,
+                bias,
+                activation=activation,
+                initial_state=initial,
+                segment_ids=ids,
+                dilation=dilation,
+                implementation=impl,
+            )
+
+        return conv
+
+    args = (x, kernel, bias, initial if initial is not None else None)
+    argnums = (0, 1, 2, 3) if initial is not None else (0, 1, 2)
+    loss = lambda conv: lambda *a: jnp.sum(jnp.sin(conv(*a)))  # noqa: E731
+    with pallas.interpret_mode(True, "triton"):
+        jaxpr = str(jax.make_jaxpr(f("pallas"))(*args))
+        got = f("pallas")(*args), jax.grad(loss(f("pallas")), argnums)(*args)
+        tangent = jax.jvp(lambda k: f("pallas")(x, k, bias, args[3]), (kernel,), (kernel * 0.5,))[1]
+    want = f("xla")(*args), jax.grad(loss(f("xla")), argnums)(*args)
+    want_tangent = jax.jvp(lambda k: f("xla")(x, k, bias, args[3]), (kernel,), (kernel * 0.5,))[1]
+    assert ("jdw_causal_conv1d_forward" in jaxpr) == (case.get("multiplier", 1) == 1 and initial is not None)
+    for a, b in zip(jax.tree.leaves((got, tangent)), jax.tree.leaves((want, want_tangent))):
+        assert_close(a, b)
+
+
+def test_gpu_causal_kernel_second_order_and_batched():
+    """hessian, vmap of grad and jacfwd through the GPU kernel's tangent rule (interpreter) equal xla's."""
+    from jdw.backends import pallas
+
+    rng = np.random.default_rng(1)
+    x, kernel, _, state, ids = _case(rng, length=7, channels=4, width=3, state=True, segments=True)
+
+    def f(impl):
+        def loss(x, params):
+            kernel, state = params
+            y = jdw.causal_conv1d(
+                x, kernel, activation="silu", initial_state=state, segment_ids=ids, implementation=impl
+            )
+            return jnp.sum(jnp.sin(y))
+
+        return loss
+
+    def transforms(loss):
+        return (
+            jax.hessian(loss, 1)(x, (kernel, state)),
+            jax.vmap(jax.grad(loss, 1), (0, None))(np.stack([x, 2 * x]), (kernel, state)),
+            jax.jacfwd(loss, 1)(x, (kernel, state)),
+        )
+
+    with pallas.interpret_mode(True, "triton"):
+        got = transforms(f("pallas"))
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(transforms(f("xla")))):
+        assert_close(a, b)
+
+
 def test_packed_sequences_stay_on_the_tap_sums():
     """Every derivative of the packed path is one of the three masked tap sums, never JAX's derivative of a
     masked slice sum (which costs a reduction per tap)."""

@@ -59,6 +59,7 @@ from jax.experimental.custom_partitioning import custom_partitioning
 
 from jdw.backends import primitives, registry
 from jdw.geometry import Geometry
+from jdw.kernels import pallas_causal
 from jdw.kernels import pallas_depthwise as kernels
 
 _INTERPRET: contextvars.ContextVar[tuple[Any, str]] = contextvars.ContextVar(
@@ -430,6 +431,118 @@ def conv_transpose(y, kernel, geometry: Geometry, *, precision=None, preferred_e
     return out[:, 0] if nd == 1 else out
 
 
+# --- causal conv1d on GPU: the state and the segment positions read in place ----------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Causal:
+    dilation: int
+    activation: str
+    out_dtype: str
+    interpret: bool
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(5,))
+def _causal_kernel(x, kernel, bias, state, reach, static: _Causal):
+    return pallas_causal.forward(
+        x,
+        kernel[:, 0],
+        bias,
+        state,
+        reach,
+        dilation=static.dilation,
+        activation=static.activation,
+        out_dtype=static.out_dtype,
+        interpret=static.interpret,
+    )
+
+
+@functools.partial(_causal_kernel.defjvp, symbolic_zeros=True)
+def _causal_kernel_jvp(static: _Causal, primals, tangents):
+    # The tangent is linear in (x, state) and in the kernel: "taps"'s masked tap sums over the chunk with
+    # its state in front, whose own transposes then serve reverse mode (gradients of every order).
+    from jdw.backends import taps  # noqa: PLC0415
+
+    x, kernel, bias, state, reach = primals
+    dx, dk, db, ds, _ = tangents
+    y = _causal_kernel(*primals, static)
+    zero = lambda t: type(t) is jax.custom_derivatives.SymbolicZero  # noqa: E731
+    batch, length, channels = x.shape
+    pad = (kernel.shape[0] - 1) * static.dilation
+    reach = jnp.full((batch, length), pad, jnp.int32) if reach is None else reach
+    compute = np.float64 if y.dtype == np.float64 else np.float32
+
+    def conv(xp, k):
+        return taps.segment_conv(xp, k, reach, dilation=static.dilation, preferred_element_type=compute)
+
+    def in_front(past, chunk):
+        past = jnp.zeros((batch, pad, channels), chunk.dtype) if past is None else past.astype(chunk.dtype)
+        return jnp.concatenate([past, chunk], axis=1)
+
+    parts = []
+    if not (zero(dx) and (state is None or zero(ds))):
+        d_past = None if state is None or zero(ds) else ds
+        parts.append(conv(in_front(d_past, jnp.zeros_like(x) if zero(dx) else dx), kernel))
+    if not zero(dk):
+        parts.append(conv(in_front(state, x), dk))
+    if bias is not None and not zero(db):
+        parts.append(jnp.broadcast_to(db.astype(compute), y.shape))
+    if not parts:
+        return y, jnp.zeros_like(y)
+    dz = functools.reduce(jnp.add, parts)
+    if static.activation in primitives._FROM_OUTPUT:
+        return y, (dz * primitives._FROM_OUTPUT[static.activation](y).astype(compute)).astype(y.dtype)
+    linear = dataclasses.replace(static, activation="identity", out_dtype=np.dtype(compute).name)
+    z = _causal_kernel(x, kernel, bias, state, reach, linear)
+    _, dy = jax.jvp(kernels.EPILOGUES[static.activation], (z,), (dz,))
+    return y, dy.astype(y.dtype)
+
+
+def causal_conv(x, kernel, bias, state, reach, *, dilation: int, activation: str | None, out_dtype, fallback):
+    """:func:`jdw.causal_conv1d` on GPU as one Pallas kernel (:mod:`jdw.kernels.pallas_causal`), else ``fallback``.
+
+    For a chunk that continues a state: the kernel reads the chunk, the state and the segment
+    positions where they are stored and fuses the bias and the activation, where the composed
+    path first concatenates the state in front of the chunk (a pass over ``x``); its derivatives
+    are ``"taps"``'s masked tap sums. Without a state, on TPU, for a depth multiplier or for an
+    activation that is not a kernel epilogue, ``fallback`` (the depthwise kernels, or the masked
+    tap sums for packed rows) runs instead; off GPU and TPU the interpreter runs whichever of the
+    two :func:`interpret_mode` names.
+    """
+    name = activation or "identity"
+    # Without a state the composed path already moves x and y once forward (the depthwise kernel, or
+    # one XLA fusion for packed rows) and less in training (its derivatives need no chunk with a state
+    # in front): the kernel serves chunks that continue a state (see the sequences guide).
+    if state is None or kernel.shape[-1] != x.shape[-1] or name not in kernels.EPILOGUES or x.size == 0:
+        return fallback(x, kernel, bias, state, reach)
+    params, target = _INTERPRET.get()
+    arrays = (x, kernel, bias, state, reach)
+
+    def gpu(interpret):
+        static = _Causal(dilation, name, np.dtype(out_dtype).name, bool(interpret))
+        return lambda *a: _causal_kernel(*a, static)
+
+    default = gpu(True) if target == "triton" else fallback
+    # platform_dependent passes arrays only: the absent operands (None) stay in the branches' closures.
+    present = [i for i, a in enumerate(arrays) if a is not None]
+
+    def unpacked(branch):
+        def run(*given):
+            full = list(arrays)
+            for i, a in zip(present, given):
+                full[i] = a
+            return branch(*full)
+
+        return run
+
+    return lax.platform_dependent(
+        *(arrays[i] for i in present),
+        cuda=unpacked(gpu(False)),
+        rocm=unpacked(gpu(False)),
+        default=unpacked(default),
+    )
+
+
 BACKEND = registry.register(
     registry.Backend(
         name="pallas",
@@ -437,6 +550,7 @@ BACKEND = registry.register(
         conv_transpose=conv_transpose,
         conv_bias_act=conv_bias_act,
         fused_activations=frozenset(kernels.EPILOGUES),
+        causal_conv=causal_conv,
         description="hand-written Pallas kernel (Mosaic TPU, Triton GPU, interpreter elsewhere), own derivatives",
     )
 )

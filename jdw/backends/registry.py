@@ -54,6 +54,10 @@ class Backend:
         earlier tokens each output may read (its segment's); the result ``(N, L, C * M)`` is
         ``Σ_i kernel[i] * xp[:, t + i * dilation]`` over the taps whose lag ``pad - i * dilation``
         is at most ``reach[:, t]``. Backends without one use ``"taps"``'s.
+      causal_conv: optional ``causal_conv(x, kernel, bias, state, reach, *, dilation, activation,
+        out_dtype, fallback)``, all of :func:`jdw.causal_conv1d` in one call (``state`` and ``reach``
+        may be ``None``: zeros, and one segment), for a backend with a kernel that reads the state in
+        place; ``fallback`` (same arguments) is the composed computation, for what it does not serve.
     """
 
     name: str
@@ -63,6 +67,7 @@ class Backend:
     conv_bias_act: Callable[..., jax.Array] | None = None
     fused_activations: frozenset[str] = frozenset()
     segment_conv: Callable[..., jax.Array] | None = None
+    causal_conv: Callable[..., jax.Array] | None = None
 
 
 def conv_bias_act(

@@ -183,28 +183,8 @@ def causal_conv1d(
     out_dtype = preferred_element_type or jnp.result_type(x, kernel)
     if state is not None:
         state = state.astype(x.dtype)
-    xp = None
-    if state is not None or return_final_state or segment_ids is not None:
-        past = jnp.zeros((batch, pad, channels), x.dtype) if state is None else state
-        xp = jnp.concatenate([past, x], axis=1)
-    if segment_ids is None:
-        if state is None:
-            source, padding = x, ((pad, 0),)
-        else:
-            source, padding = xp, ((0, 0),)
-        y = depthwise_conv(
-            source,
-            kernel,
-            bias,
-            activation=activation,
-            padding=padding,
-            dilation=dilation,
-            precision=precision,
-            preferred_element_type=preferred_element_type,
-            implementation=implementation,
-        )
-        last_readable = jnp.zeros((batch, 1), jnp.int32)
-    else:
+    reach = None
+    if segment_ids is not None:
         segment_ids = jnp.asarray(segment_ids)
         if segment_ids.shape != (batch, length) or not jnp.issubdtype(segment_ids.dtype, jnp.integer):
             raise ValueError(
@@ -212,21 +192,59 @@ def causal_conv1d(
                 f"got {segment_ids.dtype} {segment_ids.shape}"
             )
         reach = _segment_reach(segment_ids, pad)
+
+    def in_front(state, x):
+        past = jnp.zeros((batch, pad, channels), x.dtype) if state is None else state
+        return jnp.concatenate([past, x], axis=1)
+
+    def composed(x, kernel, bias, state, reach):
+        if reach is None:
+            source, padding = (x, ((pad, 0),)) if state is None else (in_front(state, x), ((0, 0),))
+            return depthwise_conv(
+                source,
+                kernel,
+                bias,
+                activation=activation,
+                padding=padding,
+                dilation=dilation,
+                precision=precision,
+                preferred_element_type=preferred_element_type,
+                implementation=implementation,
+            )
         # "taps" is the fastest on every platform measured (see the sequences guide); an empty
         # batch has nothing to compute and goes to the reference, like jdw.depthwise_conv's.
         name = "xla" if x.size == 0 else registry.forced() or implementation or "taps"
         segment_conv = registry.get(name).segment_conv or registry.get("taps").segment_conv
         accumulate = jnp.float64 if jnp.dtype(out_dtype) == jnp.float64 else jnp.float32  # then bias and activation
-        total = segment_conv(xp, kernel, reach, dilation=dilation, preferred_element_type=accumulate)
+        total = segment_conv(in_front(state, x), kernel, reach, dilation=dilation, preferred_element_type=accumulate)
         if bias is not None:
             total = total + bias.astype(total.dtype)[None, None]
-        y = get_activation(activation)(total).astype(out_dtype)
-        # The final state keeps the last run's tokens (and the state's, when that run is the first).
-        last_readable = jnp.where(reach[:, -1:] < pad, length - 1 - reach[:, -1:] + pad, 0)
+        return get_activation(activation)(total).astype(out_dtype)
+
+    backend = registry.get(registry.forced() or implementation) if (registry.forced() or implementation) else None
+    if backend is not None and backend.causal_conv is not None and (activation is None or isinstance(activation, str)):
+        y = backend.causal_conv(
+            x,
+            kernel,
+            bias,
+            state,
+            reach,
+            dilation=dilation,
+            activation=activation,
+            out_dtype=out_dtype,
+            fallback=composed,
+        )
+    else:
+        y = composed(x, kernel, bias, state, reach)
     y = _channels_last(y, data_format)
     if not return_final_state:
         return y
-    tail = lax.slice_in_dim(xp, length, length + pad, axis=1)
+    # The final state: the last pad inputs, zero before the last run's start (unless that run is the
+    # first, which continues the state).
+    tail = lax.slice_in_dim(in_front(state, x), length, length + pad, axis=1)
+    if reach is None:
+        return y, _channels_last(tail.astype(x.dtype), data_format)
+    last_readable = jnp.where(reach[:, -1:] < pad, length - 1 - reach[:, -1:] + pad, 0)
     keep = (jnp.arange(length, length + pad, dtype=jnp.int32)[None] >= last_readable)[..., None]
     final_state = jnp.where(keep, tail, 0).astype(x.dtype)
     return y, _channels_last(final_state, data_format)
