@@ -38,6 +38,10 @@ is gathered: with an ``Auto`` mesh each kernel call is partitioned with
 :func:`jax.experimental.custom_partitioning`; with an ``Explicit`` mesh (sharding in
 types) the call goes through :func:`jax.shard_map` on the arguments' own shardings.
 
+:func:`jdw.causal_conv1d` of a chunk that continues a state runs on GPU through a kernel of its
+own (:mod:`jdw.kernels.pallas_causal`, see :func:`causal_conv`), which reads the state in place.
+It is not partitioned yet: under a mesh, XLA gathers its operands onto each device.
+
 1-D runs as 2-D on one row; 3-D as a sum over depth taps of 2-D calls (``kd`` passes over
 the input, not tuned).
 """
