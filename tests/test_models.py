@@ -152,32 +152,45 @@ def test_errors_name_the_values(cls, shape, message):
 
 
 def test_a_mobilenet_trains_through_the_pallas_kernel(rng):
-    """Train-mode gradients of a whole MobileNet with every depthwise layer on the Pallas kernel equal XLA's.
+    """Train-mode gradients of a whole MobileNet with every depthwise layer on the Pallas kernel are as accurate
+    as XLA's: both against XLA's in float64.
 
-    Compared on the scale of the whole gradient: some batch-norm biases have gradients that are
-    sums cancelling to near zero, whose float32 rounding differs between any two backends.
+    Batch norm over a batch of 4 at the last stages' 1x1 maps makes this gradient ill-conditioned:
+    float32 rounding alone moves it by about 2% of its largest entry (XLA in float32 against
+    float64: 0.32 of 14.3), so two float32 backends need not agree closely (Pallas and XLA
+    differed by 0.05 under jax 0.10.2, where they had agreed to 1e-4 before). What must hold is
+    that Pallas's float32 gradient is as close to the float64 one as XLA's.
     """
     model = nnx.jit(lambda: MobileNetV1(num_classes=4, width=0.25, small_inputs=True, rngs=nnx.Rngs(0)))()
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     params, rest = nnx.as_pure(params), nnx.as_pure(rest)
-    x = jnp.asarray(rng.standard_normal((4, 16, 16, 3)), jnp.float32)
+    x = rng.standard_normal((4, 16, 16, 3))
     labels = jnp.arange(4) % 4
 
-    def loss(params):
+    def loss(params, rest, x):
         m = nnx.merge(graphdef, params, rest)
         m.train()
         logits = m(x)
         return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1))
 
+    def floats(tree, dtype):
+        return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
     grads = {}
     for implementation in ("xla", "pallas"):
         with jdw.backends.forced_implementation(implementation):
-            grads[implementation] = jax.jit(jax.value_and_grad(loss))(params)
+            grads[implementation] = jax.jit(jax.value_and_grad(loss))(params, rest, jnp.asarray(x, jnp.float32))
+    with jax.enable_x64(True), jax.numpy_dtype_promotion("standard"), jdw.backends.forced_implementation("xla"):
+        exact = jax.jit(jax.value_and_grad(loss))(floats(params, jnp.float64), floats(rest, jnp.float64), x)
+        exact = [np.asarray(g) for g in jax.tree.leaves(exact[1])]
     (loss_xla, g_xla), (loss_pallas, g_pallas) = grads["xla"], grads["pallas"]
     assert_close(loss_pallas, loss_xla)
-    scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(g_xla))
-    worst = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(g_pallas), jax.tree.leaves(g_xla)))
-    assert worst <= 1e-4 * scale, (worst, scale)
+
+    def error(g):
+        return max(float(np.max(np.abs(np.asarray(a, np.float64) - b))) for a, b in zip(jax.tree.leaves(g), exact))
+
+    scale = max(float(np.max(np.abs(g))) for g in exact)
+    assert error(g_pallas) <= 1.25 * error(g_xla) + 1e-5 * scale, (error(g_pallas), error(g_xla), scale)
 
 
 # The keywords every model takes, so that code (the training example) builds any of them alike.
