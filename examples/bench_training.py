@@ -17,7 +17,7 @@ import time
 
 import jax
 import numpy as np
-from mobilenet_training import config, flax_baseline, train
+from jdw.training import config, flax_baseline, train
 
 
 def measure(step, state, batch, *, steps: int, repeats: int) -> list[float]:

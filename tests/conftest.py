@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from helpers import IMPLEMENTATIONS
 
-# The training example's package (examples/mobilenet_training) is imported by its tests.
+# The examples' scripts (train_mobilenet.py, causal_lm.py) are imported by their tests.
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 sys.path.insert(0, str(EXAMPLES))
 

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from mobilenet_training import checkpoints, config, data, train
+from jdw.training import checkpoints, config, data, train
 from training_helpers import EXAMPLES, tiny_config, tiny_digits
 
 import jdw
@@ -97,7 +97,7 @@ KILLED_MID_SAVE = """
 import os, pathlib, sys
 import jax.numpy as jnp
 sys.path.insert(0, {examples!r})
-from mobilenet_training import checkpoints, config
+from jdw.training import checkpoints, config
 store = checkpoints.Checkpoints(pathlib.Path({workdir!r}), config.Config())
 store.save(1, {{"w": jnp.full((1000,), 1.0)}})
 store._manager.wait_until_finished()
@@ -126,7 +126,7 @@ from flax import nnx
 jax.config.update("jax_enable_x64", True)
 sys.path.insert(0, {examples!r}); sys.path.insert(0, {tests!r})
 from training_helpers import tiny_config, tiny_digits
-from mobilenet_training import data, train
+from jdw.training import data, train
 assert jax.device_count() == 8, jax.devices()
 cfg = tiny_config(batch_size=32, dropout=0.0, optimizer="sgd", learning_rate=0.1, warmup_epochs=0)
 dataset = tiny_digits(train=64, test=8)
@@ -209,7 +209,7 @@ def test_main_trains_from_the_command_line(tmp_path, capsys):
 @pytest.mark.parametrize("model", ["mobilenet_v1", "mobilenet_v3_small"])
 def test_flax_baseline_is_the_same_network(model):
     from flax import nnx
-    from mobilenet_training import flax_baseline
+    from jdw.training import flax_baseline
 
     jdw_model = train.create_model(tiny_config(model=model), 10, 3)
     baseline = flax_baseline.with_flax_grouped_conv(jdw_model)
@@ -226,7 +226,7 @@ def test_flax_baseline_is_the_same_network(model):
 def test_flax_baseline_refuses_a_fused_activation():
     """nnx.Conv has no activation: swapping it in for a layer that fuses one would drop it silently."""
     from flax import nnx
-    from mobilenet_training import flax_baseline
+    from jdw.training import flax_baseline
 
     layer = jdw.nnx.DepthwiseConv(4, 3, activation="relu6", rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"fuses activation='relu6', which nnx.Conv has no place for"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
-from mobilenet_training import config, data
+from jdw.training import config, data
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 

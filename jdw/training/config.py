@@ -17,6 +17,7 @@ MODELS = {
 }
 DATASETS = ("digits", "cifar10", "folder")
 OPTIMIZERS = ("sgd", "rmsprop", "adamw")
+PROG = "train_mobilenet.py"  # the name --help and errors show (also what python -m jdw.training runs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,19 +128,53 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def _default_text(name: str) -> str:
+    """The default of config field ``name`` for the default dataset, and where another dataset's preset differs."""
+    default = getattr(config_for("digits"), name)
+    others = [
+        f"{dataset}: {getattr(config_for(dataset), name)}"
+        for dataset in DATASETS[1:]
+        if getattr(config_for(dataset), name) != default
+    ]
+    if default is None and name != "implementation":  # --data-dir: nothing to show
+        return "; ".join(others)
+    shown = "auto" if default is None else default
+    return f"default: {shown}" + (f"; {', '.join(others)}" if others else "")
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each flag's default (the config's, for the default dataset) after its help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        field = action.dest
+        if field in _CONFIG_FIELDS:
+            default = _default_text(field)
+            return f"{text} ({default})" if default else text
+        if action.default not in (None, argparse.SUPPRESS, False):
+            return f"{text} (default: {action.default})"
+        return text
+
+
+_CONFIG_FIELDS = {f.name for f in dataclasses.fields(Config)} - {"dataset"}
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line of ``examples/train_mobilenet.py``."""
     p = argparse.ArgumentParser(
-        prog="train_mobilenet.py",
+        prog=PROG,
         description=(
-            "Train a jdw MobileNet with optax on CPU, GPU or TPU. With no flags: MobileNetV2 (width 0.5) on "
-            "scikit-learn's bundled handwritten digits, offline, a few minutes on a laptop. Unset flags take the "
-            "dataset's defaults (--dataset cifar10 gives the published 94%% MobileNetV2 recipe)."
+            "Train a jdw MobileNet with optax on CPU, GPU or TPU.\n\n"
+            "With no flags: MobileNetV2 (width 0.5) on scikit-learn's bundled handwritten\n"
+            "digits, offline, a few minutes on a 2-core CPU. Unset flags take the\n"
+            "dataset's defaults: each flag shows its default for --dataset digits, then\n"
+            "the presets that differ (--dataset cifar10 is the published MobileNetV2\n"
+            "recipe, about 94% test accuracy after 200 epochs)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     a = p.add_argument
-    a("--model", choices=sorted(MODELS), help="architecture (default: mobilenet_v2)")
+    a("--model", choices=sorted(MODELS), help="architecture")
     a(
         "--dataset",
         choices=DATASETS,
@@ -189,8 +224,7 @@ def parser() -> argparse.ArgumentParser:
 def parse_flags(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Namespace]:
     """The config the flags ask for, and the flags themselves (for ``--workdir`` and the like)."""
     args = parser().parse_args(argv)
-    fields = {f.name for f in dataclasses.fields(Config)} - {"dataset"}
-    overrides = {name: value for name, value in vars(args).items() if name in fields and value is not None}
+    overrides = {name: value for name, value in vars(args).items() if name in _CONFIG_FIELDS and value is not None}
     if overrides.get("implementation") == "auto":
         overrides["implementation"] = None
     try:

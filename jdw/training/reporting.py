@@ -101,7 +101,12 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 
 class Progress:
-    """A progress bar over training steps with images per second (tqdm), or nothing."""
+    """A progress bar over training steps with images per second (tqdm), or nothing.
+
+    A step counts when its results are ready, not when it is dispatched: :meth:`update` takes an
+    array the step computes and waits for the step before it, so one step stays queued on the
+    device while the host prepares the next, and the bar's images/s is the rate steps finish at.
+    """
 
     def __init__(self, total: int, initial: int, *, enabled: bool):
         self._bar = None
@@ -109,17 +114,35 @@ class Progress:
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr)
+        self._pending = None
         self._images, self._since = 0, time.perf_counter()
 
-    def update(self, images: int) -> None:
+    def restart_clock(self) -> None:
+        """Starts the images/s clock again (after compiling or evaluating)."""
+        self._images, self._since = 0, time.perf_counter()
+
+    def update(self, images: int, result: Any = None) -> None:
+        """Counts the step before this one once its result is ready; this one (``images``, ``result``) waits."""
         if self._bar is None:
             return
+        if self._pending is not None:
+            self._finish(*self._pending)
+        self._pending = (images, result)
+
+    def flush(self) -> None:
+        """Waits for the step still queued and counts it."""
+        if self._bar is not None and self._pending is not None:
+            self._finish(*self._pending)
+            self._pending = None
+
+    def _finish(self, images: int, result: Any) -> None:
+        jax.block_until_ready(result)
         self._images += images
         self._bar.update(1)
         elapsed = time.perf_counter() - self._since
         if elapsed > 1.0:
             self._bar.set_postfix_str(f"{self._images / elapsed:.0f} img/s")
-            self._images, self._since = 0, time.perf_counter()
+            self.restart_clock()
 
     def write(self, line: str) -> None:
         if not _is_writer():
@@ -130,5 +153,6 @@ class Progress:
             self._bar.write(line)
 
     def close(self) -> None:
+        self.flush()
         if self._bar is not None:
             self._bar.close()

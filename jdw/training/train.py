@@ -355,21 +355,28 @@ def train_and_evaluate(
         )
         batch = placement.global_batch(images, labels)
         if step == start:  # compile before the clock starts, so images/s measures training alone
+            bar.write(f"compiling the train step for {jax.devices()[0].platform} (once per run)...")
+            began = time.perf_counter()
             train_fn = train_fn.lower(state, *batch).compile()
+            bar.write(f"compiled in {time.perf_counter() - began:.1f} s; training")
             epoch_start = time.perf_counter()
+            bar.restart_clock()
         state, metrics = train_fn(state, *batch)
         epoch_metrics.append(metrics)
-        bar.update(config.batch_size)
+        bar.update(config.batch_size, metrics["train_loss"])
         done = step + 1
         if done % per_epoch and not (config.checkpoint_every and done % config.checkpoint_every == 0):
             continue
         jax.block_until_ready(state)
+        bar.flush()
         epoch = epoch.plus(epoch_metrics, time.perf_counter() - epoch_start)
         epoch_metrics, epoch_start = [], time.perf_counter()
         _check_finite(epoch, done, config, store)
         if done % per_epoch:  # a checkpoint within the epoch: its sums so far go with it
             writer.write({"step": done, "epoch_so_far": dataclasses.asdict(epoch)})
             store.save(done, state)
+            epoch_start = time.perf_counter()
+            bar.restart_clock()
             continue
         record = {"step": done, "epoch": done // per_epoch, **epoch.record(config.batch_size)}
         record["learning_rate"] = float(metrics["learning_rate"])
@@ -384,6 +391,8 @@ def train_and_evaluate(
         reporting.plot(writer.records(), workdir / "metrics.png")
         store.save(done, state)
         epoch = _EpochSums()
+        epoch_start = time.perf_counter()  # the evaluation, plot and checkpoint are not training time
+        bar.restart_clock()
     bar.close()
     store.close()
     final = evaluate(eval_fn, state, dataset, config.batch_size, placement)
