@@ -17,6 +17,7 @@ import time
 
 import jax
 import numpy as np
+
 from jdw.training import config, flax_baseline, train
 
 

@@ -1,4 +1,4 @@
-"""The Colab notebook (examples/mobilenet_colab_tpu.ipynb) runs top to bottom: on CPU, tiny settings, through nbclient."""
+"""The Colab notebook (examples/mobilenet_colab_tpu.ipynb) runs top to bottom on CPU, tiny settings, via nbclient."""
 
 import json
 import pathlib

@@ -11,10 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jdw.training import checkpoints, config, data, train
 from training_helpers import EXAMPLES, tiny_config, tiny_digits
 
 import jdw
+from jdw.training import checkpoints, config, data, train
 
 
 @pytest.fixture(autouse=True)
@@ -209,6 +209,7 @@ def test_main_trains_from_the_command_line(tmp_path, capsys):
 @pytest.mark.parametrize("model", ["mobilenet_v1", "mobilenet_v3_small"])
 def test_flax_baseline_is_the_same_network(model):
     from flax import nnx
+
     from jdw.training import flax_baseline
 
     jdw_model = train.create_model(tiny_config(model=model), 10, 3)
@@ -226,6 +227,7 @@ def test_flax_baseline_is_the_same_network(model):
 def test_flax_baseline_refuses_a_fused_activation():
     """nnx.Conv has no activation: swapping it in for a layer that fuses one would drop it silently."""
     from flax import nnx
+
     from jdw.training import flax_baseline
 
     layer = jdw.nnx.DepthwiseConv(4, 3, activation="relu6", rngs=nnx.Rngs(0))

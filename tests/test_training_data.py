@@ -9,8 +9,8 @@ import tarfile
 
 import numpy as np
 import pytest
+
 from jdw.training import config, data
-from training_helpers import EXAMPLES
 
 
 def test_digits_are_bundled_and_split_by_class():
