@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.export  # a submodule that older jax does not import with jax
 import jax.numpy as jnp
 import pytest
 
@@ -71,7 +72,7 @@ def test_explicit_mesh_keeps_channel_sharding(implementation, x_channels):
     """Under a mesh with explicit axes the sharding is part of the type: every path must agree on it."""
     from jax.sharding import PartitionSpec as P
 
-    with jax.set_mesh(jax.make_mesh((1, 1), ("data", "model"))):
+    with jax.set_mesh(jax.make_mesh((1, 1), ("data", "model"), (jax.sharding.AxisType.Explicit,) * 2)):
         kernel = jax.device_put(jnp.ones((3, 3, 1, 4)), P(None, None, None, "model"))
         x = jax.device_put(jnp.ones((2, 5, 5, 4)), P("data", None, None, x_channels))
 

@@ -12,6 +12,7 @@ from flax import nnx
 from helpers import assert_close
 
 import jdw
+from jdw import _compat
 from jdw.models import MobileNetV1, MobileNetV2, MobileNetV3Large, MobileNetV3Small
 
 MODELS = [MobileNetV1, MobileNetV2, MobileNetV3Small, MobileNetV3Large]
@@ -163,7 +164,7 @@ def test_a_mobilenet_trains_through_the_pallas_kernel(rng):
     """
     model = nnx.jit(lambda: MobileNetV1(num_classes=4, width=0.25, small_inputs=True, rngs=nnx.Rngs(0)))()
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    params, rest = nnx.as_pure(params), nnx.as_pure(rest)
+    params, rest = _compat.as_pure(params), _compat.as_pure(rest)
     x = rng.standard_normal((4, 16, 16, 3))
     labels = jnp.arange(4) % 4
 

@@ -13,6 +13,7 @@ import itertools
 import math
 
 import jax
+import jax.export  # a submodule that older jax does not import with jax
 import jax.numpy as jnp
 import numpy as np
 import numpy_reference as ref

@@ -11,10 +11,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from training_helpers import EXAMPLES, tiny_config, tiny_digits
 
 import jdw
 from jdw.training import checkpoints, config, data, train
+
+
+def _modules(model):
+    """``(path, module)`` of every module in ``model`` (``nnx.iter_modules`` of newer flax, on every flax)."""
+    return [(path, node) for path, node in nnx.iter_graph(model) if isinstance(node, nnx.Module)]
 
 
 @pytest.fixture(autouse=True)
@@ -137,7 +143,7 @@ results = []
 for devices in (jax.devices()[:1], jax.devices()):
     model = train.create_model(cfg, 10, 1)
     if {float64}:  # the same initial values as float32, then float64 throughout
-        for _, module in nnx.iter_modules(model):
+        for _, module in _modules(model):
             if getattr(module, "dtype", None) is not None:
                 module.dtype = jnp.float64
         nnx.update(model, as_f64(nnx.state(model)))
@@ -214,7 +220,7 @@ def test_flax_baseline_is_the_same_network(model):
 
     jdw_model = train.create_model(tiny_config(model=model), 10, 3)
     baseline = flax_baseline.with_flax_grouped_conv(jdw_model)
-    kinds = lambda m: {type(module).__name__ for _, module in nnx.iter_modules(m)}
+    kinds = lambda m: {type(module).__name__ for _, module in _modules(m)}
     assert "DepthwiseConv" in kinds(jdw_model) and "DepthwiseConv" not in kinds(baseline)
     count = lambda m: sum(p.size for p in jax.tree.leaves(nnx.state(m, nnx.Param)))
     assert count(baseline) == count(jdw_model)

@@ -24,6 +24,8 @@ from flax import nnx
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jdw import _compat
+
 from . import checkpoints, data, reporting
 from .config import MODELS, Config
 
@@ -98,7 +100,7 @@ def create_train_state(
 ) -> tuple[nnx.GraphDef, TrainState]:
     """Splits ``model`` into its static graph and a :class:`TrainState` at step 0."""
     graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
-    params, model_state = nnx.as_pure(params), nnx.as_pure(model_state)
+    params, model_state = _compat.as_pure(params), _compat.as_pure(model_state)
     ema_params = jax.tree.map(jnp.copy, params) if ema else None
     return graphdef, TrainState(jnp.zeros((), jnp.int32), params, model_state, tx.init(params), ema_params)
 
@@ -132,7 +134,7 @@ def train_step(
         model.train()
         logits = _at_least_float32(model(images))
         _, _, model_state = nnx.split(model, nnx.Param, ...)
-        return cross_entropy(logits, labels, label_smoothing), (logits, nnx.as_pure(model_state))
+        return cross_entropy(logits, labels, label_smoothing), (logits, _compat.as_pure(model_state))
 
     (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
