@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jdw import _compat
 from jdw.backends import registry
 from jdw.geometry import Geometry
 
@@ -36,7 +35,7 @@ def _out_sharding(x: jax.Array, kernel: jax.Array) -> jax.sharding.PartitionSpec
 
 
 def conv(x, kernel, geometry: Geometry, *, precision=None, preferred_element_type=None) -> jax.Array:
-    return _compat.conv_general_dilated(
+    return lax.conv_general_dilated(
         x,
         kernel,
         window_strides=geometry.strides,

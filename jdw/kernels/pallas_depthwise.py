@@ -68,7 +68,6 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from jdw import _compat
 from jdw.geometry import Geometry
 
 # Activations the forward kernel applies to its float32 accumulator before the store.
@@ -355,7 +354,7 @@ def _blocks(x: jax.Array, layer: Layer, block_sizes: BlockSizes | None, target: 
 
 def _out_struct(shape: tuple[int, ...], dtype: Any, *, like: jax.Array) -> jax.ShapeDtypeStruct:
     """The output type, varying over the same manual mesh axes as ``like`` (inside ``shard_map``)."""
-    return _compat.shape_dtype_struct_like(shape, dtype, like)
+    return jax.ShapeDtypeStruct(shape, dtype, manual_axis_type=getattr(jax.typeof(like), "mat", None))
 
 
 def _cost(layer: Layer, batch: int, nbytes: int) -> pl.CostEstimate:
