@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -205,6 +206,8 @@ def test_main_trains_from_the_command_line(tmp_path, capsys):
     summary = train_mobilenet.main(argv)
     out = capsys.readouterr().out
     assert summary["finished"] and "finished at step 5: test accuracy" in out and "epoch   1/1" in out
+    # The compile wait is announced before it starts, and timed.
+    assert re.search(r"compiling the train step for cpu \(once per run\)\.\.\.\ncompiled in [0-9.]+ s; training", out)
     written = {name: (tmp_path / name).read_bytes() for name in ("summary.json", "metrics.jsonl", "metrics.png")}
     again = train_mobilenet.main(argv)  # the same command again: already done, nothing retrained or rewritten
     assert again == summary and again["train_seconds"] > 0 and again["images_per_second"] > 0

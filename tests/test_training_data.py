@@ -194,3 +194,27 @@ def test_bad_flags_are_named(argv, message, capsys):
     with pytest.raises(SystemExit):
         config.parse_flags(argv)
     assert message in capsys.readouterr().err
+
+
+def test_the_progress_bar_counts_finished_steps_not_dispatched_ones():
+    from jdw.training import reporting
+
+    class Step:  # stands in for a step's output array: records when the bar waits for it
+        waited = []
+
+        def __init__(self, number):
+            self.number = number
+
+        def block_until_ready(self):
+            Step.waited.append(self.number)
+            return self
+
+    bar = reporting.Progress(10, 0, enabled=True)
+    bar.update(64, Step(1))
+    assert Step.waited == [] and bar._bar.n == 0  # step 1 is only dispatched: one step stays queued
+    bar.update(64, Step(2))
+    assert Step.waited == [1] and bar._bar.n == 1  # step 2's dispatch waits for step 1, which then counts
+    bar.flush()
+    assert Step.waited == [1, 2] and bar._bar.n == 2
+    bar.close()
+    assert Step.waited == [1, 2]  # nothing left to wait for
