@@ -19,11 +19,6 @@ import jdw
 from jdw.training import checkpoints, config, data, train
 
 
-def _modules(model):
-    """``(path, module)`` of every module in ``model`` (``nnx.iter_modules`` of newer flax, on every flax)."""
-    return [(path, node) for path, node in nnx.iter_graph(model) if isinstance(node, nnx.Module)]
-
-
 @pytest.fixture(autouse=True)
 def standard_promotion():
     # The example is user code: it runs under JAX's default promotion rules, not the suite's strict ones.
@@ -144,7 +139,7 @@ results = []
 for devices in (jax.devices()[:1], jax.devices()):
     model = train.create_model(cfg, 10, 1)
     if {float64}:  # the same initial values as float32, then float64 throughout
-        for _, module in _modules(model):
+        for _, module in nnx.iter_modules(model):
             if getattr(module, "dtype", None) is not None:
                 module.dtype = jnp.float64
         nnx.update(model, as_f64(nnx.state(model)))
@@ -217,13 +212,12 @@ def test_main_trains_from_the_command_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("model", ["mobilenet_v1", "mobilenet_v3_small"])
 def test_flax_baseline_is_the_same_network(model):
-    from flax import nnx
 
     from jdw.training import flax_baseline
 
     jdw_model = train.create_model(tiny_config(model=model), 10, 3)
     baseline = flax_baseline.with_flax_grouped_conv(jdw_model)
-    kinds = lambda m: {type(module).__name__ for _, module in _modules(m)}
+    kinds = lambda m: {type(module).__name__ for _, module in nnx.iter_modules(m)}
     assert "DepthwiseConv" in kinds(jdw_model) and "DepthwiseConv" not in kinds(baseline)
     count = lambda m: sum(p.size for p in jax.tree.leaves(nnx.state(m, nnx.Param)))
     assert count(baseline) == count(jdw_model)
@@ -235,7 +229,6 @@ def test_flax_baseline_is_the_same_network(model):
 
 def test_flax_baseline_refuses_a_fused_activation():
     """nnx.Conv has no activation: swapping it in for a layer that fuses one would drop it silently."""
-    from flax import nnx
 
     from jdw.training import flax_baseline
 
