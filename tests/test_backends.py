@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import jax
-import jax.export  # a submodule that older jax does not import with jax
 import jax.numpy as jnp
 import pytest
 

@@ -13,7 +13,6 @@ import itertools
 import math
 
 import jax
-import jax.export  # a submodule that older jax does not import with jax
 import jax.numpy as jnp
 import numpy as np
 import numpy_reference as ref
