@@ -14,7 +14,17 @@ import pytest
 from flax import nnx
 
 import jdw
-from jdw.models import MobileNetV1, MobileNetV2, MobileNetV3Large, MobileNetV3Small
+from jdw.models import (
+    ConvNeXtTiny,
+    EfficientNetB0,
+    EfficientNetB1,
+    EfficientNetV2S,
+    MobileNetV1,
+    MobileNetV2,
+    MobileNetV3Large,
+    MobileNetV3Small,
+    Xception,
+)
 
 CASES = {
     "v1_alpha0.5_depth2": (keras.applications.MobileNet, dict(alpha=0.5, depth_multiplier=2), MobileNetV1),
@@ -27,13 +37,41 @@ CASES = {
         dict(minimalistic=True, include_preprocessing=False, classes=10),
         MobileNetV3Large,
     ),
+    "efficientnet_b0": (keras.applications.EfficientNetB0, dict(classes=10), EfficientNetB0),
+    "efficientnet_b1_notop": (keras.applications.EfficientNetB1, dict(include_top=False), EfficientNetB1),
+    "efficientnet_v2s": (keras.applications.EfficientNetV2S, dict(classes=10), EfficientNetV2S),
+    "efficientnet_v2s_nopreprocessing_notop": (
+        keras.applications.EfficientNetV2S,
+        dict(include_top=False, include_preprocessing=False),
+        EfficientNetV2S,
+    ),
+    "convnext_tiny": (keras.applications.ConvNeXtTiny, dict(classes=10), ConvNeXtTiny),
+    "convnext_tiny_nopreprocessing_notop": (
+        keras.applications.ConvNeXtTiny,
+        dict(include_top=False, include_preprocessing=False),
+        ConvNeXtTiny,
+    ),
+    "xception": (keras.applications.Xception, dict(classes=10), Xception),
 }
+# The applications whose built-in preprocessing takes pixels in [0, 255] (the others take [-1, 1]).
+_RAW_PIXELS = (MobileNetV3Small, MobileNetV3Large, EfficientNetB0, EfficientNetB1, EfficientNetV2S, ConvNeXtTiny)
+
+
+def _flat(model):
+    for layer in model.layers:
+        yield from _flat(layer) if hasattr(layer, "layers") else (layer,)
 
 
 def _perturb_batch_norms(model, rng):
-    """Random statistics and affine parameters, so inference-mode normalisation is exercised."""
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
+    """Random statistics and affine parameters, so inference-mode normalisation is exercised; layer norms,
+    ConvNeXt's layer scales (1e-6 at initialisation) and EfficientNet's input normalisation too."""
+    for layer in _flat(model):
+        if isinstance(layer, keras.layers.LayerNormalization) or type(layer).__name__ == "LayerScale":
+            layer.set_weights([w + rng.uniform(0.5, 1.0, w.shape) for w in layer.get_weights()])
+        elif isinstance(layer, keras.layers.Normalization) and layer.get_weights():
+            mean, var, *count = layer.get_weights()
+            layer.set_weights([rng.uniform(100, 150, mean.shape), rng.uniform(2000, 5000, var.shape), *count])
+        elif isinstance(layer, keras.layers.BatchNormalization):
             gamma, beta, mean, var = layer.get_weights()
             layer.set_weights(
                 [
@@ -50,14 +88,14 @@ def _perturb_batch_norms(model, rng):
 def test_from_keras_reproduces_the_logits(name):
     rng = np.random.default_rng(0)
     application, kwargs, cls = CASES[name]
-    size = 64 if application is not keras.applications.MobileNet else 96
+    size = {keras.applications.MobileNet: 96, keras.applications.Xception: 71}.get(application, 64)
     kwargs = dict(weights=None, input_shape=(size, size, 3), **kwargs)
     if kwargs.get("include_top", True):
         kwargs["classifier_activation"] = None
     keras_model = application(**kwargs)
     _perturb_batch_norms(keras_model, rng)
     x = rng.uniform(0.0, 255.0, (2, size, size, 3)).astype(np.float32)
-    keras_rescales = cls in (MobileNetV3Small, MobileNetV3Large) and kwargs.get("include_preprocessing", True)
+    keras_rescales = cls in _RAW_PIXELS and kwargs.get("include_preprocessing", True)
     if not keras_rescales:  # otherwise Keras's own Rescaling layer takes pixels in [0, 255]
         x = x / 127.5 - 1.0
     with jax.numpy_rank_promotion("allow"), jax.numpy_dtype_promotion("standard"):  # Keras's own ops
@@ -66,6 +104,9 @@ def test_from_keras_reproduces_the_logits(name):
     assert type(model) is cls
     if "alpha" in kwargs:
         assert model.width == kwargs["alpha"]
+    assert (model.input_rescaling is not None) == keras_rescales
+    trainable = sum(int(np.prod(w.shape)) for w in keras_model.trainable_weights)
+    assert sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param))) == trainable
     actual = np.asarray(nnx.jit(lambda m, x: m(x))(model, x))
     assert actual.shape == expected.shape
     error = np.abs(actual - expected).max() / np.abs(expected).max()
@@ -76,6 +117,6 @@ def test_not_a_mobilenet():
     inputs = keras.Input((8, 8, 3))
     model = keras.Model(inputs, keras.layers.DepthwiseConv2D(3)(inputs), name="tiny")
     with pytest.raises(
-        ValueError, match=re.escape("from_keras: 'tiny' has 1 depthwise layers; expected a Keras MobileNet")
+        ValueError, match=re.escape("from_keras: no jdw model reproduces the layer shapes of 'tiny' (1 weight layers")
     ):
         jdw.models.from_keras(model)

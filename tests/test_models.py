@@ -206,7 +206,7 @@ def test_every_model_takes_the_same_keywords(cls):
     model = cls(num_classes=3, **COMMON_KEYWORDS, rngs=nnx.Rngs(0))
     model.eval()
     assert model(jnp.zeros((1, 32, 32, 1))).shape == (1, 3)
-    assert isinstance(model, jdw.models._mobilenet.MobileNet) and len(model.blocks) == len(model.block_strides)
+    assert isinstance(model, jdw.models._base.ConvNet) and len(model.blocks) == len(model.block_strides)
 
 
 def test_mobilenet_v1_refuses_stochastic_depth():
@@ -217,7 +217,7 @@ def test_mobilenet_v1_refuses_stochastic_depth():
 def test_the_base_class_checks_blocks_against_strides():
     stem = jdw.nnx.ConvNormAct(1, 4, 3, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="MobileNet: 1 blocks but 2 block strides"):
-        jdw.models._mobilenet.MobileNet(
+        jdw.models._base.ConvNet(
             stem=stem, stem_strides=1, blocks=[stem], block_strides=[1, 2], head=None, pre_logits=None,
             pre_logits_activation=None, dropout=nnx.Dropout(0.0), classifier=None, in_features=1, num_classes=None,
             width=1.0, input_rescaling=None,

@@ -198,8 +198,10 @@ class InvertedResidual(nn.Module):
       expand_ratio: expanded width ``round(C_in * expand_ratio)`` unless ``expanded_features`` is given.
       expanded_features: expanded width.
       dilation: depthwise dilation.
+      padding: depthwise padding (``"SAME"`` as Keras; an int pads both sides alike, as PyTorch).
       activation: activation after expand and depthwise.
       se_ratio: squeeze ratio of the expanded width; ``None`` for no squeeze-excite.
+      se_features: squeeze-excite bottleneck width, given directly; implies squeeze-excite.
       se_activation: bottleneck activation of the squeeze-excite.
       se_gate: gate of the squeeze-excite.
       stochastic_depth_rate: probability of dropping the residual branch in training.
@@ -225,8 +227,10 @@ class InvertedResidual(nn.Module):
     expand_ratio: float = 6.0
     expanded_features: int | None = None
     dilation: int | Sequence[int] = 1
+    padding: PaddingLike = "SAME"
     activation: ActivationLike = "relu6"
     se_ratio: float | None = None
+    se_features: int | None = None
     se_activation: ActivationLike = "relu"
     se_gate: ActivationLike = "sigmoid"
     stochastic_depth_rate: float = 0.0
@@ -271,15 +275,17 @@ class InvertedResidual(nn.Module):
             kernel_size,
             strides=self.strides,
             groups=hidden,
+            padding=self.padding,
             dilation=self.dilation,
             activation=self.activation,
             implementation=self.implementation,
             name="depthwise",
             **shared,
         )(y, train=train)
-        if self.se_ratio:
+        if self.se_ratio or self.se_features:
             y = SqueezeExcite(
-                se_ratio=self.se_ratio,
+                self.se_features,
+                se_ratio=self.se_ratio or 0.25,
                 activation=self.se_activation,
                 gate=self.se_gate,
                 num_spatial_dims=nd,

@@ -1,4 +1,4 @@
-"""Build a jdw MobileNet from a Keras application and copy its weights (ImageNet ones included)."""
+"""Build the jdw model matching a Keras application and copy its weights (ImageNet ones included)."""
 
 from __future__ import annotations
 
@@ -6,35 +6,61 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jdw.models._mobilenet import MobileNet
-from jdw.models.mobilenet_v1 import DepthwiseSeparable, MobileNetV1
+from jdw.models import convnext, efficientnet
+from jdw.models._base import ConvNet
+from jdw.models._import import LayerScale, assign, materialize, weight_modules
+from jdw.models.mobilenet_v1 import MobileNetV1
 from jdw.models.mobilenet_v2 import MobileNetV2
 from jdw.models.mobilenet_v3 import MobileNetV3Large, MobileNetV3Small
-from jdw.nnx import ConvNormAct, DepthwiseConv, InvertedResidual, PointwiseConv, SqueezeExcite
+from jdw.models.xception import Xception
+from jdw.nnx import DepthwiseConv, SeparableConv
 
-# The four Keras applications differ in their number of depthwise layers.
+# The MobileNet applications differ in their number of depthwise layers.
 _BY_DEPTHWISE_COUNT = {13: MobileNetV1, 17: MobileNetV2, 11: MobileNetV3Small, 15: MobileNetV3Large}
-# Channel count of the last block at width 1, to estimate the width of a model.
+# Channel count of the last block at width 1, to estimate the width of a MobileNet.
 _LAST_BLOCK = {MobileNetV1: 1024, MobileNetV2: 320, MobileNetV3Small: 96, MobileNetV3Large: 160}
-_WEIGHT_LAYERS = ("Conv2D", "DepthwiseConv2D", "BatchNormalization", "Dense")
+# The other applications by the name Keras gives the model.
+_BY_NAME = {
+    **{f"efficientnet{v.lower()}": getattr(efficientnet, f"EfficientNet{v}") for v in efficientnet.COEFFICIENTS},
+    "efficientnetv2-s": efficientnet.EfficientNetV2S,
+    **{f"convnext_{size.lower()}": getattr(convnext, f"ConvNeXt{size}") for size in convnext.SIZES},
+    "xception": Xception,
+}
+_FAMILIES = {
+    "EfficientNet": [*(getattr(efficientnet, f"EfficientNet{v}") for v in efficientnet.COEFFICIENTS)],
+    "EfficientNetV2": [efficientnet.EfficientNetV2S],
+    "ConvNeXt": [getattr(convnext, f"ConvNeXt{size}") for size in convnext.SIZES],
+    "Xception": [Xception],
+}
+_WEIGHT_LAYERS = (
+    "Conv2D", "DepthwiseConv2D", "SeparableConv2D", "BatchNormalization", "LayerNormalization", "Dense", "LayerScale",
+)  # fmt: skip
+_SUPPORTED = (
+    "MobileNet, MobileNetV2, MobileNetV3Small/Large, EfficientNetB0-B7, EfficientNetV2S, "
+    "ConvNeXtTiny/Small/Base or Xception"
+)
 
 
-def from_keras(keras_model: Any, *, implementation: str | None = None, dtype: Any = None) -> MobileNet:
-    """Builds the jdw MobileNet matching a Keras application and copies its weights.
+def from_keras(keras_model: Any, *, implementation: str | None = None, dtype: Any = None) -> ConvNet:
+    """Builds the jdw model matching a Keras application and copies its weights.
 
-    Works with ``keras.applications.MobileNet``, ``MobileNetV2``, ``MobileNetV3Small`` and
-    ``MobileNetV3Large`` (Keras 3, any backend), any ``alpha`` and ``depth_multiplier``,
-    with or without the top and, for V3, with or without the built-in preprocessing
-    (which becomes ``input_rescaling``). Batch-norm statistics are copied too, so the
-    returned model, in ``eval()`` mode, computes the Keras model's logits (the Keras
-    model's output before its ``classifier_activation``). With
-    ``keras.applications.MobileNetV2(weights="imagenet")`` this gives ImageNet weights
-    wherever Keras can download them.
+    Works with ``keras.applications`` ``MobileNet``, ``MobileNetV2``, ``MobileNetV3Small``,
+    ``MobileNetV3Large`` (any ``alpha`` and ``depth_multiplier``, V3 ``minimalistic`` or
+    not), ``EfficientNetB0`` to ``B7``, ``EfficientNetV2S``, ``ConvNeXtTiny``, ``Small``
+    and ``Base``, and ``Xception`` (Keras 3, any backend), with or without the top. The
+    built-in preprocessing layers before the first convolution (``Rescaling``,
+    ``Normalization``) become ``input_rescaling``, one scale and offset per channel where
+    they differ, so the jdw model takes the same pixels the Keras model does. Batch-norm
+    statistics are copied too, so the returned model, in ``eval()`` mode, computes the
+    Keras model's logits (its output before ``classifier_activation``).
+
+    Keras pads stride-2 layers as TensorFlow does ("SAME": the extra row and column at the
+    bottom and right); so does the jdw model. EfficientNet's Keras model computes that
+    padding from the input size it was built for (even sizes when it was built without
+    one), so with odd image sizes feed it a model built for that size.
 
     Args:
       keras_model: a Keras application model, channels-last.
@@ -42,7 +68,7 @@ def from_keras(keras_model: Any, *, implementation: str | None = None, dtype: An
       dtype: computation dtype of the jdw model.
 
     Returns:
-      A :class:`jdw.models.MobileNetV1`, ``V2``, ``V3Small`` or ``V3Large`` in eval mode.
+      The matching :mod:`jdw.models` model, in eval mode.
 
     Raises:
       ValueError: if the model is not one of those applications or its weights do not
@@ -51,79 +77,118 @@ def from_keras(keras_model: Any, *, implementation: str | None = None, dtype: An
     Examples:
       >>> import os; _ = os.environ.setdefault("KERAS_BACKEND", "jax")  # before the first keras import
       >>> import keras, jdw
-      >>> model = jdw.models.from_keras(keras.applications.MobileNetV2(weights="imagenet"))  # doctest: +SKIP
-      >>> logits = model(images / 127.5 - 1.0)  # Keras's MobileNetV2 preprocessing  # doctest: +SKIP
+      >>> model = jdw.models.from_keras(keras.applications.EfficientNetB0(weights="imagenet"))  # doctest: +SKIP
+      >>> logits = model(images)  # pixels in [0, 255], as Keras's EfficientNet takes them  # doctest: +SKIP
     """
     if not hasattr(keras_model, "layers") or not hasattr(keras_model, "name"):
         raise ValueError(
             f"from_keras: expected a Keras application model (keras.applications.MobileNetV2(...) and the like), "
             f"got {type(keras_model).__name__}"
         )
-    layers = [layer for layer in keras_model.layers if type(layer).__name__ in _WEIGHT_LAYERS]
-    n_depthwise = sum(type(layer).__name__ == "DepthwiseConv2D" for layer in layers)
-    cls = _BY_DEPTHWISE_COUNT.get(n_depthwise)
-    if cls is None:
-        raise ValueError(
-            f"from_keras: {keras_model.name!r} has {n_depthwise} depthwise layers; expected a Keras MobileNet "
-            f"application (V1: 13, V2: 17, V3Small: 11, V3Large: 15)"
-        )
+    all_layers = list(_flatten(keras_model))
+    layers = [layer for layer in all_layers if type(layer).__name__ in _WEIGHT_LAYERS]
+    if getattr(layers[0] if layers else None, "data_format", "channels_last") != "channels_last":
+        raise ValueError(f"from_keras: only channels-last Keras models are supported, got {layers[0].data_format}")
     shapes = [_comparable(tuple(tuple(w.shape) for w in layer.get_weights())) for layer in layers]
-    options = _options(keras_model, layers, cls)
+    options = _options(keras_model, all_layers, layers)
     options.update(implementation=implementation, dtype=dtype)
-    for width, extra in _candidates(keras_model, layers, cls):
-        abstract = nnx.eval_shape(lambda: cls(**options, width=width, **extra, rngs=nnx.Rngs(0)))  # noqa: B023
-        if [_keras_shapes(m) for m in _weight_modules(abstract)] == shapes:
-            model = _materialize(abstract)
-            for module, layer in zip(_weight_modules(model), layers):
+    for cls, extra in _candidates(keras_model, all_layers, layers):
+        abstract = nnx.eval_shape(lambda: cls(**options, **extra, rngs=nnx.Rngs(0)))  # noqa: B023
+        if [_keras_shapes(m) for m in weight_modules(abstract, "keras")] == shapes:
+            model = materialize(abstract)
+            for module, layer in zip(weight_modules(model, "keras"), layers):
                 _copy(module, layer)
             model.eval()
             return model
+    n_depthwise = sum(type(layer).__name__ == "DepthwiseConv2D" for layer in layers)
     raise ValueError(
-        f"from_keras: no {cls.__name__} width reproduces the layer shapes of {keras_model.name!r}; "
+        f"from_keras: no jdw model reproduces the layer shapes of {keras_model.name!r} ({len(layers)} weight layers, "
+        f"{n_depthwise} depthwise); expected a Keras {_SUPPORTED} application; "
         f"first layers: {[(layer.name, s) for layer, s in zip(layers[:3], shapes[:3])]}"
     )
 
 
-def _materialize(abstract: nnx.Module) -> nnx.Module:
-    """Concrete zeros for an abstract model whose every weight is about to be overwritten.
-
-    Running the initializers instead would compile one random-number program per parameter
-    shape (about 9 s for a MobileNetV3 on CPU), only to throw the numbers away.
-    """
-
-    def zeros(x):
-        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-            return jax.random.key(0) if not x.shape else jax.random.split(jax.random.key(0), x.shape)
-        return jnp.zeros(x.shape, x.dtype)
-
-    graphdef, state = nnx.split(abstract)
-    return nnx.merge(graphdef, jax.tree.map(zeros, state))
+def _flatten(model: Any) -> Iterator[Any]:
+    """The layers of a Keras model in order, those of nested models (ConvNeXt's stem) in their place."""
+    for layer in model.layers:
+        if hasattr(layer, "layers") and type(layer).__name__ in ("Sequential", "Functional", "Model"):
+            yield from _flatten(layer)
+        else:
+            yield layer
 
 
-def _options(keras_model: Any, layers: list, cls: type) -> dict:
-    by_type: dict[str, list] = {}
-    for layer in keras_model.layers:
-        by_type.setdefault(type(layer).__name__, []).append(layer)
+def _options(keras_model: Any, all_layers: list, layers: list) -> dict:
     input_shape = keras_model.input_shape
-    if getattr(layers[0], "data_format", "channels_last") != "channels_last":
-        raise ValueError(f"from_keras: only channels-last Keras models are supported, got {layers[0].data_format}")
-    last = layers[-1]
-    has_top = type(last).__name__ == "Dense" or (type(last).__name__ == "Conv2D" and last.use_bias)
+    last = layers[-1] if layers else None
+    kind = type(last).__name__
+    has_top = kind == "Dense" or (kind == "Conv2D" and last.use_bias and _is_after_pooling(all_layers, last))
     options: dict[str, Any] = dict(
         num_classes=int(last.get_weights()[0].shape[-1]) if has_top else None,
         in_features=int(input_shape[-1]),
-        norm_epsilon=float(layers[1].epsilon),
     )
-    if "Dropout" in by_type:
-        options["dropout"] = float(by_type["Dropout"][0].rate)
-    if "Rescaling" in by_type:
-        rescaling = by_type["Rescaling"][0]
-        options["input_rescaling"] = (float(rescaling.scale), float(rescaling.offset))
+    if len(layers) > 1:
+        options["norm_epsilon"] = float(layers[1].epsilon)
+    dropouts = [layer for layer in all_layers if type(layer).__name__ == "Dropout"]
+    if has_top and dropouts and all_layers.index(dropouts[-1]) > all_layers.index(_pooling(all_layers)):
+        options["dropout"] = float(dropouts[-1].rate)
+    rescaling = _input_rescaling(all_layers, int(input_shape[-1]))
+    if rescaling is not None:
+        options["input_rescaling"] = rescaling
     return options
 
 
-def _candidates(keras_model: Any, layers: list, cls: type) -> Iterator[tuple[float, dict]]:
-    """Widths (and variants) to try, likeliest first; the layer shapes decide."""
+def _pooling(all_layers: list) -> Any:
+    pools = [layer for layer in all_layers if type(layer).__name__ == "GlobalAveragePooling2D"]
+    return pools[-1] if pools else all_layers[-1]
+
+
+def _is_after_pooling(all_layers: list, layer: Any) -> bool:
+    pools = [other for other in all_layers if type(other).__name__ == "GlobalAveragePooling2D"]
+    return bool(pools) and all_layers.index(layer) > all_layers.index(pools[-1])
+
+
+def _input_rescaling(all_layers: list, channels: int) -> tuple | None:
+    """The preprocessing layers before the first convolution, folded into one per-channel ``x * scale + offset``."""
+    scale, offset, found = np.ones(channels), np.zeros(channels), False
+    for layer in all_layers:
+        kind = type(layer).__name__
+        if kind in _WEIGHT_LAYERS:
+            break
+        if kind == "Rescaling":
+            s = np.broadcast_to(np.asarray(layer.scale, np.float64).reshape(-1), channels)
+            o = np.broadcast_to(np.asarray(layer.offset, np.float64).reshape(-1), channels)
+            scale, offset, found = scale * s, offset * s + o, True
+        elif kind == "Normalization":
+            mean = np.broadcast_to(np.asarray(layer.mean, np.float64).reshape(-1), channels)
+            std = np.maximum(np.sqrt(np.broadcast_to(np.asarray(layer.variance, np.float64).reshape(-1), channels)), 1e-7)
+            scale, offset, found = scale / std, (offset - mean) / std, True
+    if not found:
+        return None
+    if np.all(scale == scale[0]) and np.all(offset == offset[0]):
+        return float(scale[0]), float(offset[0])
+    return tuple(float(s) for s in scale), tuple(float(o) for o in offset)
+
+
+def _candidates(keras_model: Any, all_layers: list, layers: list) -> Iterator[tuple[type, dict]]:
+    """Models (and widths or variants) to try, likeliest first; the layer shapes decide."""
+    named = _BY_NAME.get(keras_model.name.lower())
+    if named is not None:
+        yield named, {}
+    kinds = {type(layer).__name__ for layer in layers}
+    if "LayerScale" in kinds or "LayerNormalization" in kinds:
+        yield from ((cls, {}) for cls in _FAMILIES["ConvNeXt"])
+    elif "SeparableConv2D" in kinds:
+        yield Xception, {}
+    n_depthwise = sum(type(layer).__name__ == "DepthwiseConv2D" for layer in layers)
+    mobilenet = _BY_DEPTHWISE_COUNT.get(n_depthwise)
+    if mobilenet is not None:
+        yield from ((mobilenet, extra) for extra in _mobilenet_candidates(keras_model, layers, mobilenet))
+    if "DepthwiseConv2D" in kinds:
+        yield from ((cls, {}) for cls in _FAMILIES["EfficientNet"] + _FAMILIES["EfficientNetV2"])
+
+
+def _mobilenet_candidates(keras_model: Any, layers: list, cls: type) -> Iterator[dict]:
+    """MobileNet widths (and variants) to try: the one in the model's name, the usual ones, estimates."""
     widths = []
     named = re.search(r"_(\d+\.\d+)_\d+$", keras_model.name)
     if named:
@@ -138,8 +203,7 @@ def _candidates(keras_model: Any, layers: list, cls: type) -> Iterator[tuple[flo
     widths += [(channels + delta) / base for delta in (0.0, 0.5, -3.9, 3.9, -2.0, 2.0)]
     extras: list[dict] = [{}]
     if cls is MobileNetV1:
-        multiplier = int(convs[1].get_weights()[0].shape[-1])
-        extras = [{"depth_multiplier": multiplier}]
+        extras = [{"depth_multiplier": int(convs[1].get_weights()[0].shape[-1])}]
     elif cls in (MobileNetV3Small, MobileNetV3Large):
         extras = [{"minimalistic": False}, {"minimalistic": True}]
     seen = set()
@@ -148,64 +212,61 @@ def _candidates(keras_model: Any, layers: list, cls: type) -> Iterator[tuple[flo
             key = (round(width, 9), tuple(extra.items()))
             if width > 0 and key not in seen:
                 seen.add(key)
-                yield width, extra
+                yield {"width": width, **extra}
 
 
-def _weight_modules(module: nnx.Module) -> Iterator[nnx.Module]:
-    """The modules holding weights, in the order Keras creates the matching layers."""
-    if isinstance(module, (nnx.Conv, DepthwiseConv, PointwiseConv, nnx.BatchNorm, nnx.Linear)):
-        yield module
-        return
-    if isinstance(module, MobileNet):
-        children = [module.stem, *module.blocks, module.head, module.pre_logits, module.classifier]
-    elif isinstance(module, ConvNormAct):
-        children = [module.conv, module.norm]
-    elif isinstance(module, InvertedResidual):
-        children = [module.expand, module.depthwise, module.se, module.project]
-    elif isinstance(module, SqueezeExcite):
-        children = [module.reduce, module.expand]
-    elif isinstance(module, DepthwiseSeparable):
-        children = [module.depthwise, module.pointwise]
-    else:
-        raise TypeError(f"from_keras: no Keras counterpart for {type(module).__name__}")
-    for child in children:
-        if child is not None:
-            yield from _weight_modules(child)
-
-
-def _keras_shapes(module: nnx.Module) -> tuple[tuple[int, ...], ...]:
+def _keras_shapes(module: Any) -> tuple[tuple[int, ...], ...]:
     """The shapes Keras's matching layer stores its weights in."""
     if isinstance(module, nnx.BatchNorm):
         return (module.scale.shape,) * 4
+    if isinstance(module, nnx.LayerNorm):
+        return (module.scale.shape, module.bias.shape)
+    if isinstance(module, LayerScale):
+        return (module.shape,)
+    if isinstance(module, SeparableConv):
+        depthwise = module.depthwise
+        kernel = (*depthwise.kernel.shape[:-2], depthwise.in_features, depthwise.depth_multiplier)
+        shapes = (kernel, tuple(module.pointwise.kernel.shape))
+        bias = () if module.pointwise.bias is None else (tuple(module.pointwise.bias.shape),)
+        return _comparable((*shapes, *bias))
     kernel = tuple(module.kernel.shape)
-    if isinstance(module, DepthwiseConv):
+    if isinstance(module, DepthwiseConv) and module.depth_multiplier > 1:
         kernel = (*kernel[:-2], module.in_features, module.depth_multiplier)
     bias = () if module.bias is None else (tuple(module.bias.shape),)
     return _comparable((kernel, *bias))
 
 
 def _comparable(shapes: tuple[tuple[int, ...], ...]) -> tuple[tuple[int, ...], ...]:
-    """A 1x1 Conv2D kernel ``(1, 1, in, out)`` compares equal to a dense ``(in, out)``."""
-    return tuple(shape[2:] if len(shape) == 4 and shape[:2] == (1, 1) else shape for shape in shapes)
+    """Shapes as compared: a 1x1 Conv2D kernel ``(1, 1, in, out)`` equals a dense ``(in, out)``, and a
+    depthwise ``(kh, kw, C, 1)`` (DepthwiseConv2D) a grouped ``(kh, kw, 1, C)`` (ConvNeXt's Conv2D)."""
+    out = []
+    for shape in shapes:
+        if len(shape) == 4 and shape[:2] == (1, 1):
+            shape = shape[2:]
+        elif len(shape) == 4 and shape[3] == 1 and shape[2] > 1:
+            shape = (*shape[:2], 1, shape[2])
+        out.append(shape)
+    return tuple(out)
 
 
-def _set(variable: nnx.Variable, value: np.ndarray, layer: Any) -> None:
-    if tuple(variable.shape) != value.shape:
-        raise ValueError(
-            f"from_keras: Keras layer {layer.name!r} gives a weight of shape {value.shape}, "
-            f"the jdw layer expects {tuple(variable.shape)}"
-        )
-    variable[...] = jnp.asarray(value, variable.dtype)
-
-
-def _copy(module: nnx.Module, layer: Any) -> None:
+def _copy(module: Any, layer: Any) -> None:
+    where = f"from_keras: Keras layer {layer.name!r}"
     weights = [np.asarray(w) for w in layer.get_weights()]
     if isinstance(module, nnx.BatchNorm):
-        gamma, beta, mean, var = weights
-        for variable, value in zip((module.scale, module.bias, module.mean, module.var), (gamma, beta, mean, var)):
-            _set(variable, value, layer)
-        return
-    # depthwise (kh, kw, C, M) -> (kh, kw, 1, C*M); a 1x1 Conv2D (1, 1, in, out) -> dense (in, out)
-    _set(module.kernel, weights[0].reshape(module.kernel.shape), layer)
-    if module.bias is not None:
-        _set(module.bias, weights[1], layer)
+        for variable, value in zip((module.scale, module.bias, module.mean, module.var), weights):
+            assign(variable, value, where)
+    elif isinstance(module, nnx.LayerNorm):
+        assign(module.scale, weights[0], where)
+        assign(module.bias, weights[1], where)
+    elif isinstance(module, LayerScale):
+        assign(module.block.layer_scale, weights[0], where)
+    elif isinstance(module, SeparableConv):
+        assign(module.depthwise.kernel, weights[0].reshape(module.depthwise.kernel.shape), where)
+        assign(module.pointwise.kernel, weights[1].reshape(module.pointwise.kernel.shape), where)
+        if module.pointwise.bias is not None:
+            assign(module.pointwise.bias, weights[2], where)
+    else:
+        # depthwise (kh, kw, C, M) -> (kh, kw, 1, C*M); a 1x1 Conv2D (1, 1, in, out) -> dense (in, out)
+        assign(module.kernel, weights[0].reshape(module.kernel.shape), where)
+        if module.bias is not None:
+            assign(module.bias, weights[1], where)

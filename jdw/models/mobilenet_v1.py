@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.typing import ArrayLike, DTypeLike
 
-from jdw.models._mobilenet import MobileNet, check_model_args
+from jdw.models._base import ConvNet, check_model_args
 from jdw.nnx import ConvNormAct
 
 # (pointwise output channels, depthwise stride) of the 13 depthwise-separable layers: Table 1 of the paper.
@@ -57,7 +57,7 @@ class DepthwiseSeparable(nnx.Module):
         return self.pointwise(self.depthwise(x))
 
 
-class MobileNetV1(MobileNet):
+class MobileNetV1(ConvNet):
     """MobileNetV1: a 3x3 convolution, then 13 depthwise-separable layers.
 
     With ``width=1.0`` and 1000 classes it has 4,231,976 trainable parameters, those of

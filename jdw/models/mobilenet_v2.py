@@ -7,14 +7,14 @@ from flax import nnx
 from jax.typing import DTypeLike
 
 from jdw._layer_common import make_divisible
-from jdw.models._mobilenet import MobileNet, check_model_args
+from jdw.models._base import ConvNet, check_model_args, check_padding, layer_padding
 from jdw.nnx import ConvNormAct, InvertedResidual
 
 # (expansion t, output channels c, repeats n, first stride s): Table 2 of the paper.
 STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
 
 
-class MobileNetV2(MobileNet):
+class MobileNetV2(ConvNet):
     """MobileNetV2: inverted residuals with linear bottlenecks.
 
     With ``width=1.0`` and 1000 classes it has 3,504,872 trainable parameters, those of
@@ -33,6 +33,8 @@ class MobileNetV2(MobileNet):
       input_rescaling: optional ``(scale, offset)`` applied to the input first.
       stochastic_depth_rate: drop rate of the residual branches, rising linearly to this
         value over the blocks (0 disables it).
+      padding: ``"SAME"`` pads the stride-2 layers as Keras (TensorFlow) does,
+        ``"SYMMETRIC"`` as torchvision does (:func:`jdw.models.from_torch` uses it).
       norm_momentum: momentum of the batch norms' running statistics.
       norm_epsilon: epsilon of the batch norms.
       implementation: backend of every depthwise convolution (see :func:`jdw.depthwise_conv`).
@@ -62,6 +64,7 @@ class MobileNetV2(MobileNet):
         small_inputs: bool = False,
         input_rescaling: tuple[float, float] | None = None,
         stochastic_depth_rate: float = 0.0,
+        padding: str = "SAME",
         norm_momentum: float = 0.99,
         norm_epsilon: float = 1e-3,
         implementation: str | None = None,
@@ -70,10 +73,11 @@ class MobileNetV2(MobileNet):
         rngs: nnx.Rngs,
     ):
         check_model_args("MobileNetV2", num_classes, width)
+        padding = check_padding(type(self).__name__, padding)
         shared = dict(norm_momentum=norm_momentum, norm_epsilon=norm_epsilon, dtype=dtype, param_dtype=param_dtype)
         channels = make_divisible(32 * width, 8)
         stem_strides = 1 if small_inputs else 2
-        stem = ConvNormAct(in_features, channels, 3, strides=stem_strides, activation="relu6", rngs=rngs, **shared)
+        stem = ConvNormAct(in_features, channels, 3, strides=stem_strides, padding=layer_padding(padding, 3), activation="relu6", rngs=rngs, **shared)
         specs = []
         first_stride_two = True
         for t, c, n, s in STAGES:
@@ -90,6 +94,7 @@ class MobileNetV2(MobileNet):
                     out,
                     3,
                     strides=s,
+                    padding=layer_padding(padding, 3),
                     expanded_features=channels * t,
                     activation="relu6",
                     stochastic_depth_rate=stochastic_depth_rate * index / len(specs),

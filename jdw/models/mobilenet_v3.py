@@ -7,7 +7,7 @@ from flax import nnx
 from jax.typing import DTypeLike
 
 from jdw._layer_common import make_divisible
-from jdw.models._mobilenet import MobileNet, check_model_args
+from jdw.models._base import ConvNet, check_model_args, check_padding, layer_padding
 from jdw.nnx import ConvNormAct, InvertedResidual
 
 # (kernel, expansion, output channels, squeeze-excite, activation, stride): Tables 1 and 2 of
@@ -28,7 +28,7 @@ SMALL = (
 )  # fmt: skip
 
 
-class _MobileNetV3(MobileNet):
+class _MobileNetV3(ConvNet):
     TABLE: tuple = ()
     LAST_POINT: int = 0
 
@@ -43,6 +43,7 @@ class _MobileNetV3(MobileNet):
         small_inputs: bool = False,
         input_rescaling: tuple[float, float] | None = None,
         stochastic_depth_rate: float = 0.0,
+        padding: str = "SAME",
         norm_momentum: float = 0.99,
         norm_epsilon: float = 1e-3,
         implementation: str | None = None,
@@ -52,9 +53,10 @@ class _MobileNetV3(MobileNet):
     ):
         check_model_args(type(self).__name__, num_classes, width)
         kernel, se_ratio, act = (3, None, "relu") if minimalistic else (5, 0.25, "hard_swish")
+        padding = check_padding(type(self).__name__, padding)
         shared = dict(norm_momentum=norm_momentum, norm_epsilon=norm_epsilon, dtype=dtype, param_dtype=param_dtype)
         stem_strides = 1 if small_inputs else 2
-        stem = ConvNormAct(in_features, 16, 3, strides=stem_strides, activation=act, rngs=rngs, **shared)
+        stem = ConvNormAct(in_features, 16, 3, strides=stem_strides, padding=layer_padding(padding, 3), activation=act, rngs=rngs, **shared)
         channels, blocks, strides = 16, [], []
         first_stride_two = True
         for index, (k, expansion, out, se, activation, s) in enumerate(self.TABLE):
@@ -62,12 +64,14 @@ class _MobileNetV3(MobileNet):
                 first_stride_two = False
                 s = 1 if small_inputs else 2
             out = make_divisible(out * width)
+            k = kernel if k == "K" else k
             blocks.append(
                 InvertedResidual(
                     channels,
                     out,
-                    kernel if k == "K" else k,
+                    k,
                     strides=s,
+                    padding=layer_padding(padding, k),
                     expanded_features=make_divisible(channels * expansion),
                     activation=act if activation == "ACT" else activation,
                     se_ratio=se_ratio if se == "SE" else None,
@@ -123,6 +127,8 @@ _DOC = """MobileNetV3-{size}: inverted residuals with squeeze-excite and hard-sw
       input_rescaling: optional ``(scale, offset)`` applied to the input first; Keras's
         built-in preprocessing is ``(1 / 127.5, -1.0)``, for pixels in [0, 255].
       stochastic_depth_rate: drop rate of the residual branches, rising linearly over the blocks.
+      padding: ``"SAME"`` pads the stride-2 layers as Keras (TensorFlow) does,
+        ``"SYMMETRIC"`` as torchvision does (:func:`jdw.models.from_torch` uses it).
       norm_momentum: momentum of the batch norms' running statistics.
       norm_epsilon: epsilon of the batch norms.
       implementation: backend of every depthwise convolution.

@@ -232,9 +232,13 @@ class InvertedResidual(nnx.Module):
         ``expanded_features`` is given (V2 uses 6, its first block 1).
       expanded_features: expanded width, as MobileNetV3's tables give it.
       dilation: depthwise dilation.
+      padding: depthwise padding (``"SAME"`` as Keras; an int ``(k - 1) // 2`` pads both
+        sides alike, as PyTorch).
       activation: activation after expand and depthwise (``"relu6"`` in V2; ``"relu"`` or
-        ``"hard_swish"`` in V3).
+        ``"hard_swish"`` in V3; ``"swish"`` in EfficientNet).
       se_ratio: squeeze ratio of the expanded width; ``None`` for no squeeze-excite.
+      se_features: squeeze-excite bottleneck width, given directly (EfficientNet's is a
+        quarter of ``in_features``, not of the expanded width); implies squeeze-excite.
       se_activation: bottleneck activation of the squeeze-excite.
       se_gate: gate of the squeeze-excite (``"hard_sigmoid"`` in V3).
       stochastic_depth_rate: probability of dropping the residual branch in training.
@@ -265,8 +269,10 @@ class InvertedResidual(nnx.Module):
         expand_ratio: float = 6.0,
         expanded_features: int | None = None,
         dilation: int | Sequence[int] = 1,
+        padding: PaddingLike = "SAME",
         activation: ActivationLike = "relu6",
         se_ratio: float | None = None,
+        se_features: int | None = None,
         se_activation: ActivationLike = "relu",
         se_gate: ActivationLike = "sigmoid",
         stochastic_depth_rate: float = 0.0,
@@ -302,6 +308,7 @@ class InvertedResidual(nnx.Module):
             kernel_size,
             strides=strides,
             groups=hidden,
+            padding=padding,
             dilation=dilation,
             activation=activation,
             implementation=implementation,
@@ -310,7 +317,8 @@ class InvertedResidual(nnx.Module):
         self.se = (
             SqueezeExcite(
                 hidden,
-                se_ratio=se_ratio,
+                se_features,
+                se_ratio=se_ratio or 0.25,
                 activation=se_activation,
                 gate=se_gate,
                 num_spatial_dims=nd,
@@ -319,7 +327,7 @@ class InvertedResidual(nnx.Module):
                 precision=precision,
                 rngs=rngs,
             )
-            if se_ratio
+            if se_ratio or se_features
             else None
         )
         self.project = ConvNormAct(hidden, out_features, 1, activation=None, **shared)

@@ -1,4 +1,4 @@
-"""What the MobileNets share: stem, a list of blocks, an optional head, pooling and classifier."""
+"""What jdw's image models share: stem, a list of blocks, an optional head, pooling and classifier."""
 
 from __future__ import annotations
 
@@ -39,8 +39,28 @@ def check_model_args(model: str, num_classes, width, *, min_width: float = 0.0) 
         raise ValueError(f"{model}: width={width!r} leaves a layer with no channels; use width >= {min_width:g}")
 
 
-class MobileNet(nnx.Module):
-    """Base class of the MobileNets: the forward pass, feature maps and input checks.
+PADDINGS = ("SAME", "SYMMETRIC")
+
+
+def check_padding(model: str, padding: str) -> str:
+    """A model's ``padding``: ``"SAME"`` (Keras/TensorFlow) or ``"SYMMETRIC"`` (PyTorch)."""
+    if not isinstance(padding, str) or padding.upper() not in PADDINGS:
+        raise ValueError(f"{model}: padding must be one of {PADDINGS}, got padding={padding!r}")
+    return padding.upper()
+
+
+def layer_padding(padding: str, kernel_size: int) -> str | int:
+    """The padding of one ``kernel_size`` layer of a model built with ``padding``.
+
+    ``"SAME"`` pads as TensorFlow and Keras do (at stride 2 on an even size the extra row
+    and column go at the bottom and right); ``"SYMMETRIC"`` pads ``(k - 1) // 2`` on both
+    sides, as PyTorch models do. At stride 1 with odd kernels the two are the same.
+    """
+    return "SAME" if padding == "SAME" else (kernel_size - 1) // 2
+
+
+class ConvNet(nnx.Module):
+    """Base class of jdw's image models: the forward pass, feature maps and input checks.
 
     A subclass builds its layers and hands them to this ``__init__``; everything else
     (``__call__``, :meth:`features`, :attr:`total_stride`, the input checks) lives here.
@@ -51,8 +71,10 @@ class MobileNet(nnx.Module):
       blocks: the blocks after the stem, in order.
       block_strides: each block's stride (the feature maps of :meth:`features` are taken
         before every block of stride above 1).
-      head: a last layer after the blocks (MobileNetV2's and V3's 1x1 conv-norm-act), or ``None``.
-      pre_logits: a dense layer between pooling and the classifier (MobileNetV3's), or ``None``.
+      head: a last layer after the blocks (MobileNetV2's and V3's 1x1 conv-norm-act,
+        Xception's exit flow), or ``None``.
+      pre_logits: a layer between pooling and the classifier (MobileNetV3's dense layer,
+        ConvNeXt's layer norm), or ``None``.
       pre_logits_activation: the activation after ``pre_logits``.
       dropout: the dropout before the classifier.
       classifier: the last dense layer, or ``None`` without top (``__call__`` then returns
