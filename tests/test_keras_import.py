@@ -64,10 +64,18 @@ def _flat(model):
 
 def _perturb_batch_norms(model, rng):
     """Random statistics and affine parameters, so inference-mode normalisation is exercised; layer norms,
-    ConvNeXt's layer scales (1e-6 at initialisation) and EfficientNet's input normalisation too."""
+    ConvNeXt's layer scales (1e-6 at initialisation) and EfficientNet's input normalisation too.
+
+    Scales stay at most 1 and variances at least 1: with larger ones a 40-block EfficientNetV2 grows its
+    activations about 1.5x per block, and float32 rounding differences (any two summation orders) with them,
+    to 0.3 relative at the logits, while each block still agrees to 3e-7.
+    """
     for layer in _flat(model):
-        if isinstance(layer, keras.layers.LayerNormalization) or type(layer).__name__ == "LayerScale":
-            layer.set_weights([w + rng.uniform(0.5, 1.0, w.shape) for w in layer.get_weights()])
+        if isinstance(layer, keras.layers.LayerNormalization):
+            gamma, beta = layer.get_weights()
+            layer.set_weights([rng.uniform(0.5, 1.0, gamma.shape), rng.normal(0.0, 0.2, beta.shape)])
+        elif type(layer).__name__ == "LayerScale":
+            layer.set_weights([rng.uniform(0.2, 0.5, w.shape) for w in layer.get_weights()])
         elif isinstance(layer, keras.layers.Normalization) and layer.get_weights():
             mean, var, *count = layer.get_weights()
             layer.set_weights([rng.uniform(100, 150, mean.shape), rng.uniform(2000, 5000, var.shape), *count])
@@ -75,10 +83,10 @@ def _perturb_batch_norms(model, rng):
             gamma, beta, mean, var = layer.get_weights()
             layer.set_weights(
                 [
-                    rng.uniform(0.5, 1.5, gamma.shape),
+                    rng.uniform(0.5, 1.0, gamma.shape),
                     rng.normal(0.0, 0.2, beta.shape),
                     rng.normal(0.0, 0.2, mean.shape),
-                    rng.uniform(0.5, 2.0, var.shape),
+                    rng.uniform(1.0, 2.0, var.shape),
                 ]
             )
 
@@ -92,7 +100,8 @@ def test_from_keras_reproduces_the_logits(name):
     kwargs = dict(weights=None, input_shape=(size, size, 3), **kwargs)
     if kwargs.get("include_top", True):
         kwargs["classifier_activation"] = None
-    keras_model = application(**kwargs)
+    with jax.numpy_rank_promotion("allow"):  # Keras's own ops
+        keras_model = application(**kwargs)
     _perturb_batch_norms(keras_model, rng)
     x = rng.uniform(0.0, 255.0, (2, size, size, 3)).astype(np.float32)
     keras_rescales = cls in _RAW_PIXELS and kwargs.get("include_preprocessing", True)

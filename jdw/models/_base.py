@@ -82,7 +82,8 @@ class ConvNet(nnx.Module):
       in_features: the images' channels.
       num_classes: the classifier's outputs, or ``None``.
       width: the width multiplier the model was built with.
-      input_rescaling: optional ``(scale, offset)`` applied to the images first.
+      input_rescaling: optional ``(scale, offset)`` applied to the images first, each a
+        float or one value per channel.
       min_input_size: the smallest image side accepted (``None``: 1).
     """
 
@@ -140,8 +141,10 @@ class ConvNet(nnx.Module):
         x = jnp.asarray(x)
         self._check_input(x)
         if self.input_rescaling is not None:
-            scale, offset = self.input_rescaling
-            x = x * jnp.asarray(scale, x.dtype) + jnp.asarray(offset, x.dtype)
+            scale, offset = (jnp.asarray(v, x.dtype) for v in self.input_rescaling)
+            if scale.ndim:  # one value per channel
+                scale, offset = (v.reshape((1,) * (x.ndim - 1) + (-1,)) for v in (scale, offset))
+            x = x * scale + offset
         x = self.stem(x)
         stride, features = self.stem_strides, {}
         for block, block_stride in zip(self.blocks, self.block_strides):

@@ -41,7 +41,7 @@ def weight_modules(module, source: Source) -> Iterator:
     the block's layers, Keras after) and Xception's shortcut (Keras lists it after the
     block's separable units).
     """
-    if isinstance(module, LEAVES):
+    if isinstance(module, (*LEAVES, LayerScale)):
         yield module
         return
     if isinstance(module, ConvNet):

@@ -192,7 +192,9 @@ class _ConvNeXt(ConvNet):
             stem_strides=patch,
             blocks=blocks,
             block_strides=strides,
-            head=None,
+            # The last layer norm: over the pooled features before the classifier, or over every
+            # position of the last map without one (Keras's include_top=False).
+            head=None if num_classes else nnx.LayerNorm(dims[-1], epsilon=norm_epsilon, **params),
             pre_logits=nnx.LayerNorm(dims[-1], epsilon=norm_epsilon, **params) if num_classes else None,
             pre_logits_activation=None,
             dropout=nnx.Dropout(dropout, rngs=rngs),
@@ -219,8 +221,9 @@ _DOC = """ConvNeXt-{size}: a ResNet modernised with 7x7 depthwise convolutions, 
     (:func:`jdw.models.from_keras` does).
 
     Args:
-      num_classes: classifier outputs; ``None`` drops pooling, the last norm and the
-        classifier (``__call__`` then returns the last feature map).
+      num_classes: classifier outputs; ``None`` drops pooling and the classifier
+        (``__call__`` then returns the last feature map, layer-normalised at every
+        position, as Keras's ``include_top=False`` model does).
       width: channel multiplier.
       in_features: input channels.
       dropout: dropout before the classifier (0 in the paper).
