@@ -27,9 +27,10 @@ def test_the_notebook_is_a_colab_tpu_notebook_that_installs_jdw_with_one_pip_lin
     assert 'JDW = "jdw[examples] @ git+https://github.com/jdw-dev/jdw"' in parameters.source
     # Nothing to upload, no checkout on sys.path: the notebook uses the installed package only.
     assert not any("sys.path" in source or "upload" in source.lower() for source in sources)
-    assert "colab.research.google.com/github/jdw-dev/jdw/blob/main/examples/mobilenet_colab_tpu.ipynb" in (
-        ROOT / "README.md"
-    ).read_text()
+    assert (
+        "colab.research.google.com/github/jdw-dev/jdw/blob/main/examples/mobilenet_colab_tpu.ipynb"
+        in (ROOT / "README.md").read_text()
+    )
 
 
 def test_the_notebook_runs_top_to_bottom_on_cpu(tmp_path, monkeypatch):

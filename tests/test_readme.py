@@ -16,5 +16,7 @@ BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_example_runs(index):
     with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
-        source = BLOCKS[index].replace('weights="imagenet"', "weights=None").replace('weights="DEFAULT"', "weights=None")
+        source = (
+            BLOCKS[index].replace('weights="imagenet"', "weights=None").replace('weights="DEFAULT"', "weights=None")
+        )
         exec(compile(source, f"README.md python block {index}", "exec"), {})

@@ -97,5 +97,7 @@ def assign(variable: nnx.Variable, value: np.ndarray, where: str) -> None:
     """Sets ``variable`` to ``value``, or says which layer gave the wrong shape."""
     value = np.asarray(value)
     if tuple(variable.shape) != value.shape:
-        raise ValueError(f"{where} gives a weight of shape {value.shape}, the jdw layer expects {tuple(variable.shape)}")
+        raise ValueError(
+            f"{where} gives a weight of shape {value.shape}, the jdw layer expects {tuple(variable.shape)}"
+        )
     variable[...] = jnp.asarray(value, variable.dtype)

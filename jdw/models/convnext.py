@@ -181,8 +181,12 @@ class _ConvNeXt(ConvNet):
                 rate = stochastic_depth_rate * index / max(total - 1, 1)
                 blocks.append(
                     ConvNeXtBlock(
-                        dim, layer_scale_init=layer_scale_init, stochastic_depth_rate=rate, norm_epsilon=norm_epsilon,
-                        implementation=implementation, **params,
+                        dim,
+                        layer_scale_init=layer_scale_init,
+                        stochastic_depth_rate=rate,
+                        norm_epsilon=norm_epsilon,
+                        implementation=implementation,
+                        **params,
                     )  # fmt: skip
                 )
                 strides.append(1)

@@ -161,7 +161,9 @@ def _input_rescaling(all_layers: list, channels: int) -> tuple | None:
             scale, offset, found = scale * s, offset * s + o, True
         elif kind == "Normalization":
             mean = np.broadcast_to(np.asarray(layer.mean, np.float64).reshape(-1), channels)
-            std = np.maximum(np.sqrt(np.broadcast_to(np.asarray(layer.variance, np.float64).reshape(-1), channels)), 1e-7)
+            std = np.maximum(
+                np.sqrt(np.broadcast_to(np.asarray(layer.variance, np.float64).reshape(-1), channels)), 1e-7
+            )
             scale, offset, found = scale / std, (offset - mean) / std, True
     if not found:
         return None

@@ -77,7 +77,16 @@ class MobileNetV2(ConvNet):
         shared = dict(norm_momentum=norm_momentum, norm_epsilon=norm_epsilon, dtype=dtype, param_dtype=param_dtype)
         channels = make_divisible(32 * width, 8)
         stem_strides = 1 if small_inputs else 2
-        stem = ConvNormAct(in_features, channels, 3, strides=stem_strides, padding=layer_padding(padding, 3), activation="relu6", rngs=rngs, **shared)
+        stem = ConvNormAct(
+            in_features,
+            channels,
+            3,
+            strides=stem_strides,
+            padding=layer_padding(padding, 3),
+            activation="relu6",
+            rngs=rngs,
+            **shared,
+        )
         specs = []
         first_stride_two = True
         for t, c, n, s in STAGES:

@@ -56,7 +56,16 @@ class _MobileNetV3(ConvNet):
         padding = check_padding(type(self).__name__, padding)
         shared = dict(norm_momentum=norm_momentum, norm_epsilon=norm_epsilon, dtype=dtype, param_dtype=param_dtype)
         stem_strides = 1 if small_inputs else 2
-        stem = ConvNormAct(in_features, 16, 3, strides=stem_strides, padding=layer_padding(padding, 3), activation=act, rngs=rngs, **shared)
+        stem = ConvNormAct(
+            in_features,
+            16,
+            3,
+            strides=stem_strides,
+            padding=layer_padding(padding, 3),
+            activation=act,
+            rngs=rngs,
+            **shared,
+        )
         channels, blocks, strides = 16, [], []
         first_stride_two = True
         for index, (k, expansion, out, se, activation, s) in enumerate(self.TABLE):

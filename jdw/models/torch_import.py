@@ -88,15 +88,16 @@ def from_torch(
     state = module.state_dict() if module is not None else module_or_state_dict
     if not isinstance(state, Mapping) or not state:
         raise ValueError(
-            "from_torch: expected a torchvision model or its state_dict(), "
-            f"got {type(module_or_state_dict).__name__}"
+            f"from_torch: expected a torchvision model or its state_dict(), got {type(module_or_state_dict).__name__}"
         )
     groups = _groups(state)
     shapes = [tuple(tuple(v.shape) for v in group.values()) for _, group in groups]
     if architecture is not None:
         name = ALIASES.get(architecture, architecture)
         if name not in ARCHITECTURES:
-            raise ValueError(f"from_torch: unknown architecture {architecture!r}; expected one of {sorted(ARCHITECTURES)}")
+            raise ValueError(
+                f"from_torch: unknown architecture {architecture!r}; expected one of {sorted(ARCHITECTURES)}"
+            )
         names = [name]
     else:
         names = list(_likely(module)) + [n for n in ARCHITECTURES if n not in set(_likely(module))]

@@ -58,9 +58,7 @@ class SeparableNorm(nnx.Module):
         rngs: nnx.Rngs,
     ):
         params = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.conv = SeparableConv(
-            in_features, out_features, 3, use_bias=False, implementation=implementation, **params
-        )
+        self.conv = SeparableConv(in_features, out_features, 3, use_bias=False, implementation=implementation, **params)
         self.norm = nnx.BatchNorm(out_features, momentum=norm_momentum, epsilon=norm_epsilon, **params)
         self.relu_first = relu_first
 
