@@ -318,3 +318,32 @@ def test_command_line_errors_are_one_line(tmp_path, capsys):
     assert "batch_size=4096 is larger than the training set (1438 images)" in message
     message = _main_error(["--dataset", "folder", "--data-dir", str(tmp_path / "missing")], capsys)
     assert message == f"train_mobilenet.py: error: image folder {tmp_path / 'missing'} does not exist"
+
+
+# One of each family (the other sizes differ only by their tables, which tests/test_model_zoo.py counts).
+@pytest.mark.parametrize(
+    "model",
+    ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0",
+     "efficientnet_v2_s", "convnext_tiny", "xception"],
+)  # fmt: skip
+def test_every_model_builds_from_the_config(model):
+    """Each zoo family by name, with the options the config passes (those it takes), on the digits' one channel."""
+    cfg = tiny_config(model=model, image_size=32)
+    built = nnx.eval_shape(lambda: train.create_model(cfg, 10, 1))
+    assert type(built) is config.MODELS[model] and built.in_features == 1 and built.num_classes == 10
+    logits = nnx.eval_shape(lambda m, x: m(x), built, jax.ShapeDtypeStruct((2, 32, 32, 1), jnp.float32))
+    assert logits.shape == (2, 10)
+
+
+def test_a_convnext_trains(tmp_path):
+    """The training loop is not MobileNet-specific: a narrow ConvNeXt (layer norms, no batch statistics) learns."""
+    cfg = tiny_config(model="convnext_tiny", image_size=16, epochs=2, learning_rate=3e-3)
+    summary = train.train_and_evaluate(cfg, tmp_path, progress=False, dataset=tiny_digits(train=256, test=64))
+    assert summary["finished"]
+    trains = [r for r in _records(tmp_path) if "train_loss" in r]
+    assert trains[-1]["train_loss"] < trains[0]["train_loss"]
+
+
+def test_stochastic_depth_is_refused_where_there_is_none():
+    with pytest.raises(ValueError, match="model='xception' has no stochastic depth"):
+        tiny_config(model="xception", stochastic_depth_rate=0.1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import math
 from collections.abc import Sequence
 
@@ -14,7 +15,19 @@ MODELS = {
     "mobilenet_v2": jdw.models.MobileNetV2,
     "mobilenet_v3_small": jdw.models.MobileNetV3Small,
     "mobilenet_v3_large": jdw.models.MobileNetV3Large,
+    **{f"efficientnet_b{i}": getattr(jdw.models, f"EfficientNetB{i}") for i in range(8)},
+    "efficientnet_v2_s": jdw.models.EfficientNetV2S,
+    "convnext_tiny": jdw.models.ConvNeXtTiny,
+    "convnext_small": jdw.models.ConvNeXtSmall,
+    "convnext_base": jdw.models.ConvNeXtBase,
+    "xception": jdw.models.Xception,
 }
+
+
+def model_options(model: str) -> frozenset[str]:
+    """The keyword arguments the model called ``model`` takes (ConvNeXt has no batch norms, Xception
+    no stochastic depth)."""
+    return frozenset(inspect.signature(MODELS[model].__init__).parameters)
 DATASETS = ("digits", "cifar10", "folder")
 OPTIMIZERS = ("sgd", "rmsprop", "adamw")
 PROG = "train_mobilenet.py"  # the name --help and errors show (also what python -m jdw.training runs)
@@ -61,6 +74,8 @@ class Config:
         ]
         if self.model not in MODELS:
             problems.append(f"model={self.model!r} is not one of {sorted(MODELS)}")
+        elif self.stochastic_depth_rate and "stochastic_depth_rate" not in model_options(self.model):
+            problems.append(f"model={self.model!r} has no stochastic depth, so stochastic_depth_rate must be 0")
         if self.dataset not in DATASETS:
             problems.append(f"dataset={self.dataset!r} is not one of {list(DATASETS)}")
         if self.optimizer not in OPTIMIZERS:
@@ -164,7 +179,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         description=(
-            "Train a jdw MobileNet with optax on CPU, GPU or TPU.\n\n"
+            "Train a jdw model (MobileNet, EfficientNet, ConvNeXt, Xception) with optax on CPU, GPU or TPU.\n\n"
             "With no flags: MobileNetV2 (width 0.5) on scikit-learn's bundled handwritten\n"
             "digits, offline, a few minutes on a 2-core CPU. Unset flags take the\n"
             "dataset's defaults: each flag shows its default for --dataset digits, then\n"
@@ -185,7 +200,11 @@ def parser() -> argparse.ArgumentParser:
     a("--data-dir", help="where the dataset lies (cifar10: the tarball or its extracted folder; folder: the root)")
     a("--image-size", type=int, help="images are resized to this square size")
     a("--width", type=float, help="width multiplier (alpha) of the network")
-    a("--small-inputs", type=_bool, help="total stride 8 instead of 32, for images of about 32x32")
+    a(
+        "--small-inputs",
+        type=_bool,
+        help="smaller strides for images of about 32x32: total stride 8 instead of 32 (16 for ConvNeXt and Xception)",
+    )
     a("--dropout", type=float, help="dropout before the classifier")
     a("--stochastic-depth-rate", type=float, help="drop-path rate of the last residual block (scaled linearly)")
     a(

@@ -27,7 +27,7 @@ from jax.sharding import PartitionSpec as P
 from jdw import _compat
 
 from . import checkpoints, data, reporting
-from .config import MODELS, Config
+from .config import MODELS, Config, model_options
 
 
 @jax.tree_util.register_dataclass
@@ -51,7 +51,7 @@ class TrainState:
 
 
 def create_model(config: Config, num_classes: int, in_features: int) -> nnx.Module:
-    """The MobileNet ``config`` describes, initialised under ``jit`` (one compilation, not one per shape)."""
+    """The model ``config`` describes, initialised under ``jit`` (one compilation, not one per shape)."""
     cls = MODELS[config.model]
     options = dict(
         num_classes=num_classes,
@@ -64,6 +64,10 @@ def create_model(config: Config, num_classes: int, in_features: int) -> nnx.Modu
         implementation=config.implementation,
         dtype=jnp.dtype(config.dtype),
     )
+    # Every model takes these but for norm_momentum (ConvNeXt has layer norms only) and
+    # stochastic_depth_rate (Xception; the config refuses a non-zero one there).
+    accepted = model_options(config.model)
+    options = {name: value for name, value in options.items() if name in accepted}
     return nnx.jit(lambda: cls(**options, rngs=nnx.Rngs(config.seed)))()
 
 
