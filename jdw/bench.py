@@ -1,4 +1,4 @@
-"""Benchmark of depthwise convolution backends on MobileNetV2's depthwise layers.
+"""Benchmark of depthwise convolution backends on the depthwise layers of MobileNetV2, EfficientNet-B0 and ConvNeXt-T.
 
 Run ``python -m jdw.bench`` (``--help`` for options). For every layer shape and
 backend it times, each as its own jitted program: the forward pass, the input
@@ -53,7 +53,8 @@ class LayerShape:
 
     @property
     def name(self) -> str:
-        return f"{self.size}x{self.size}x{self.channels}/s{self.stride}"
+        kernel = "" if self.kernel == 3 else f"/k{self.kernel}"
+        return f"{self.size}x{self.size}x{self.channels}/s{self.stride}{kernel}"
 
 
 # The 17 depthwise layers of MobileNetV2 at 224x224 (10 distinct shapes; ``count`` repeats).
@@ -69,6 +70,29 @@ MOBILENET_V2 = (
     LayerShape(14, 576, 2),
     LayerShape(7, 960, 1, count=3),
 )
+# The 16 depthwise layers of EfficientNet-B0 at 224x224 (3x3 and 5x5, 11 distinct shapes).
+EFFICIENTNET_B0 = (
+    LayerShape(112, 32, 1),
+    LayerShape(112, 96, 2),
+    LayerShape(56, 144, 1),
+    LayerShape(56, 144, 2, kernel=5),
+    LayerShape(28, 240, 1, kernel=5),
+    LayerShape(28, 240, 2),
+    LayerShape(14, 480, 1, count=2),
+    LayerShape(14, 480, 1, kernel=5),
+    LayerShape(14, 672, 1, kernel=5, count=2),
+    LayerShape(14, 672, 2, kernel=5),
+    LayerShape(7, 1152, 1, kernel=5, count=3),
+    LayerShape(7, 1152, 1),
+)
+# The 18 depthwise layers of ConvNeXt-T at 224x224 (7x7, 4 distinct shapes).
+CONVNEXT_T = (
+    LayerShape(56, 96, 1, kernel=7, count=3),
+    LayerShape(28, 192, 1, kernel=7, count=3),
+    LayerShape(14, 384, 1, kernel=7, count=9),
+    LayerShape(7, 768, 1, kernel=7, count=3),
+)
+SUITES = {"mobilenet": MOBILENET_V2, "efficientnet": EFFICIENTNET_B0, "convnext": CONVNEXT_T}
 PARTS = ("forward", "input_grad", "kernel_grad", "forward_backward")
 
 # Peak memory bandwidth in GB/s by ``device_kind`` (vendor data sheets), for the bandwidth fraction.
@@ -574,18 +598,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--layers",
         default="all",
-        help="comma-separated layer names such as 112x112x32/s1, or 'all' (MobileNetV2's 10 shapes); with "
-        "--suite sequence, shapes such as 2x2048x1536/k4 or names such as mamba-130m",
+        help="comma-separated layer names such as 112x112x32/s1 or 28x28x240/s1/k5, or 'all' (the suite's shapes); "
+        "with --suite sequence, shapes such as 2x2048x1536/k4 or names such as mamba-130m",
     )
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print JSON records instead of a table")
     parser.add_argument(
         "--suite",
-        choices=["mobilenet", "sequence"],
+        choices=[*SUITES, "sequence"],
         default="mobilenet",
-        help="mobilenet: MobileNetV2's depthwise layers (default); sequence: jdw.causal_conv1d on Mamba and "
-        "Conformer shapes, forward, forward + backward and a decoding step",
+        help="mobilenet: MobileNetV2's depthwise layers (default); efficientnet: EfficientNet-B0's (3x3 and 5x5); "
+        "convnext: ConvNeXt-T's (7x7); sequence: jdw.causal_conv1d on Mamba and Conformer shapes, forward, "
+        "forward + backward and a decoding step",
     )
     parser.add_argument(
         "--target",
@@ -612,7 +637,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         device = jax.devices()[0]
         title = f"# jdw.bench --suite sequence: {args.dtype}, {device.platform} ({device.device_kind})"
         return _report(records, args.json, title, _sequence_table)
-    layers = MOBILENET_V2 if args.layers == "all" else [_parse_layer(name) for name in args.layers.split(",")]
+    layers = SUITES[args.suite] if args.layers == "all" else [_parse_layer(name) for name in args.layers.split(",")]
     if args.target:
         _compile_only()
         batch = args.batch if "--batch" in (argv if argv is not None else sys.argv) else 64
@@ -673,16 +698,19 @@ def _parse_sequence(name: str) -> SequenceShape:
 
 
 def _parse_layer(name: str) -> LayerShape:
-    known = {layer.name: layer for layer in MOBILENET_V2}
+    known = {layer.name: layer for layers in SUITES.values() for layer in layers}
     if name in known:
         return known[name]
     try:
-        shape, stride = name.split("/s")
+        shape, stride, *kernel = name.split("/")
         size, size2, channels = (int(v) for v in shape.split("x"))
-        assert size == size2
-        return LayerShape(size, channels, int(stride))
+        assert size == size2 and stride.startswith("s") and len(kernel) <= 1
+        assert not kernel or kernel[0].startswith("k")
+        return LayerShape(size, channels, int(stride[1:]), kernel=int(kernel[0][1:]) if kernel else 3)
     except (ValueError, AssertionError):
-        raise SystemExit(f"bad layer {name!r}: expected SIZExSIZExCHANNELS/sSTRIDE, e.g. 56x56x144/s2") from None
+        raise SystemExit(
+            f"bad layer {name!r}: expected SIZExSIZExCHANNELS/sSTRIDE[/kKERNEL], e.g. 56x56x144/s2 or 28x28x240/s1/k5"
+        ) from None
 
 
 if __name__ == "__main__":

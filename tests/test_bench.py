@@ -55,3 +55,45 @@ def test_sequence_shapes_are_parsed_or_named():
     assert bench._parse_sequence("2x16x4/k3") == bench.SequenceShape("2x16x4/k3", 2, 16, 4, 3)
     with pytest.raises(SystemExit, match=r"bad sequence shape '2x16/k3': expected BATCHxLENGTHxCHANNELS/kKERNEL"):
         bench._parse_sequence("2x16/k3")
+
+
+@pytest.mark.parametrize(
+    "suite,model",
+    [("mobilenet", "MobileNetV2"), ("efficientnet", "EfficientNetB0"), ("convnext", "ConvNeXtTiny")],
+)
+def test_layer_suites_are_the_models_depthwise_layers(suite, model):
+    """Each suite lists its model's depthwise layers at 224x224: input size, channels, stride and kernel, counted.
+
+    The model is traced on the ``"xla"`` reference, where each depthwise layer is one grouped convolution.
+    """
+    import collections
+
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    import jdw
+
+    model = nnx.eval_shape(lambda: getattr(jdw.models, model)(rngs=nnx.Rngs(0)))
+    model.eval()
+    graphdef, state = nnx.split(model)
+    x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+    with jdw.backends.registry.forced_implementation("xla"):
+        jaxpr = jax.make_jaxpr(lambda state, x: nnx.merge(graphdef, state)(x))(state, x)
+    seen = collections.Counter()
+    for eqn in jaxpr.jaxpr.eqns:
+        if eqn.primitive.name == "conv_general_dilated" and eqn.params["feature_group_count"] > 1:
+            lhs, rhs = (v.aval.shape for v in eqn.invars)
+            seen[(lhs[1], lhs[3], eqn.params["window_strides"][0], rhs[0])] += 1
+    expected = collections.Counter()
+    for layer in bench.SUITES[suite]:
+        expected[(layer.size, layer.channels, layer.stride, layer.kernel)] += layer.count
+    assert seen == expected
+
+
+def test_layer_names_carry_the_kernel_when_not_3x3():
+    assert bench._parse_layer("28x28x240/s1/k5") == bench.LayerShape(28, 240, 1, kernel=5)
+    assert bench.LayerShape(7, 768, 1, kernel=7, count=3).name == "7x7x768/s1/k7"
+    assert bench._parse_layer("7x7x960/s1") == bench.MOBILENET_V2[-1]
+    with pytest.raises(SystemExit, match=r"expected SIZExSIZExCHANNELS/sSTRIDE\[/kKERNEL\]"):
+        bench._parse_layer("7x7x960/k5")
