@@ -115,7 +115,7 @@ PAGES_WITH_CODE = [page for page in sorted(DOCS.rglob("*.md")) if "```python" in
 
 @pytest.mark.parametrize("page", PAGES_WITH_CODE, ids=lambda p: str(p.relative_to(DOCS)))
 def test_docs_python_blocks_run(page, tmp_path, monkeypatch):
-    """Every page's Python blocks run as written, in order (Keras weights random: offline)."""
+    """Every page's Python blocks run as written, in order (Keras and torchvision weights random: offline)."""
     import jax
 
     monkeypatch.chdir(tmp_path)
@@ -124,5 +124,5 @@ def test_docs_python_blocks_run(page, tmp_path, monkeypatch):
     blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
     with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
         for index, block in enumerate(blocks):
-            code = block.replace('weights="imagenet"', "weights=None")
+            code = block.replace('weights="imagenet"', "weights=None").replace('weights="DEFAULT"', "weights=None")
             exec(compile(code, f"{page.name} python block {index}", "exec"), namespace)
