@@ -216,7 +216,7 @@ def test_mobilenet_v1_refuses_stochastic_depth():
 
 def test_the_base_class_checks_blocks_against_strides():
     stem = jdw.nnx.ConvNormAct(1, 4, 3, rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match="MobileNet: 1 blocks but 2 block strides"):
+    with pytest.raises(ValueError, match="ConvNet: 1 blocks but 2 block strides"):
         jdw.models._base.ConvNet(
             stem=stem, stem_strides=1, blocks=[stem], block_strides=[1, 2], head=None, pre_logits=None,
             pre_logits_activation=None, dropout=nnx.Dropout(0.0), classifier=None, in_features=1, num_classes=None,
