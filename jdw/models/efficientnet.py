@@ -195,7 +195,8 @@ class _EfficientNet(ConvNet):
                     block = InvertedResidual(
                         c_in, c_out, kernel, strides=strides, expanded_features=c_in * expansion,
                         padding=layer_padding(padding, kernel), activation="swish",
-                        se_features=max(1, int(c_in * se_ratio)), se_activation="swish", se_gate="sigmoid",
+                        se_features=max(1, int(c_in * se_ratio)) if se_ratio else None,
+                        se_activation="swish", se_gate="sigmoid",
                         stochastic_depth_rate=rate, implementation=implementation, rngs=rngs, **shared,
                     )  # fmt: skip
                 blocks.append(block)
