@@ -113,6 +113,17 @@ class FusedMBConv(nnx.Module):
         return x.astype(y.dtype) + y
 
 
+def depthwise_layers(cls: type) -> int:
+    """How many depthwise layers an EfficientNet class builds (one per MBConv block, none in a fused one).
+
+    The weight importers use it to skip variants that cannot match before building any.
+    """
+    if cls.V2:
+        return sum(stage[1] for stage in V2S_STAGES if not stage[-1])
+    depth = COEFFICIENTS[cls.VARIANT][1]
+    return sum(math.ceil(depth * stage[1]) for stage in B0_STAGES)
+
+
 def _stage_strides(stages, small_inputs: bool) -> list[int]:
     """Each stage's first stride; ``small_inputs`` turns the first stride-2 stage's into 1."""
     strides, first = [], True

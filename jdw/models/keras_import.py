@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -187,16 +186,8 @@ def _candidates(keras_model: Any, all_layers: list, layers: list) -> Iterator[tu
     if mobilenet is not None:
         yield from ((mobilenet, extra) for extra in _mobilenet_candidates(keras_model, layers, mobilenet))
     for cls in _FAMILIES["EfficientNet"] + _FAMILIES["EfficientNetV2"]:
-        if _depthwise_count(cls) == n_depthwise:
+        if efficientnet.depthwise_layers(cls) == n_depthwise:
             yield cls, {}
-
-
-def _depthwise_count(cls: type) -> int:
-    """How many depthwise layers an EfficientNet has (each MBConv block has one, a fused one none)."""
-    if cls is efficientnet.EfficientNetV2S:
-        return sum(stage[1] for stage in efficientnet.V2S_STAGES if not stage[-1])
-    depth = efficientnet.COEFFICIENTS[cls.VARIANT][1]
-    return sum(math.ceil(depth * stage[1]) for stage in efficientnet.B0_STAGES)
 
 
 def _mobilenet_candidates(keras_model: Any, layers: list, cls: type) -> Iterator[dict]:

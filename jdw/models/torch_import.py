@@ -101,8 +101,14 @@ def from_torch(
         names = [name]
     else:
         names = list(_likely(module)) + [n for n in ARCHITECTURES if n not in set(_likely(module))]
+    # Depthwise kernels (C, 1, kh, kw) after the stem: an EfficientNet of another depth cannot match.
+    n_depthwise = sum(
+        1 for _, group in groups[1:] if group.get("weight", np.zeros(())).ndim == 4 and group["weight"].shape[1] == 1
+    )
     for name in names:
         cls, norm = ARCHITECTURES[name]
+        if issubclass(cls, efficientnet._EfficientNet) and efficientnet.depthwise_layers(cls) != n_depthwise:
+            continue
         options = _options(cls, norm, module, groups)
         options.update(implementation=implementation, dtype=dtype)
         abstract = nnx.eval_shape(lambda: cls(**options, rngs=nnx.Rngs(0)))  # noqa: B023
