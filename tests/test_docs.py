@@ -125,4 +125,6 @@ def test_docs_python_blocks_run(page, tmp_path, monkeypatch):
     with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
         for index, block in enumerate(blocks):
             code = block.replace('weights="imagenet"', "weights=None").replace('weights="DEFAULT"', "weights=None")
+            if "import torch" in code or "torchvision" in code:  # the torch extra (not in the floors' test-core)
+                pytest.importorskip("torchvision")
             exec(compile(code, f"{page.name} python block {index}", "exec"), namespace)

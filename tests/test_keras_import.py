@@ -39,7 +39,6 @@ CASES = {
     ),
     "efficientnet_b0": (keras.applications.EfficientNetB0, dict(classes=10), EfficientNetB0),
     "efficientnet_b1_notop": (keras.applications.EfficientNetB1, dict(include_top=False), EfficientNetB1),
-    "efficientnet_v2s": (keras.applications.EfficientNetV2S, dict(classes=10), EfficientNetV2S),
     "efficientnet_v2s_nopreprocessing_notop": (
         keras.applications.EfficientNetV2S,
         dict(include_top=False, include_preprocessing=False),

@@ -19,4 +19,6 @@ def test_readme_example_runs(index):
         source = (
             BLOCKS[index].replace('weights="imagenet"', "weights=None").replace('weights="DEFAULT"', "weights=None")
         )
+        if "import torch" in source or "torchvision" in source:  # the torch extra (not in the floors' test-core)
+            pytest.importorskip("torchvision")
         exec(compile(source, f"README.md python block {index}", "exec"), {})

@@ -19,7 +19,6 @@ CASES = {
     "mobilenet_v3_small": models.MobileNetV3Small,
     "mobilenet_v3_large": models.MobileNetV3Large,
     "efficientnet_b0": models.EfficientNetB0,
-    "efficientnet_b5": models.EfficientNetB5,  # torchvision's batch norms: epsilon 1e-3 from B5 on
     "convnext_tiny": models.ConvNeXtTiny,
 }
 
