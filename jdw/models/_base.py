@@ -16,8 +16,9 @@ from jdw.functional.activations import get_activation
 from jdw.typing import ActivationLike
 
 
-def check_model_args(model: str, num_classes, width, *, min_width: float = 0.0) -> None:
-    """``num_classes``: a positive int or ``None`` (no classifier); ``width``: a positive finite number.
+def check_model_args(model: str, num_classes, width, *, min_width: float = 0.0, stochastic_depth_rate=0.0) -> None:
+    """``num_classes``: a positive int or ``None`` (no classifier); ``width``: a positive finite number;
+    ``stochastic_depth_rate`` in [0, 1).
 
     Raises:
       ValueError: naming the argument and its value.
@@ -37,6 +38,10 @@ def check_model_args(model: str, num_classes, width, *, min_width: float = 0.0) 
         raise ValueError(f"{model}: width must be a positive number, got width={width!r}")
     if width < min_width:
         raise ValueError(f"{model}: width={width!r} leaves a layer with no channels; use width >= {min_width:g}")
+    if not 0.0 <= stochastic_depth_rate < 1.0:
+        raise ValueError(
+            f"{model}: stochastic_depth_rate must be in [0, 1), got stochastic_depth_rate={stochastic_depth_rate!r}"
+        )
 
 
 PADDINGS = ("SAME", "SYMMETRIC")

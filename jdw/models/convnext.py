@@ -162,11 +162,7 @@ class _ConvNeXt(ConvNet):
         rngs: nnx.Rngs,
     ):
         name = type(self).__name__
-        check_model_args(name, num_classes, width, min_width=1 / 96)
-        if not 0.0 <= stochastic_depth_rate < 1.0:
-            raise ValueError(
-                f"{name}: stochastic_depth_rate must be in [0, 1), got stochastic_depth_rate={stochastic_depth_rate!r}"
-            )
+        check_model_args(name, num_classes, width, min_width=1 / 96, stochastic_depth_rate=stochastic_depth_rate)
         depths, dims = SIZES[self.SIZE]
         dims = [max(1, round(d * width)) for d in dims]
         params = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)

@@ -161,11 +161,7 @@ class _EfficientNet(ConvNet):
         rngs: nnx.Rngs,
     ):
         name = type(self).__name__
-        check_model_args(name, num_classes, width)
-        if not 0.0 <= stochastic_depth_rate < 1.0:
-            raise ValueError(
-                f"{name}: stochastic_depth_rate must be in [0, 1), got stochastic_depth_rate={stochastic_depth_rate!r}"
-            )
+        check_model_args(name, num_classes, width, stochastic_depth_rate=stochastic_depth_rate)
         padding = check_padding(name, padding)
         if self.V2:
             width_coefficient, depth_coefficient, default_dropout, stages = 1.0, 1.0, 0.2, V2S_STAGES

@@ -121,7 +121,12 @@ def _options(keras_model: Any, all_layers: list, layers: list) -> dict:
     input_shape = keras_model.input_shape
     last = layers[-1] if layers else None
     kind = type(last).__name__
-    has_top = kind == "Dense" or (kind == "Conv2D" and last.use_bias and _is_after_pooling(all_layers, last))
+    pools = [i for i, layer in enumerate(all_layers) if type(layer).__name__ == "GlobalAveragePooling2D"]
+
+    def after_pooling(layer: Any) -> bool:
+        return bool(pools) and all_layers.index(layer) > pools[-1]
+
+    has_top = kind == "Dense" or (kind == "Conv2D" and last.use_bias and after_pooling(last))
     options: dict[str, Any] = dict(
         num_classes=int(last.get_weights()[0].shape[-1]) if has_top else None,
         in_features=int(input_shape[-1]),
@@ -129,22 +134,12 @@ def _options(keras_model: Any, all_layers: list, layers: list) -> dict:
     if len(layers) > 1:
         options["norm_epsilon"] = float(layers[1].epsilon)
     dropouts = [layer for layer in all_layers if type(layer).__name__ == "Dropout"]
-    if has_top and dropouts and all_layers.index(dropouts[-1]) > all_layers.index(_pooling(all_layers)):
+    if has_top and dropouts and after_pooling(dropouts[-1]):
         options["dropout"] = float(dropouts[-1].rate)
     rescaling = _input_rescaling(all_layers, int(input_shape[-1]))
     if rescaling is not None:
         options["input_rescaling"] = rescaling
     return options
-
-
-def _pooling(all_layers: list) -> Any:
-    pools = [layer for layer in all_layers if type(layer).__name__ == "GlobalAveragePooling2D"]
-    return pools[-1] if pools else all_layers[-1]
-
-
-def _is_after_pooling(all_layers: list, layer: Any) -> bool:
-    pools = [other for other in all_layers if type(other).__name__ == "GlobalAveragePooling2D"]
-    return bool(pools) and all_layers.index(layer) > all_layers.index(pools[-1])
 
 
 def _input_rescaling(all_layers: list, channels: int) -> tuple | None:
