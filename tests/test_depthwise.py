@@ -271,7 +271,7 @@ def _random_case(draw):
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(case=_random_case())
 def test_random_cases_against_reference(implementation, case):
     if case is None:

@@ -205,7 +205,8 @@ COMMON_KEYWORDS = dict(
 def test_every_model_takes_the_same_keywords(cls):
     model = cls(num_classes=3, **COMMON_KEYWORDS, rngs=nnx.Rngs(0))
     model.eval()
-    assert model(jnp.zeros((1, 32, 32, 1))).shape == (1, 3)
+    # Jitted: op by op, a whole model's forward takes many times its compile (the docstrings run models eagerly).
+    assert nnx.jit(lambda m, x: m(x))(model, jnp.zeros((1, 32, 32, 1))).shape == (1, 3)
     assert isinstance(model, jdw.models._base.ConvNet) and len(model.blocks) == len(model.block_strides)
 
 

@@ -168,9 +168,11 @@ print(json.dumps(report))
 """
 
 
-@pytest.mark.parametrize("devices", [2, 8])
+# Eight devices: batches 16 to 64 split eight ways (a run on 2 devices, which adds batches 2 and 4, took as
+# long again; CI's time went to other tests).
+@pytest.mark.parametrize("devices", [8])
 def test_every_path_under_auto_and_explicit_meshes(devices):
-    """Every backend and the automatic path, batch- and channel-sharded, Auto and Explicit axes, batches 2 to 64:
+    """Every backend and the automatic path, batch- and channel-sharded, Auto and Explicit axes, batches 16 to 64:
     forward, both gradients and a jvp equal the single-device numbers (the taps kernel gradient once failed
     at batches 4, 16 and 32 on explicit axes)."""
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}

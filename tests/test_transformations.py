@@ -247,9 +247,17 @@ TRANSFORMS = {
 }
 
 IMPLEMENTATIONS = ("taps", "pallas", None)
-# Every function and layer runs every transformation in float32 on both fast backends; one of them
-# also on the automatic path and in bfloat16 and float64 (the others call the same primitives).
+# Every function runs every transformation in float32 on both fast backends; one of them also on the
+# automatic path and in bfloat16 and float64 (the others call the same primitives). The layers call
+# those functions: they run the transformations a layer meets in a model (jit, vmap, grad, jvp,
+# remat, scan) on "taps", and grad on "pallas". The hessian (forward over reverse, the costliest
+# compile) runs on the functions whose derivatives differ in kind: the strided 2-D convolution and
+# the causal convolution with a state. remat, scan and linearize, which only rearrange the
+# derivatives the other rows test, run on "taps".
 _FEW = ("jit", "vmap", "grad", "jvp", "hessian", "linearize")
+_LAYERS = ("nnx", "nnx_separable", "nnx_causal", "nnx_inverted_residual", "linen", "linen_causal")
+_LAYER_TRANSFORMS = {"taps": ("jit", "vmap", "grad", "jvp", "remat", "scan"), "pallas": ("grad",)}
+_HESSIAN = ("conv2d", "causal", *_NO_BACKEND)
 
 
 def _cases():
@@ -257,6 +265,12 @@ def _cases():
         implementations = {"conv2d": IMPLEMENTATIONS, "causal_packed": ("taps",)}.get(name, ("taps", "pallas"))
         for implementation in implementations if name not in _NO_BACKEND else ("xla",):
             for transform in TRANSFORMS:
+                if name in _LAYERS and transform not in _LAYER_TRANSFORMS[implementation]:
+                    continue
+                if transform == "hessian" and name not in _HESSIAN:
+                    continue
+                if implementation == "pallas" and transform in ("remat", "scan", "linearize"):
+                    continue
                 for dtype in ("float32", "bfloat16", "float64"):
                     if dtype != "float32" and (transform not in _FEW or name not in ("conv2d", *_NO_BACKEND)):
                         continue

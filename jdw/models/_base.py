@@ -16,6 +16,17 @@ from jdw.functional.activations import get_activation
 from jdw.typing import ActivationLike
 
 
+def example_of(doc: str, first: str) -> str:
+    """``doc`` with its Examples section pointing at the family's first member ``first``.
+
+    The larger members of a family are built and called exactly as the first one is; running each
+    one's example would build every large model op by op in the doctests.
+    """
+    head, examples = doc.split("    Examples:\n", 1)
+    rest = examples.split("\n\n", 1)[1]
+    return f"{head}    Examples:\n      Built and called as :class:`{first}` is (see its example).\n\n{rest}"
+
+
 def check_model_args(model: str, num_classes, width, *, min_width: float = 0.0, stochastic_depth_rate=0.0) -> None:
     """``num_classes``: a positive int or ``None`` (no classifier); ``width``: a positive finite number;
     ``stochastic_depth_rate`` in [0, 1).

@@ -10,7 +10,7 @@ from flax import nnx
 from jax.typing import ArrayLike, DTypeLike
 
 from jdw import _layer_common as common
-from jdw.models._base import ConvNet, check_model_args
+from jdw.models._base import ConvNet, check_model_args, example_of
 from jdw.nnx import DepthwiseConv
 
 # (blocks per stage, channels per stage) of each size (Section 2 of the paper).
@@ -255,7 +255,8 @@ _DOC = """ConvNeXt-{size}: a ResNet modernised with 7x7 depthwise convolutions, 
 
 def _doc(size: str, params: str) -> str:
     depths, dims = SIZES[size]
-    return _DOC.format(size=size, lower=size.lower(), depths=depths, dims=dims, params=params)
+    doc = _DOC.format(size=size, lower=size.lower(), depths=depths, dims=dims, params=params)
+    return doc if size == "Tiny" else example_of(doc, "ConvNeXtTiny")
 
 
 class ConvNeXtTiny(_ConvNeXt):

@@ -11,7 +11,7 @@ from jax.typing import ArrayLike, DTypeLike
 
 from jdw import _layer_common as common
 from jdw._layer_common import make_divisible
-from jdw.models._base import ConvNet, check_model_args, check_padding, layer_padding
+from jdw.models._base import ConvNet, check_model_args, check_padding, example_of, layer_padding
 from jdw.nnx import ConvNormAct, InvertedResidual
 
 # (kernel, repeats, input channels, output channels, expansion, first stride): the seven
@@ -282,7 +282,8 @@ _PARAMS = {
 def _doc(variant: str) -> str:
     w, d, res, dropout = COEFFICIENTS[variant]
     torch = f" and ``torchvision.models.efficientnet_{variant.lower()}``"
-    return _DOC.format(variant=variant, w=w, d=d, res=res, dropout=dropout, params=_PARAMS[variant], torch=torch)
+    doc = _DOC.format(variant=variant, w=w, d=d, res=res, dropout=dropout, params=_PARAMS[variant], torch=torch)
+    return doc if variant == "B0" else example_of(doc, "EfficientNetB0")
 
 
 class EfficientNetB0(_EfficientNet):
