@@ -17,6 +17,12 @@ each compiled program moves, against the minimum (read ``x``, write ``y``; train
 reads ``dy`` and writes ``dx``), and the time that traffic takes at the chip's memory
 bandwidth.
 
+``--compare torch`` times jdw (the automatic path, or the first of ``--implementations``)
+against PyTorch's ``F.conv2d(groups=C)`` on channels_last tensors and its
+``convolution_backward``, after checking both compute the same numbers, alternating the two
+in this process; it reports each side's median and the ratio jdw / torch, per layer and for
+the network (``pip install "jdw[bench]"``).
+
 By default every registered backend that runs compiled on this platform is timed; the
 ``"pallas"`` kernel runs in Pallas's interpreter on CPU, which says nothing about speed,
 so there it is timed only when named in ``--implementations``.
@@ -202,6 +208,140 @@ def run(
             if reference is not None:
                 record[f"{part}_speedup_vs_xla"] = reference[f"{part}_ms"] / record[f"{part}_ms"]
     return records
+
+
+def _torch_programs(layer: LayerShape, torch_dtype):
+    """PyTorch's depthwise convolution (``F.conv2d(groups=C)``, channels_last, oneDNN on CPU) for each part."""
+    import torch
+    import torch.nn.functional as F
+
+    stride, pad = (layer.stride,) * 2, (layer.kernel // 2,) * 2
+    conv = lambda x, w: F.conv2d(x, w, stride=stride, padding=pad, groups=layer.channels)  # noqa: E731
+
+    def backward(x, w, dy, mask):
+        return torch.ops.aten.convolution_backward(
+            dy, x, w, None, stride, pad, (1, 1), False, (0, 0), layer.channels, mask
+        )
+
+    def forward_backward(x, w, dy):
+        return conv(x, w), backward(x, w, dy, (True, True, False))
+
+    return {
+        "forward": conv,
+        "input_grad": lambda x, w, dy: backward(x, w, dy, (True, False, False))[0],
+        "kernel_grad": lambda x, w, dy: backward(x, w, dy, (False, True, False))[1],
+        "forward_backward": forward_backward,
+    }
+
+
+def compare_torch(
+    layers: Sequence[LayerShape] = MOBILENET_V2,
+    implementation: str | None = None,
+    *,
+    batch: int = 32,
+    dtype: str = "float32",
+    repeats: int = 5,
+    parts: Sequence[str] = PARTS,
+) -> list[dict]:
+    """Times jdw (``implementation``; ``None`` is the automatic path) against PyTorch on every layer.
+
+    PyTorch runs ``F.conv2d(groups=C)`` on channels_last tensors and its backward as
+    ``aten.convolution_backward`` (the kernel ``loss.backward()`` calls), with the
+    symmetric padding ``kernel // 2`` both use here. Each part first checks that both
+    compute the same numbers, then runs ``repeats`` rounds that alternate jdw and
+    PyTorch, so both see the same machine load; the record has each side's median
+    and ``{part}_ratio`` = jdw / torch (below 1: jdw is faster). Needs ``torch``
+    (``pip install jdw[torch]``).
+
+    Examples:
+      >>> from jdw import bench
+      >>> records = bench.compare_torch([bench.LayerShape(8, 16, 1)], batch=2, repeats=1, parts=["forward"])
+      >>> records[0]["forward_ratio"] > 0
+      True
+    """
+    try:
+        import torch
+    except ImportError as error:
+        raise ImportError("compare_torch needs PyTorch: pip install 'jdw[torch]'") from error
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    tolerance = 1e-3 if dtype == "float32" else 5e-2
+    rng = np.random.default_rng(0)
+    records = []
+    for layer in layers:
+        pad = ((layer.kernel // 2,) * 2,) * 2
+        x = rng.standard_normal((batch, layer.size, layer.size, layer.channels)).astype(np.float32)
+        k = rng.standard_normal((layer.kernel, layer.kernel, 1, layer.channels)).astype(np.float32)
+        out_size = (layer.size + 2 * (layer.kernel // 2) - layer.kernel) // layer.stride + 1
+        dy = rng.standard_normal((batch, out_size, out_size, layer.channels)).astype(np.float32)
+
+        def conv(x, k, stride=layer.stride, pad=pad):
+            return jdw.depthwise_conv(x, k, strides=stride, padding=pad, implementation=implementation)
+
+        programs = {
+            "forward": jax.jit(conv),
+            "input_grad": jax.jit(lambda x, k, dy: jax.vjp(lambda x: conv(x, k), x)[1](dy)[0]),
+            "kernel_grad": jax.jit(lambda x, k, dy: jax.vjp(lambda k: conv(x, k), k)[1](dy)[0]),
+            "forward_backward": jax.jit(lambda x, k, dy: (conv(x, k), jax.vjp(conv, x, k)[1](dy))),
+        }
+        jax_args = [jnp.asarray(a, dtype) for a in (x, k, dy)]
+        nchw = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).to(torch_dtype)  # noqa: E731
+        torch_args = [
+            nchw(x).contiguous(memory_format=torch.channels_last),
+            torch.from_numpy(k.transpose(3, 2, 0, 1).copy()).to(torch_dtype),
+            nchw(dy).contiguous(memory_format=torch.channels_last),
+        ]
+        torch_programs = _torch_programs(layer, torch_dtype)
+        record = dict(layer=layer.name, count=layer.count, batch=batch, dtype=dtype,
+                      implementation=implementation or "automatic", torch=torch.__version__,
+                      torch_threads=torch.get_num_threads())  # fmt: skip
+        for part in parts:
+            n = 2 if part == "forward" else 3
+            jax_fn = lambda fn=programs[part], a=jax_args[:n]: jax.block_until_ready(fn(*a))  # noqa: E731
+            torch_fn = lambda fn=torch_programs[part], a=torch_args[:n]: fn(*a)  # noqa: E731
+            with torch.no_grad():
+                mine, theirs = jax_fn(), torch_fn()  # also the warm-up (jdw compiles here)
+                _check_same(part, layer, mine, theirs, tolerance)
+                jax_times, torch_times = [], []
+                for _ in range(repeats):
+                    for fn, times in ((jax_fn, jax_times), (torch_fn, torch_times)):
+                        start = time.perf_counter()
+                        fn()
+                        times.append((time.perf_counter() - start) * 1e3)
+            record[f"{part}_ms"] = float(np.median(jax_times))
+            record[f"{part}_torch_ms"] = float(np.median(torch_times))
+            record[f"{part}_ratio"] = record[f"{part}_ms"] / record[f"{part}_torch_ms"]
+        records.append(record)
+    return records
+
+
+def _check_same(part: str, layer: LayerShape, mine, theirs, tolerance: float) -> None:
+    """jdw's and PyTorch's results of ``part`` agree (PyTorch's NCHW and OIHW brought to jdw's layouts)."""
+    nhwc, hwio = (0, 2, 3, 1), (2, 3, 1, 0)
+    if part == "forward_backward":
+        (y, (dx, dk)), (ty, (tdx, tdw, _)) = mine, theirs
+        pairs = [(y, ty, nhwc), (dx, tdx, nhwc), (dk, tdw, hwio)]
+    else:
+        pairs = [(mine, theirs, hwio if part == "kernel_grad" else nhwc)]
+    for got, want, order in pairs:
+        want = want.float().numpy().transpose(order)
+        got = np.asarray(got, np.float32)
+        error = float(np.abs(got - want).max()) / max(float(np.abs(want).max()), 1.0)
+        if error > tolerance:
+            raise AssertionError(f"{layer.name} {part}: jdw and PyTorch differ by {error:.2e} (relative to the max)")
+
+
+def _torch_table(records: list[dict], parts: Sequence[str]) -> str:
+    """Per layer and part: jdw's and PyTorch's medians and their ratio; then the network (``count``-weighted)."""
+    head = ["layer", *[f"{part} jdw / torch ms (ratio)" for part in parts]]
+    cell = lambda r, part: f"{r[f'{part}_ms']:.3f} / {r[f'{part}_torch_ms']:.3f} ({r[f'{part}_ratio']:.2f}x)"  # noqa: E731
+    rows = [[r["layer"], *[cell(r, part) for part in parts]] for r in records]
+    totals = []
+    for part in parts:
+        mine = sum(r[f"{part}_ms"] * r["count"] for r in records)
+        theirs = sum(r[f"{part}_torch_ms"] * r["count"] for r in records)
+        totals.append(f"{mine:.3f} / {theirs:.3f} ({mine / theirs:.2f}x)")
+    rows.append([f"network ({sum(r['count'] for r in records)} layers)", *totals])
+    return _markdown(head, rows)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -613,6 +753,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "forward + backward and a decoding step",
     )
     parser.add_argument(
+        "--compare",
+        choices=["torch"],
+        help="time jdw (the first of --implementations, default the automatic path) against PyTorch's "
+        "F.conv2d(groups=C) on the suite's layers, alternating in this process; ratio = jdw / torch",
+    )
+    parser.add_argument(
         "--target",
         choices=sorted([*traffic.TPU_CHIPS, *traffic.GPU_CHIPS]),
         help="time nothing: compile for this TPU or GPU without one (needs libtpu, or JAX's CUDA plugin and "
@@ -646,6 +792,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         title = f"# jdw.bench --target {args.target}: HBM bytes of the compiled programs, batch {batch}, {args.dtype}"
         return _report(records, args.json, title, _traffic_table)
+    if args.compare == "torch":
+        implementation = implementations[0] if implementations else None
+        records = compare_torch(
+            layers, implementation, batch=args.batch, dtype=args.dtype, repeats=args.repeats, parts=parts
+        )
+        title = (
+            f"# jdw.bench --compare torch: batch {args.batch}, {args.dtype}, jdw {records[0]['implementation']!r} "
+            f"against torch {records[0]['torch']} ({records[0]['torch_threads']} threads), medians of "
+            f"{args.repeats} alternating runs"
+        )
+        return _report(records, args.json, title, lambda records: _torch_table(records, parts))
     records = run(
         layers,
         implementations,

@@ -97,3 +97,35 @@ def test_layer_names_carry_the_kernel_when_not_3x3():
     assert bench._parse_layer("7x7x960/s1") == bench.MOBILENET_V2[-1]
     with pytest.raises(SystemExit, match=r"expected SIZExSIZExCHANNELS/sSTRIDE\[/kKERNEL\]"):
         bench._parse_layer("7x7x960/k5")
+
+
+def test_compare_torch_checks_numbers_and_reports_ratios(capsys):
+    """PyTorch's results are checked against jdw's before timing; each part gets both medians and a ratio."""
+    pytest.importorskip("torch")
+    layers = "8x8x16/s1,9x9x8/s2/k5"
+    assert bench.main(["--compare", "torch", "--batch", "2", "--layers", layers, "--repeats", "2", "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [r["layer"] for r in records] == ["8x8x16/s1", "9x9x8/s2/k5"]
+    for r in records:
+        assert r["implementation"] == "automatic"
+        for part in bench.PARTS:
+            assert r[f"{part}_ms"] > 0 and r[f"{part}_torch_ms"] > 0
+            assert r[f"{part}_ratio"] == pytest.approx(r[f"{part}_ms"] / r[f"{part}_torch_ms"])
+    args = ["--compare", "torch", "--batch", "1", "--layers", "7x7x32/s1", "--repeats", "1"]
+    assert bench.main([*args, "--implementations", "taps", "--parts", "forward", "--dtype", "bfloat16"]) == 0
+    out = capsys.readouterr().out
+    assert "jdw 'taps' against torch" in out and "| 7x7x32/s1" in out and "network (1 layers)" in out
+
+
+def test_compare_torch_refuses_different_numbers(monkeypatch):
+    """A comparison whose two sides compute different things is an error, not a ratio."""
+    pytest.importorskip("torch")
+    real = bench._torch_programs
+
+    def shifted(layer, dtype):
+        programs = real(layer, dtype)
+        return {**programs, "forward": lambda x, w: programs["forward"](x, w) + 1.0}
+
+    monkeypatch.setattr(bench, "_torch_programs", shifted)
+    with pytest.raises(AssertionError, match=r"8x8x16/s1 forward: jdw and PyTorch differ by"):
+        bench.compare_torch([bench.LayerShape(8, 16, 1)], batch=1, repeats=1, parts=["forward"])
