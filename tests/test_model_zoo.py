@@ -15,6 +15,7 @@ from flax import nnx
 
 import jdw
 from jdw import models
+from jdw.models.efficientnet import FusedMBConv
 
 EFFICIENTNETS = [getattr(models, f"EfficientNet{v}") for v in ("B0", "B1", "B2", "B3", "B4", "B5", "B6", "B7")]
 CONVNEXTS = [models.ConvNeXtTiny, models.ConvNeXtSmall, models.ConvNeXtBase]
@@ -115,9 +116,10 @@ def test_xception_feature_maps():
     assert nnx.eval_shape(lambda m, x: m(x), model, x).shape == (1, 10, 10, 2048)
 
 
-# V2-S has both block kinds (fused and MBConv), ConvNeXt-T layer norms and layer scale; the B0's and Xception's
-# forward passes run in tests/test_keras_import.py and tests/test_torch_import.py.
-@pytest.mark.parametrize("cls", [models.EfficientNetV2S, models.ConvNeXtTiny])
+# ConvNeXt-T has layer norms and layer scale. The EfficientNets' stochastic depth is tested on their blocks
+# (FusedMBConv below, InvertedResidual in tests/test_blocks.py); the B0's, V2-S's and Xception's forward
+# passes run in tests/test_keras_import.py and tests/test_torch_import.py.
+@pytest.mark.parametrize("cls", [models.ConvNeXtTiny])
 def test_small_inputs_train_and_eval(cls, rng):
     """A narrow model on 32x32 images: finite logits, train mode draws stochastic depth, eval is deterministic."""
     options = dict(num_classes=10, width=0.25, small_inputs=True, stochastic_depth_rate=0.5)
@@ -163,3 +165,19 @@ def test_too_small_images_are_named():
     model = abstract(models.Xception, num_classes=10)
     with pytest.raises(ValueError, match="at least 71x71"):
         nnx.eval_shape(lambda m, x: m(x), model, jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
+
+
+def test_fused_mbconv_stochastic_depth_drops_whole_examples(rng):
+    """EfficientNetV2's fused block: in training each example keeps its whole residual branch (scaled) or none."""
+    block = FusedMBConv(8, 8, expand_ratio=2, stochastic_depth_rate=0.5, rngs=nnx.Rngs(0, dropout=1))
+    x = jnp.asarray(rng.standard_normal((32, 4, 4, 8)), jnp.float32)
+    block.eval()
+    branch = block(x) - x
+    block.train()
+    for _, module in nnx.iter_modules(block):  # batch statistics off: only the drop differs from eval
+        if isinstance(module, nnx.BatchNorm):
+            module.use_running_average = True
+    y = block(x)
+    dropped = np.all(np.isclose(y, x, atol=1e-6), axis=(1, 2, 3))
+    kept = np.all(np.isclose(y, x + 2 * branch, atol=1e-5), axis=(1, 2, 3))
+    assert np.all(dropped | kept) and 4 < dropped.sum() < 28

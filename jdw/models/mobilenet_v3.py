@@ -7,7 +7,7 @@ from flax import nnx
 from jax.typing import DTypeLike
 
 from jdw._layer_common import make_divisible
-from jdw.models._base import ConvNet, check_model_args, check_padding, layer_padding
+from jdw.models._base import ConvNet, check_model_args, check_padding, example_of, layer_padding
 from jdw.nnx import ConvNormAct, InvertedResidual
 
 # (kernel, expansion, output channels, squeeze-excite, activation, stride): Tables 1 and 2 of
@@ -159,7 +159,7 @@ _DOC = """MobileNetV3-{size}: inverted residuals with squeeze-excite and hard-sw
 
 
 class MobileNetV3Small(_MobileNetV3):
-    __doc__ = _DOC.format(size="Small", lower="small", params="2,542,856", last=1024)
+    __doc__ = example_of(_DOC.format(size="Small", lower="small", params="2,542,856", last=1024), "MobileNetV3Large")
     TABLE = SMALL
     LAST_POINT = 1024
 
