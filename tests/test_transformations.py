@@ -251,9 +251,9 @@ IMPLEMENTATIONS = ("taps", "pallas", None)
 # automatic path and in bfloat16 and float64 (the others call the same primitives). The layers call
 # those functions: they run the transformations a layer meets in a model (jit, vmap, grad, jvp,
 # remat, scan) on "taps", and grad on "pallas". The hessian (forward over reverse, the costliest
-# compile) runs on the functions whose derivatives differ in kind: the strided 2-D convolution and
-# the causal convolution with a state. remat, scan and linearize, which only rearrange the
-# derivatives the other rows test, run on "taps".
+# compile) runs on the functions whose derivatives differ in kind, the strided 2-D convolution and
+# the causal convolution with a state, and on the plain-JAX causal update and pointwise convolution.
+# remat, scan and linearize, which only rearrange the derivatives the other rows test, run on "taps".
 _FEW = ("jit", "vmap", "grad", "jvp", "hessian", "linearize")
 _LAYERS = ("nnx", "nnx_separable", "nnx_causal", "nnx_inverted_residual", "linen", "linen_causal")
 _LAYER_TRANSFORMS = {"taps": ("jit", "vmap", "grad", "jvp", "remat", "scan"), "pallas": ("grad",)}
