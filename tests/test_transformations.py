@@ -1,10 +1,11 @@
-"""Every JAX transformation on every public function and layer, on every backend, against ``"xla"``.
+"""JAX's transformations on every public function and layer, on every backend, against ``"xla"``.
 
 The fast paths are JAX primitives whose derivatives are one another
 (:mod:`jdw.backends.primitives`): forward mode (``jvp``, ``jacfwd``, ``linearize``), reverse
 mode, their mixes (``hessian``) and any order must give the reference's numbers, and ``vmap``,
 ``remat`` and ``scan`` must compose with them. Shapes are tiny: this is a grid of
-transformations, not of sizes (``tests/test_depthwise.py`` and friends cover those).
+transformations, not of sizes (``tests/test_depthwise.py`` and friends cover those). Which
+transformation runs on which function, layer and backend is chosen in ``_cases`` (see its comment).
 """
 
 from __future__ import annotations
