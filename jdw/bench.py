@@ -137,8 +137,10 @@ def _time(fn: Callable, args: Sequence, repeats: int) -> float:
     return best * 1e3
 
 
-def _programs(layer: LayerShape, implementation: str):
-    conv = lambda x, k: jdw.depthwise_conv(x, k, strides=layer.stride, implementation=implementation)  # noqa: E731
+def _programs(layer: LayerShape, implementation: str | None, padding="SAME"):
+    conv = lambda x, k: jdw.depthwise_conv(  # noqa: E731
+        x, k, strides=layer.stride, padding=padding, implementation=implementation
+    )
     return {
         "forward": jax.jit(conv),
         "input_grad": jax.jit(lambda x, k, dy: jax.vjp(lambda x: conv(x, k), x)[1](dy)),
@@ -224,12 +226,12 @@ def _torch_programs(layer: LayerShape, torch_dtype):
         )
 
     def forward_backward(x, w, dy):
-        return conv(x, w), backward(x, w, dy, (True, True, False))
+        return (conv(x, w), *backward(x, w, dy, (True, True, False))[:2])
 
-    return {
-        "forward": conv,
-        "input_grad": lambda x, w, dy: backward(x, w, dy, (True, False, False))[0],
-        "kernel_grad": lambda x, w, dy: backward(x, w, dy, (False, True, False))[1],
+    return {  # tuples of results, in the order jdw's programs give them (jax.tree.leaves)
+        "forward": lambda x, w: (conv(x, w),),
+        "input_grad": lambda x, w, dy: backward(x, w, dy, (True, False, False))[:1],
+        "kernel_grad": lambda x, w, dy: backward(x, w, dy, (False, True, False))[1:2],
         "forward_backward": forward_backward,
     }
 
@@ -274,15 +276,14 @@ def compare_torch(
         out_size = (layer.size + 2 * (layer.kernel // 2) - layer.kernel) // layer.stride + 1
         dy = rng.standard_normal((batch, out_size, out_size, layer.channels)).astype(np.float32)
 
-        def conv(x, k, stride=layer.stride, pad=pad):
-            return jdw.depthwise_conv(x, k, strides=stride, padding=pad, implementation=implementation)
-
-        programs = {
-            "forward": jax.jit(conv),
-            "input_grad": jax.jit(lambda x, k, dy: jax.vjp(lambda x: conv(x, k), x)[1](dy)[0]),
-            "kernel_grad": jax.jit(lambda x, k, dy: jax.vjp(lambda k: conv(x, k), k)[1](dy)[0]),
-            "forward_backward": jax.jit(lambda x, k, dy: (conv(x, k), jax.vjp(conv, x, k)[1](dy))),
-        }
+        programs = _programs(layer, implementation, padding=pad)
+        # PyTorch's forward + backward computes y; jdw's gradient-only program would let XLA drop it.
+        programs["forward_backward"] = jax.jit(
+            lambda x, k, dy, forward=programs["forward"], backward=programs["forward_backward"]: (
+                forward(x, k),
+                backward(x, k, dy),
+            )
+        )
         jax_args = [jnp.asarray(a, dtype) for a in (x, k, dy)]
         nchw = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).to(torch_dtype)  # noqa: E731
         torch_args = [
@@ -314,15 +315,16 @@ def compare_torch(
     return records
 
 
+# The layout of each result of each part, PyTorch's (NCHW activations, OIHW kernels) to jdw's.
+_NHWC, _HWIO = (0, 2, 3, 1), (2, 3, 1, 0)
+_RESULT_LAYOUTS = {
+    "forward": (_NHWC,), "input_grad": (_NHWC,), "kernel_grad": (_HWIO,), "forward_backward": (_NHWC, _NHWC, _HWIO),
+}  # fmt: skip
+
+
 def _check_same(part: str, layer: LayerShape, mine, theirs, tolerance: float) -> None:
-    """jdw's and PyTorch's results of ``part`` agree (PyTorch's NCHW and OIHW brought to jdw's layouts)."""
-    nhwc, hwio = (0, 2, 3, 1), (2, 3, 1, 0)
-    if part == "forward_backward":
-        (y, (dx, dk)), (ty, (tdx, tdw, _)) = mine, theirs
-        pairs = [(y, ty, nhwc), (dx, tdx, nhwc), (dk, tdw, hwio)]
-    else:
-        pairs = [(mine, theirs, hwio if part == "kernel_grad" else nhwc)]
-    for got, want, order in pairs:
+    """jdw's and PyTorch's results of ``part`` agree (PyTorch's brought to jdw's layouts)."""
+    for got, want, order in zip(jax.tree.leaves(mine), theirs, _RESULT_LAYOUTS[part], strict=True):
         want = want.float().numpy().transpose(order)
         got = np.asarray(got, np.float32)
         error = float(np.abs(got - want).max()) / max(float(np.abs(want).max()), 1.0)

@@ -124,7 +124,7 @@ def test_compare_torch_refuses_different_numbers(monkeypatch):
 
     def shifted(layer, dtype):
         programs = real(layer, dtype)
-        return {**programs, "forward": lambda x, w: programs["forward"](x, w) + 1.0}
+        return {**programs, "forward": lambda x, w: (programs["forward"](x, w)[0] + 1.0,)}
 
     monkeypatch.setattr(bench, "_torch_programs", shifted)
     with pytest.raises(AssertionError, match=r"8x8x16/s1 forward: jdw and PyTorch differ by"):
