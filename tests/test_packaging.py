@@ -40,7 +40,7 @@ def test_version_metadata_and_typing_marker():
     project = PYPROJECT["project"]
     assert project["license"] == "Apache-2.0" and (ROOT / "LICENSE").read_text().lstrip().startswith("Apache License")
     assert "Typing :: Typed" in project["classifiers"] and project["urls"]["Source"].startswith("https://")
-    assert project["scripts"]["jdw-train"] == "jdw.training.cli:main"
+    assert project["scripts"]["jdw-train"] == "jdw.training.cli:run"
 
 
 def test_the_ci_script_builds_checks_and_tests_the_wheel_at_the_floors():

@@ -1,8 +1,6 @@
 """``python -m jdw.training``: the training command line (:mod:`jdw.training.cli`)."""
 
-import sys
-
 from jdw.training import cli
 
 if __name__ == "__main__":
-    cli.main(sys.argv[1:])
+    cli.run()

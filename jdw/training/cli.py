@@ -8,9 +8,11 @@ split over every device) and, with ``--multihost``, on pod slices. Rerunning it 
 
 from __future__ import annotations
 
+import sys
+
 import jax
 
-from . import checkpoints, config, data, reporting, train
+from . import allocator, checkpoints, config, data, reporting, train
 
 # What a user can fix gets one line and exit status 1, not a traceback: data that cannot be
 # read, a batch larger than the data, a workdir that cannot be written, a diverged run.
@@ -22,6 +24,8 @@ def main(argv: list[str] | None = None) -> dict:
     cfg, flags = config.parse_flags(argv)
     if flags.multihost:
         jax.distributed.initialize()
+    if jax.process_index() == 0 and jax.default_backend() == "cpu" and (note := allocator.advice()):
+        print(note, file=sys.stderr)
     try:
         summary = train.train_and_evaluate(cfg, flags.workdir, progress=not flags.no_progress)
     except USER_ERRORS as error:
@@ -30,3 +34,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(reporting.format_summary(summary))
         print(f"metrics: {flags.workdir}/metrics.jsonl, plot: {flags.workdir}/metrics.png")
     return summary
+
+
+def run() -> None:
+    """The command (``jdw-train``, ``python -m jdw.training``, the example script): :func:`main` on
+    ``sys.argv``, restarted under tcmalloc first where one is installed (:mod:`jdw.training.allocator`)."""
+    allocator.restart_under_tcmalloc()
+    main(sys.argv[1:])
