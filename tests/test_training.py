@@ -62,6 +62,42 @@ def test_optimizer_decays_kernels_only_and_warms_up():
         assert moved == {"kernel": True, "scale": False, "bias": False, "dense": True}, optimizer
 
 
+def test_moving_average_follows_the_weights_and_batch_statistics():
+    """The EMA step: decay min(ema_decay, (1 + step) / (10 + step)) on the weights and the batch-norm
+    statistics alike (a NumPy reference of the rule), the RNG state taken as it is; eval reads both averages."""
+    cfg = tiny_config(ema_decay=0.999, dropout=0.3, warmup_epochs=0)
+    dataset = tiny_digits(train=64, test=8)
+    model = train.create_model(cfg, 10, 1)
+    tx, schedule = train.create_optimizer(cfg, 2)
+    graphdef, state = train.create_train_state(model, tx, ema=True)
+    step, evaluate = train.jit_steps(cfg, graphdef, tx, schedule, train.Placement.over(jax.devices()[:1]))
+    floats = lambda a: jnp.issubdtype(a.dtype, jnp.floating)  # noqa: E731
+    # Copied: the step donates the state's buffers.
+    expected = jax.tree.map(lambda a: np.array(a) if floats(a) else a, (state.ema_params, state.ema_model_state))
+    for n in range(3):
+        images, labels = data.train_batch(dataset, n, batch_size=32, seed=0, augment=False)
+        state, _ = step(state, images, labels)
+        decay = min(0.999, (1 + n) / (10 + n))  # 0.1, 0.18, 0.25: the average follows the weights at first
+        expected = jax.tree.map(
+            lambda e, v, decay=decay: np.asarray(e) + (1 - decay) * (np.asarray(v) - np.asarray(e)) if floats(v) else v,
+            expected,
+            (state.params, state.model_state),
+        )
+        for got, want in zip(jax.tree.leaves((state.ema_params, state.ema_model_state)), jax.tree.leaves(expected)):
+            if floats(got):
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    stats = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(state.ema_model_state) if "mean" in str(path)]
+    live = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(state.model_state) if "mean" in str(path)]
+    assert stats and any(not np.allclose(a, b) for a, b in zip(stats, live))  # the statistics are averaged too
+    # Evaluation runs the averaged network: equal to merging the averages by hand.
+    images, labels = data.train_batch(dataset, 0, batch_size=32, seed=0, augment=False)
+    sums = evaluate(state, images, labels, np.ones(32, bool))
+    by_hand = nnx.merge(graphdef, state.ema_params, state.ema_model_state)
+    by_hand.eval()
+    correct = np.sum(np.argmax(np.asarray(by_hand(images)), -1) == labels)
+    assert float(sums["correct"]) == correct
+
+
 def test_interrupted_run_resumes_to_the_same_result(tmp_path):
     dataset = tiny_digits(train=256, test=64)
     cfg = tiny_config(epochs=2, checkpoint_every=3, ema_decay=0.9, dropout=0.3)  # 8 steps per epoch

@@ -102,7 +102,8 @@ class Config:
 # What each dataset trains with unless a flag says otherwise.
 DATASET_DEFAULTS = {
     # Scanned 8x8 digits upsampled to 32x32: MobileNetV2 at width 0.5 reaches about 96% test accuracy in about
-    # 3 minutes on 2 CPU cores (under tcmalloc; see jdw.training.allocator). (Random shifts learn slower: 94.7% after the same 12 epochs. Never flip digits.)
+    # 3 minutes on 2 CPU cores (under tcmalloc; see jdw.training.allocator). (Random shifts learn slower: 94.7%
+    # after the same 12 epochs. Never flip digits.)
     "digits": dict(),
     # The known from-scratch recipe for MobileNetV2 on CIFAR-10 (about 94% test accuracy): stem and first
     # stride-2 block at stride 1 for 32x32 inputs, SGD with momentum at 0.1, cosine decay over 200 epochs,

@@ -41,6 +41,8 @@ class TrainState:
       model_state: everything else of the model: batch-norm statistics, dropout RNG state.
       opt_state: the optax state.
       ema_params: exponential moving average of ``params``, or ``None`` when off.
+      ema_model_state: the same average of ``model_state``'s floating-point entries (batch-norm
+        statistics; others are the latest values), evaluated with ``ema_params``; ``None`` when off.
     """
 
     step: jax.Array
@@ -48,6 +50,7 @@ class TrainState:
     model_state: Any
     opt_state: Any
     ema_params: Any
+    ema_model_state: Any = None
 
 
 def create_model(config: Config, num_classes: int, in_features: int) -> nnx.Module:
@@ -106,7 +109,37 @@ def create_train_state(
     graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
     params, model_state = _compat.as_pure(params), _compat.as_pure(model_state)
     ema_params = jax.tree.map(jnp.copy, params) if ema else None
-    return graphdef, TrainState(jnp.zeros((), jnp.int32), params, model_state, tx.init(params), ema_params)
+    ema_model_state = jax.tree.map(jnp.copy, model_state) if ema else None
+    return graphdef, TrainState(
+        jnp.zeros((), jnp.int32), params, model_state, tx.init(params), ema_params, ema_model_state
+    )
+
+
+def ema_decay_at(step: jax.Array, ema_decay: float) -> jax.Array:
+    """The decay of the weights' moving average after ``step`` steps: ``min(ema_decay, (1 + step) / (10 + step))``.
+
+    TensorFlow's ``ExponentialMovingAverage(num_updates=step)``, as the MobileNet and EfficientNet
+    recipes use it: the average follows the weights closely at first, so it does not hold on to
+    the initial weights for ``1 / (1 - ema_decay)`` steps.
+
+    Examples:
+      >>> from jdw.training.train import ema_decay_at
+      >>> [round(float(ema_decay_at(step, 0.999)), 4) for step in (0, 10, 1000, 100_000)]
+      [0.1, 0.55, 0.9911, 0.999]
+    """
+    step = jnp.asarray(step, jnp.float32)
+    return jnp.minimum(jnp.float32(ema_decay), (1.0 + step) / (10.0 + step))
+
+
+def _moving_average(average: Any, latest: Any, decay: jax.Array) -> Any:
+    """``average + (1 - decay) * (latest - average)`` on floating-point leaves; others take the latest value."""
+
+    def update(a, v):
+        if not jnp.issubdtype(v.dtype, jnp.floating):
+            return v
+        return (a + (1.0 - decay).astype(v.dtype) * (v - a)).astype(v.dtype)
+
+    return jax.tree.map(update, average, latest)
 
 
 def _at_least_float32(logits: jax.Array) -> jax.Array:
@@ -143,15 +176,17 @@ def train_step(
     (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ema_params = state.ema_params
+    ema_params, ema_model_state = state.ema_params, state.ema_model_state
     if ema_params is not None:
-        ema_params = optax.incremental_update(params, ema_params, step_size=1.0 - ema_decay)
+        decay = ema_decay_at(state.step, ema_decay)
+        ema_params = _moving_average(ema_params, params, decay)
+        ema_model_state = _moving_average(ema_model_state, model_state, decay)
     metrics = {
         "train_loss": loss,
         "train_accuracy": jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32)),
         "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
     }
-    return TrainState(state.step + 1, params, model_state, opt_state, ema_params), metrics
+    return TrainState(state.step + 1, params, model_state, opt_state, ema_params, ema_model_state), metrics
 
 
 def eval_step(
@@ -159,10 +194,13 @@ def eval_step(
 ) -> dict[str, jax.Array]:
     """Sums of loss and correct predictions over the real (``mask``) examples, in inference mode.
 
-    Evaluates the EMA weights when the state has them.
+    Evaluates the moving averages of the weights and batch statistics when the state has them.
     """
-    params = state.params if state.ema_params is None else state.ema_params
-    model = nnx.merge(graphdef, params, state.model_state)
+    if state.ema_params is None:
+        params, model_state = state.params, state.model_state
+    else:
+        params, model_state = state.ema_params, state.ema_model_state
+    model = nnx.merge(graphdef, params, model_state)
     model.eval()
     logits = _at_least_float32(model(images))
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
