@@ -2,16 +2,21 @@
 
     python examples/bench_training.py                      # MobileNetV2, width 0.5, 32x32, batch 64
     python examples/bench_training.py --image-size 224 --small-inputs false --batch-size 32 --json
+    python examples/bench_training.py --compare torch      # and torchvision's MobileNetV2 in PyTorch
 
 Both networks have the same parameters (copied) and run the example's own jitted train step
 (forward, backward, optimizer update); images per second are measured in one run, alternating
-between the two, so the ratio holds on a noisy machine.
+between the networks, so the ratio holds on a noisy machine. With ``--compare torch`` (MobileNetV2
+only; needs ``pip install "jdw[bench]"`` and torchvision) torchvision's ``mobilenet_v2`` with the
+same width, classes and stride adaptation trains beside them: channels-last tensors, SGD with
+Nesterov momentum, label-smoothed cross-entropy, as many threads as JAX uses.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -35,6 +40,52 @@ def measure(step, state, batch, *, steps: int, repeats: int) -> list[float]:
     return times
 
 
+def torch_mobilenet_v2(width: float, num_classes: int, small_inputs: bool, channels: int):
+    """torchvision's MobileNetV2, adapted as jdw's ``small_inputs``: stride 1 in the stem and first stride-2 stage."""
+    import torch
+    import torchvision
+
+    model = torchvision.models.mobilenet_v2(width_mult=width, num_classes=num_classes, dropout=0.0)
+    if channels != 3:
+        stem = model.features[0][0]
+        model.features[0][0] = torch.nn.Conv2d(channels, stem.out_channels, 3, stem.stride, 1, bias=False)
+    if small_inputs:
+        model.features[0][0].stride = (1, 1)
+        first = next(block for block in model.features[1:] if getattr(block, "stride", 1) == 2)
+        first.stride = 1
+        for conv in first.modules():
+            if isinstance(conv, torch.nn.Conv2d) and conv.stride == (2, 2):
+                conv.stride = (1, 1)
+    return model.to(memory_format=torch.channels_last)
+
+
+class TorchStep:
+    """PyTorch's training step for ``model``: forward, label-smoothed cross-entropy, backward, SGD."""
+
+    def __init__(self, model, images: np.ndarray, labels: np.ndarray, cfg: config.Config):
+        import torch
+
+        self.torch, self.model = torch, model.train()
+        self.images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+        self.labels = torch.from_numpy(labels).long()
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=cfg.learning_rate, momentum=cfg.momentum, nesterov=True)
+        self.label_smoothing = cfg.label_smoothing
+
+    def __call__(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        logits = self.model(self.images)
+        loss = self.torch.nn.functional.cross_entropy(logits, self.labels, label_smoothing=self.label_smoothing)
+        loss.backward()
+        self.optimizer.step()
+
+    def measure(self, *, steps: int) -> float:
+        """Seconds per step over ``steps`` steps."""
+        start = time.perf_counter()
+        for _ in range(steps):
+            self()
+        return (time.perf_counter() - start) / steps
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="mobilenet_v2", choices=sorted(config.MODELS))
@@ -47,7 +98,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--steps", type=int, default=5, help="steps per timing")
     p.add_argument("--repeats", type=int, default=3, help="timings per network, alternating; the best is kept")
     p.add_argument("--json", action="store_true", help="print JSON records instead of a table")
+    p.add_argument("--compare", choices=["torch"], help="also train torchvision's network in PyTorch (MobileNetV2)")
     args = p.parse_args(argv)
+    if args.compare == "torch" and args.model != "mobilenet_v2":
+        p.error(f"--compare torch builds torchvision's mobilenet_v2, not {args.model}")
 
     cfg = config.Config(
         model=args.model,
@@ -76,11 +130,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
         steps[name] = train.jit_steps(cfg, graphdef, tx, schedule, placement)[0]
         states[name] = jax.device_put(state, placement.replicated)
     timings = {name: [] for name in networks}
+    torch_step = None
+    if args.compare == "torch":
+        import torch
+
+        torch.set_num_threads(os.cpu_count() or 1)  # XLA:CPU uses every core too
+        torch_model = torch_mobilenet_v2(args.width, 10, args.small_inputs, args.channels)
+        torch_params = sum(p.numel() for p in torch_model.parameters())
+        jdw_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(states["jdw"].params))
+        if torch_params != jdw_params:
+            raise AssertionError(f"torchvision's network has {torch_params} parameters, jdw's {jdw_params}")
+        torch_step = TorchStep(torch_model, images, labels, cfg)
+        torch_step()  # the first step allocates
+        timings["torch (torchvision, channels_last)"] = []
     for _ in range(args.repeats):
         for name in networks:
             timings[name] += measure(
                 steps[name], jax.tree.map(lambda a: a.copy(), states[name]), batch, steps=args.steps, repeats=1
             )
+        if torch_step is not None:
+            timings["torch (torchvision, channels_last)"].append(torch_step.measure(steps=args.steps))
     baseline = min(timings["flax nnx.Conv(feature_group_count=C)"])
     records = [
         {
@@ -94,6 +163,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "ms_per_step": 1e3 * min(t),
             "images_per_second": args.batch_size / min(t),
             "speedup": baseline / min(t),
+            **({"speedup_vs_torch": min(timings["torch (torchvision, channels_last)"]) / min(t)} if torch_step else {}),
         }
         for name, t in timings.items()
     ]
@@ -105,9 +175,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"{args.batch_size}, {jax.device_count()} {jax.devices()[0].platform} device(s); train step "
             f"(forward + backward + SGD), best of {args.repeats}x{args.steps} steps"
         )
-        print(f"{'network':40s} {'ms/step':>9s} {'images/s':>9s} {'speedup':>8s}")
+        torch_head = f" {'vs torch':>9s}" if torch_step else ""
+        print(f"{'network':40s} {'ms/step':>9s} {'images/s':>9s} {'speedup':>8s}{torch_head}")
         for r in records:
-            print(f"{r['network']:40s} {r['ms_per_step']:9.1f} {r['images_per_second']:9.1f} {r['speedup']:7.2f}x")
+            vs_torch = f" {r['speedup_vs_torch']:8.2f}x" if torch_step else ""
+            print(
+                f"{r['network']:40s} {r['ms_per_step']:9.1f} {r['images_per_second']:9.1f} {r['speedup']:7.2f}x"
+                + vs_torch
+            )
     return records
 
 

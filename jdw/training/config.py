@@ -221,7 +221,7 @@ def parser() -> argparse.ArgumentParser:
     a("--weight-decay", type=float, help="decoupled weight decay on kernels (not on batch-norm or biases)")
     a("--warmup-epochs", type=float, help="linear warmup length")
     a("--label-smoothing", type=float, help="label smoothing of the cross-entropy")
-    a("--ema-decay", type=float, help="evaluate an exponential moving average of the weights (0: off)")
+    a("--ema-decay", type=float, help="evaluate a moving average of the weights and batch-norm statistics (0: off)")
     a("--augment", type=_bool, help="random shifts of up to 4 pixels (zero-padded crops)")
     a("--flip", type=_bool, help="with --augment, also random horizontal flips (not for digits)")
     a("--seed", type=int, help="seed of initialization, data order, augmentation and dropout")
