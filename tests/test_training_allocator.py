@@ -60,6 +60,27 @@ def test_does_nothing_when_it_cannot_or_should_not(execve, monkeypatch, situatio
     assert execve == []
 
 
+@pytest.mark.parametrize("where", ["notebook", "stdin"])
+def test_never_restarts_a_notebook_kernel_or_a_program_from_stdin(execve, monkeypatch, where):
+    monkeypatch.setattr(allocator, "find_tcmalloc", lambda: "libtcmalloc_minimal.so.4")
+    if where == "notebook":
+        monkeypatch.setitem(sys.modules, "ipykernel", sys)  # as in Jupyter's kernel, where %run would be replaced
+    else:
+        monkeypatch.setattr(sys, "argv", ["-"])
+    allocator.restart_under_tcmalloc()
+    assert execve == []
+
+
+def test_a_script_that_imported_ipython_still_restarts(execve, monkeypatch):
+    IPython = pytest.importorskip("IPython")  # flax imports it in every process; only a running shell stops a restart
+
+    monkeypatch.setitem(sys.modules, "IPython", IPython)
+    monkeypatch.setattr(allocator, "find_tcmalloc", lambda: "libtcmalloc_minimal.so.4")
+    monkeypatch.setattr(sys, "argv", ["train_mobilenet.py"])
+    with pytest.raises(Restarted):
+        allocator.restart_under_tcmalloc()
+
+
 def test_advice_only_where_it_helps(monkeypatch):
     monkeypatch.delenv(allocator.ENV, raising=False)
     monkeypatch.setattr(allocator, "tcmalloc_loaded", lambda: False)

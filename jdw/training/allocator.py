@@ -45,11 +45,19 @@ def tcmalloc_loaded() -> bool:
         return False
 
 
+def _in_ipython() -> bool:
+    """Whether an IPython shell or Jupyter kernel runs this code (flax imports IPython even in scripts)."""
+    ipython = sys.modules.get("IPython")
+    return "ipykernel" in sys.modules or (ipython is not None and ipython.get_ipython() is not None)
+
+
 def restart_under_tcmalloc(argv: list[str] | None = None) -> None:
     """Starts this command again with tcmalloc preloaded, where that is possible and wanted.
 
     Returns (doing nothing) off Linux, when no tcmalloc is installed, when it is already
-    loaded, when ``JDW_TCMALLOC=0``, or in a process this function already restarted.
+    loaded, when ``JDW_TCMALLOC=0``, in a process this function already restarted, and where
+    the command cannot be run again: in IPython or Jupyter (``%run``), or a program read from
+    standard input.
     Otherwise it does not return: ``os.execve`` replaces the process with the same command
     line (``sys.orig_argv``) and the same environment plus ``LD_PRELOAD``.
 
@@ -59,6 +67,8 @@ def restart_under_tcmalloc(argv: list[str] | None = None) -> None:
     """
     if os.environ.get(ENV, "1") == "0" or os.environ.get(_STARTED) or tcmalloc_loaded():
         return
+    if argv is None and (_in_ipython() or sys.flags.interactive or sys.argv[0] in ("", "-")):
+        return  # exec would replace the notebook kernel, or find standard input already read
     library = find_tcmalloc()
     if library is None:
         return
