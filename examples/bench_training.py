@@ -7,7 +7,7 @@
 Both networks have the same parameters (copied) and run the example's own jitted train step
 (forward, backward, optimizer update); images per second are measured in one run, alternating
 between the networks, so the ratio holds on a noisy machine. With ``--compare torch`` (MobileNetV2
-only; needs ``pip install "jdw[bench]"`` and torchvision) torchvision's ``mobilenet_v2`` with the
+only; needs ``pip install "jdw[torch]"``) torchvision's ``mobilenet_v2`` with the
 same width, classes and stride adaptation trains beside them: channels-last tensors, SGD with
 Nesterov momentum, label-smoothed cross-entropy, as many threads as JAX uses.
 """
