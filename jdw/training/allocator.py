@@ -67,7 +67,7 @@ def restart_under_tcmalloc(argv: list[str] | None = None) -> None:
     """
     if os.environ.get(ENV, "1") == "0" or os.environ.get(_STARTED) or tcmalloc_loaded():
         return
-    if argv is None and (_in_ipython() or sys.flags.interactive or sys.argv[0] in ("", "-")):
+    if _in_ipython() or sys.flags.interactive or sys.argv[0] in ("", "-"):
         return  # exec would replace the notebook kernel, or find standard input already read
     library = find_tcmalloc()
     if library is None:

@@ -50,7 +50,7 @@ class TrainState:
     model_state: Any
     opt_state: Any
     ema_params: Any
-    ema_model_state: Any = None
+    ema_model_state: Any
 
 
 def create_model(config: Config, num_classes: int, in_features: int) -> nnx.Module:
