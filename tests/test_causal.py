@@ -258,8 +258,9 @@ def test_vmap_over_segment_ids_and_kernels(implementation, rng):
             assert_close(got[n], fn(*one, impl="xla"))
 
 
-GPU_KERNEL_CASES = [
+KERNEL_CASES = [
     dict(width=4, state=True),
+    dict(width=3, dilation=2, state=True, length=1100),  # two TPU blocks: the window carries over
     dict(width=4, state=True, segments=True),
     dict(width=3, dilation=2, state=True, segments=True),
     dict(width=4, state=True, segments=True, multiplier=2),  # the composed path
@@ -267,11 +268,13 @@ GPU_KERNEL_CASES = [
 ]
 
 
+@pytest.mark.parametrize("target", ["triton", "tpu"])
 @pytest.mark.parametrize("activation", ["silu", "relu", None])
-@pytest.mark.parametrize("case", GPU_KERNEL_CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
-def test_gpu_causal_kernel_in_the_interpreter(case, activation, rng):
-    """The GPU kernel for a chunk with a state (state and segment positions read in place), run by Pallas's
-    interpreter: forward, gradients with respect to everything, and forward mode, against the xla reference."""
+@pytest.mark.parametrize("case", KERNEL_CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+def test_causal_kernels_in_the_interpreter(case, activation, target, rng):
+    """The GPU and TPU kernels for a chunk with a state (the state, and on GPU the segment positions, read in
+    place), run by Pallas's interpreter: forward, gradients with respect to everything, and forward mode,
+    against the xla reference. On TPU packed rows take the composed path."""
     from jdw.backends import pallas
 
     dilation = case.get("dilation", 1)
@@ -295,23 +298,27 @@ def test_gpu_causal_kernel_in_the_interpreter(case, activation, rng):
     args = (x, kernel, bias, initial if initial is not None else None)
     argnums = (0, 1, 2, 3) if initial is not None else (0, 1, 2)
     loss = lambda conv: lambda *a: jnp.sum(jnp.sin(conv(*a)))  # noqa: E731
-    with pallas.interpret_mode(True, "triton"):
+    with pallas.interpret_mode(True, target):
         jaxpr = str(jax.make_jaxpr(f("pallas"))(*args))
         got = f("pallas")(*args), jax.grad(loss(f("pallas")), argnums)(*args)
         tangent = jax.jvp(lambda k: f("pallas")(x, k, bias, args[3]), (kernel,), (kernel * 0.5,))[1]
     want = f("xla")(*args), jax.grad(loss(f("xla")), argnums)(*args)
     want_tangent = jax.jvp(lambda k: f("xla")(x, k, bias, args[3]), (kernel,), (kernel * 0.5,))[1]
-    assert ("jdw_causal_conv1d_forward" in jaxpr) == (case.get("multiplier", 1) == 1 and initial is not None)
+    served = case.get("multiplier", 1) == 1 and initial is not None and (target == "triton" or ids is None)
+    name = {"triton": "jdw_causal_conv1d_forward", "tpu": "jdw_causal_conv1d_tpu_forward"}[target]
+    assert (name in jaxpr) == served
     for a, b in zip(jax.tree.leaves((got, tangent)), jax.tree.leaves((want, want_tangent))):
         assert_close(a, b)
 
 
-def test_gpu_causal_kernel_second_order_and_batched():
-    """hessian, vmap of grad and jacfwd through the GPU kernel's tangent rule (interpreter) equal xla's."""
+@pytest.mark.parametrize("target", ["triton", "tpu"])
+def test_causal_kernels_second_order_and_batched(target):
+    """hessian, vmap of grad and jacfwd through the GPU and TPU kernels' tangent rule (interpreter) equal xla's
+    (packed rows on GPU, which reads them in place)."""
     from jdw.backends import pallas
 
     rng = np.random.default_rng(1)
-    x, kernel, _, state, ids = _case(rng, length=7, channels=4, width=3, state=True, segments=True)
+    x, kernel, _, state, ids = _case(rng, length=7, channels=4, width=3, state=True, segments=target == "triton")
 
     def f(impl):
         def loss(x, params):
@@ -330,7 +337,7 @@ def test_gpu_causal_kernel_second_order_and_batched():
             jax.jacfwd(loss, 1)(x, (kernel, state)),
         )
 
-    with pallas.interpret_mode(True, "triton"):
+    with pallas.interpret_mode(True, target):
         got = transforms(f("pallas"))
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(transforms(f("xla")))):
         assert_close(a, b)

@@ -38,9 +38,9 @@ is gathered: with an ``Auto`` mesh each kernel call is partitioned with
 :func:`jax.experimental.custom_partitioning`; with an ``Explicit`` mesh (sharding in
 types) the call goes through :func:`jax.shard_map` on the arguments' own shardings.
 
-:func:`jdw.causal_conv1d` of a chunk that continues a state runs on GPU through a kernel of its
-own (:mod:`jdw.kernels.pallas_causal`, see :func:`causal_conv`), which reads the state in place.
-It is not partitioned yet: under a mesh, XLA gathers its operands onto each device.
+:func:`jdw.causal_conv1d` of a chunk that continues a state runs on GPU and TPU through a kernel
+of its own (:mod:`jdw.kernels.pallas_causal`, see :func:`causal_conv`), which reads the state in
+place. It is not partitioned yet: under a mesh, XLA gathers its operands onto each device.
 
 1-D runs as 2-D on one row; 3-D as a sum over depth taps of 2-D calls (``kd`` passes over
 the input, not tuned).
@@ -435,7 +435,7 @@ def conv_transpose(y, kernel, geometry: Geometry, *, precision=None, preferred_e
     return out[:, 0] if nd == 1 else out
 
 
-# --- causal conv1d on GPU: the state and the segment positions read in place ----------------------
+# --- causal conv1d on GPU and TPU: the state (and on GPU the segment positions) read in place -----
 
 
 @dataclasses.dataclass(frozen=True)
@@ -443,11 +443,22 @@ class _Causal:
     dilation: int
     activation: str
     out_dtype: str
-    interpret: bool
+    interpret: Any  # False, or how the interpreter runs the kernel (True, or pltpu.InterpretParams on TPU)
+    target: str = "triton"
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(5,))
 def _causal_kernel(x, kernel, bias, state, reach, static: _Causal):
+    if static.target == "tpu":
+        return pallas_causal.tpu_forward(
+            x,
+            kernel[:, 0],
+            bias,
+            state,
+            dilation=static.dilation,
+            activation=static.activation,
+            out_dtype=static.out_dtype,
+            interpret=static.interpret,
+        )
     return pallas_causal.forward(
         x,
         kernel[:, 0],
@@ -461,57 +472,35 @@ def _causal_kernel(x, kernel, bias, state, reach, static: _Causal):
     )
 
 
-@functools.partial(_causal_kernel.defjvp, symbolic_zeros=True)
-def _causal_kernel_jvp(static: _Causal, primals, tangents):
-    # The tangent is linear in (x, state) and in the kernel: "taps"'s masked tap sums over the chunk with
-    # its state in front, whose own transposes then serve reverse mode (gradients of every order).
-    from jdw.backends import taps  # noqa: PLC0415
+def _with_derivatives_of(kernel, composed):
+    """``kernel`` when nothing differentiates it, else ``composed`` (both compute the same function).
 
-    x, kernel, bias, state, reach = primals
-    dx, dk, db, ds, _ = tangents
-    y = _causal_kernel(*primals, static)
-    zero = lambda t: type(t) is jax.custom_derivatives.SymbolicZero  # noqa: E731
-    batch, length, channels = x.shape
-    pad = (kernel.shape[0] - 1) * static.dilation
-    reach = jnp.full((batch, length), pad, jnp.int32) if reach is None else reach
-    compute = np.float64 if y.dtype == np.float64 else np.float32
+    Differentiated, the whole call is ``composed``'s: the depthwise kernels and their own
+    derivatives on the chunk with its state in front, or ``"taps"``'s masked tap sums for packed
+    rows. Training needs that chunk with its state in front anyway, and ``composed``'s forward
+    leaves its derivatives the residuals they need, so it moves fewer bytes than the kernel's
+    forward followed by ``composed``'s derivatives, which would compute the forward twice.
+    """
 
-    def conv(xp, k):
-        return taps.segment_conv(xp, k, reach, dilation=static.dilation, preferred_element_type=compute)
+    @jax.custom_jvp
+    def run(x, kernel_, bias, state, reach):
+        return kernel(x, kernel_, bias, state, reach)
 
-    def in_front(past, chunk):
-        past = jnp.zeros((batch, pad, channels), chunk.dtype) if past is None else past.astype(chunk.dtype)
-        return jnp.concatenate([past, chunk], axis=1)
-
-    parts = []
-    if not (zero(dx) and (state is None or zero(ds))):
-        d_past = None if state is None or zero(ds) else ds
-        parts.append(conv(in_front(d_past, jnp.zeros_like(x) if zero(dx) else dx), kernel))
-    if not zero(dk):
-        parts.append(conv(in_front(state, x), dk))
-    if bias is not None and not zero(db):
-        parts.append(jnp.broadcast_to(db.astype(compute), y.shape))
-    if not parts:
-        return y, jnp.zeros_like(y)
-    dz = functools.reduce(jnp.add, parts)
-    if static.activation in primitives._FROM_OUTPUT:
-        return y, (dz * primitives._FROM_OUTPUT[static.activation](y).astype(compute)).astype(y.dtype)
-    linear = dataclasses.replace(static, activation="identity", out_dtype=np.dtype(compute).name)
-    z = _causal_kernel(x, kernel, bias, state, reach, linear)
-    _, dy = jax.jvp(kernels.EPILOGUES[static.activation], (z,), (dz,))
-    return y, dy.astype(y.dtype)
+    run.defjvp(lambda primals, tangents: jax.jvp(composed, primals, tangents))
+    return run
 
 
 def causal_conv(x, kernel, bias, state, reach, *, dilation: int, activation: str | None, out_dtype, fallback):
-    """:func:`jdw.causal_conv1d` on GPU as one Pallas kernel (:mod:`jdw.kernels.pallas_causal`), else ``fallback``.
+    """:func:`jdw.causal_conv1d` on GPU and TPU as one Pallas kernel (:mod:`jdw.kernels.pallas_causal`).
 
-    For a chunk that continues a state: the kernel reads the chunk, the state and the segment
-    positions where they are stored and fuses the bias and the activation, where the composed
-    path first concatenates the state in front of the chunk (a pass over ``x``); its derivatives
-    are ``"taps"``'s masked tap sums. Without a state, on TPU, for a depth multiplier or for an
-    activation that is not a kernel epilogue, ``fallback`` (the depthwise kernels, or the masked
-    tap sums for packed rows) runs instead; off GPU and TPU the interpreter runs whichever of the
-    two :func:`interpret_mode` names.
+    For a chunk that continues a state: the kernel reads the chunk and the state (on GPU also
+    the segment positions) where they are stored and fuses the bias and the activation, where
+    the composed path first concatenates the state in front of the chunk (a pass over ``x``).
+    Differentiated, the call is the composed path's (:func:`_with_derivatives_of`). Without a
+    state, for a depth multiplier, for an activation that is not a kernel epilogue, or for
+    packed rows on TPU, ``fallback`` (the depthwise kernels, or the masked tap sums for packed
+    rows) runs instead; off GPU and TPU the interpreter runs the kernel of the target
+    :func:`interpret_mode` names.
     """
     name = activation or "identity"
     # Without a state the composed path already moves x and y once forward (the depthwise kernel, or
@@ -522,11 +511,12 @@ def causal_conv(x, kernel, bias, state, reach, *, dilation: int, activation: str
     params, target = _INTERPRET.get()
     arrays = (x, kernel, bias, state, reach)
 
-    def gpu(interpret):
-        static = _Causal(dilation, name, np.dtype(out_dtype).name, bool(interpret))
-        return lambda *a: _causal_kernel(*a, static)
+    def kernel_on(target, interpret):
+        if target == "tpu" and reach is not None:
+            return fallback
+        static = _Causal(dilation, name, np.dtype(out_dtype).name, interpret, target)
+        return _with_derivatives_of(functools.partial(_causal_kernel, static=static), fallback)
 
-    default = gpu(True) if target == "triton" else fallback
     # platform_dependent passes arrays only: the absent operands (None) stay in the branches' closures.
     present = [i for i, a in enumerate(arrays) if a is not None]
 
@@ -541,9 +531,10 @@ def causal_conv(x, kernel, bias, state, reach, *, dilation: int, activation: str
 
     return lax.platform_dependent(
         *(arrays[i] for i in present),
-        cuda=unpacked(gpu(False)),
-        rocm=unpacked(gpu(False)),
-        default=unpacked(default),
+        tpu=unpacked(kernel_on("tpu", False)),
+        cuda=unpacked(kernel_on("triton", False)),
+        rocm=unpacked(kernel_on("triton", False)),
+        default=unpacked(kernel_on(target, params)),
     )
 
 
