@@ -382,11 +382,12 @@ def _sub_jaxprs(eqn: jax_core.JaxprEqn) -> list[tuple[str, Any]]:
 def _walk(jaxpr: jax_core.Jaxpr, tainted: set, scale: int = 1) -> list[Cost]:
     """The layers of ``jaxpr``; ``tainted`` holds the variables computed from the input."""
     layers: list[Cost] = []
+    positions = _flattened_positions(jaxpr)
     for eqn in jaxpr.eqns:
         from_input = [isinstance(v, jax_core.Var) and v in tainted for v in eqn.invars]
         name = eqn.primitive.name
         if name in ("conv_general_dilated", "dot_general"):
-            layers.append(_layer(eqn, from_input, scale))
+            layers.append(_layer(eqn, from_input, scale, positions.get(eqn.outvars[0])))
         else:
             subs = _sub_jaxprs(eqn)
             if name == "cond":
@@ -408,9 +409,34 @@ def _walk(jaxpr: jax_core.Jaxpr, tainted: set, scale: int = 1) -> list[Cost]:
     return layers
 
 
-def _layer(eqn: jax_core.JaxprEqn, from_input: list[bool], scale: int) -> Cost:
+def _flattened_positions(jaxpr: jax_core.Jaxpr) -> dict:
+    """The output shape of each matrix product that is a pointwise layer on flattened positions.
+
+    :func:`jdw.pointwise_conv` multiplies ``x.reshape(-1, C_in)`` by the kernel and reshapes the
+    product back to ``(..., C_out)``; the layer's output is that reshaped array.
+    """
+    made_by = {out: eqn for eqn in jaxpr.eqns for out in eqn.outvars}
+    reshaped = {}
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "reshape" and isinstance(eqn.invars[0], jax_core.Var):
+            reshaped[eqn.invars[0]] = eqn.outvars[0].aval.shape
+    found = {}
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name != "dot_general" or eqn.outvars[0] not in reshaped:
+            continue
+        source = made_by.get(eqn.invars[0]) if isinstance(eqn.invars[0], jax_core.Var) else None
+        if source is None or source.primitive.name != "reshape" or eqn.invars[0].aval.ndim != 2:
+            continue
+        leading = tuple(source.invars[0].aval.shape[:-1])
+        shape = reshaped[eqn.outvars[0]]
+        if len(leading) > 1 and tuple(shape[:-1]) == leading and shape[-1] == eqn.outvars[0].aval.shape[-1]:
+            found[eqn.outvars[0]] = tuple(shape)
+    return found
+
+
+def _layer(eqn: jax_core.JaxprEqn, from_input: list[bool], scale: int, positions: tuple | None = None) -> Cost:
     lhs, rhs = (v.aval for v in eqn.invars[:2])
-    out = eqn.outvars[0].aval
+    out_shape = tuple(positions or eqn.outvars[0].aval.shape)
     weights = sum(math.prod(v.aval.shape) for v, t in zip(eqn.invars[:2], from_input) if not t)
     if eqn.primitive.name == "conv_general_dilated":
         numbers = eqn.params["dimension_numbers"]
@@ -426,10 +452,10 @@ def _layer(eqn: jax_core.JaxprEqn, from_input: list[bool], scale: int) -> Cost:
     else:
         (contract, _), _ = eqn.params["dimension_numbers"]
         contracted = math.prod(lhs.shape[d] for d in contract)
-        kind = "pointwise" if len(out.shape) > 2 else "dense"  # a contraction applied at every position
-        name = f"{kind} {contracted}->{out.shape[-1]}"
+        kind = "pointwise" if len(out_shape) > 2 else "dense"  # a contraction applied at every position
+        name = f"{kind} {contracted}->{out_shape[-1]}"
     scope = str(eqn.source_info.name_stack)
-    return Cost(f"{scope}: {name}" if scope else name, weights, math.prod(out.shape) * contracted * scale, out.shape)
+    return Cost(f"{scope}: {name}" if scope else name, weights, math.prod(out_shape) * contracted * scale, out_shape)
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:

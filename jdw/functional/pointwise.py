@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -67,12 +69,25 @@ def pointwise_conv(
     args_lib.check_preferred_element_type(preferred_element_type, x, kernel, "pointwise_conv")
     args_lib.check_bias(bias, kernel.shape[1])
     x, kernel = args_lib.cast_common(x, kernel)
-    y = lax.dot_general(
-        x,
-        kernel,
-        (((channel_axis,), (0,)), ((), ())),
-        precision=precision,
-        preferred_element_type=preferred_element_type,
-    )
+    if data_format == "channels_last":
+        # One (positions, C_in) x (C_in, C_out) matrix product: its kernel gradient is then a plain
+        # transposed-operand product, where the N-D contraction's made XLA:CPU transpose a whole
+        # activation to [C, N*H*W] first (1.4x a MobileNetV2 training step on CPU).
+        positions = math.prod(x.shape[:-1])
+        y = lax.dot_general(
+            x.reshape(positions, x.shape[-1]),
+            kernel,
+            (((1,), (0,)), ((), ())),
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+        ).reshape(x.shape[:-1] + kernel.shape[1:])
+    else:
+        y = lax.dot_general(
+            x,
+            kernel,
+            (((channel_axis,), (0,)), ((), ())),
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+        )
     y = args_lib.add_bias(y, bias)
     return y if data_format == "channels_last" else jnp.moveaxis(y, -1, 1)
