@@ -7,7 +7,9 @@ milliseconds, the forward pass's effective memory bandwidth (input + output +
 kernel bytes over time), its cost in units of one elementwise pass over the input
 (``y = x * a + b``: the memory-bound floor), and speedups over ``"xla"`` measured in
 the same run. On accelerators whose memory bandwidth is known (or given with
-``--peak-gbps``) it also reports the fraction of it the forward pass reaches.
+``--peak-gbps``) it also reports the fraction of it the forward pass reaches. It also times how
+long the forward + backward program takes to trace, lower and compile (what a first call waits),
+against the ``"xla"`` path's.
 ``--json`` prints machine-readable records instead of the table.
 
 ``--target v5e`` (or ``v6e``, ``v4``, ``v5p``, or the GPUs ``h100``, ``a100``) times nothing:
@@ -126,6 +128,13 @@ def default_implementations(platform: str | None = None) -> list[str]:
     return [name for name in backends.available() if name != "pallas" or compiled_pallas]
 
 
+def _compile_seconds(fn: Callable, args: Sequence) -> float:
+    """Seconds to trace, lower and compile ``fn`` (a ``jax.jit`` function) for ``args``: what a first call waits."""
+    start = time.perf_counter()
+    fn.lower(*args).compile()
+    return time.perf_counter() - start
+
+
 def _time(fn: Callable, args: Sequence, repeats: int) -> float:
     """Best wall time in ms over ``repeats`` runs after one warm-up (which compiles)."""
     jax.block_until_ready(fn(*args))
@@ -195,6 +204,8 @@ def run(
                 bytes=nbytes,
                 elementwise_ms=elementwise,
             )
+            if "forward_backward" in parts:  # before anything compiled this program
+                record["forward_backward_compile_s"] = _compile_seconds(programs["forward_backward"], (x, k, dy))
             for part in parts:
                 args = (x, k) if part == "forward" else (x, k, dy)
                 record[f"{part}_ms"] = _time(programs[part], args, repeats)
@@ -209,6 +220,8 @@ def run(
         for part in parts:
             if reference is not None:
                 record[f"{part}_speedup_vs_xla"] = reference[f"{part}_ms"] / record[f"{part}_ms"]
+        if reference is not None and "forward_backward_compile_s" in record:
+            record["compile_vs_xla"] = record["forward_backward_compile_s"] / reference["forward_backward_compile_s"]
     return records
 
 
@@ -692,6 +705,9 @@ def _table(records: list[dict], parts: Sequence[str]) -> str:
         "fwd/elementwise",
         *(f"{p} vs xla" for p in parts),
     ]
+    compiled = all("forward_backward_compile_s" in r for r in records)
+    if compiled:
+        head += ["fwd+bwd compile s", "compile / xla's"]
     rows = []
     for r in records:
         rows.append(
@@ -703,6 +719,11 @@ def _table(records: list[dict], parts: Sequence[str]) -> str:
                 f"{100 * r['forward_bandwidth_fraction']:.0f}%" if "forward_bandwidth_fraction" in r else "-",
                 f"{r.get('forward_elementwise_passes', float('nan')):.2f}",
                 *(f"{r.get(f'{p}_speedup_vs_xla', float('nan')):.1f}x" for p in parts),
+                *(
+                    [f"{r['forward_backward_compile_s']:.2f}", f"{r.get('compile_vs_xla', float('nan')):.2f}x"]
+                    if compiled
+                    else []
+                ),
             ]
         )
     # Whole network: each layer weighted by how often MobileNetV2 uses it.
@@ -721,6 +742,7 @@ def _table(records: list[dict], parts: Sequence[str]) -> str:
                 "",
                 f"{total['forward'] / elementwise:.2f}" if "forward" in total else "",
                 *((f"{ref_total[p] / total[p]:.1f}x" if ref else "") for p in parts),
+                *(["", ""] if compiled else []),
             ]
         )
     return _markdown(head, rows)

@@ -17,12 +17,22 @@ def test_bench_json(capsys):
             assert r[f"{part}_ms"] > 0
             assert r[f"{part}_speedup_vs_xla"] > 0
         assert r["forward_gbps"] > 0
+        assert r["forward_backward_compile_s"] > 0 and r["compile_vs_xla"] > 0
 
 
 def test_bench_table(capsys):
     bench.main(["--batch", "1", "--layers", "7x7x960/s1", "--repeats", "1", "--parts", "forward"])
     out = capsys.readouterr().out
     assert "| 7x7x960/s1" in out and "all 3 layers" in out
+    assert "compile" not in out  # only when forward + backward is timed
+
+
+def test_bench_table_reports_compile_time(capsys):
+    bench.main(["--batch", "1", "--layers", "8x8x16/s1", "--repeats", "1", "--implementations", "xla,taps"])
+    out = capsys.readouterr().out
+    assert "fwd+bwd compile s" in out
+    xla = next(line for line in out.splitlines() if line.startswith("| 8x8x16/s1") and "| xla" in line)
+    assert xla.rstrip(" |").endswith("1.00x")  # the reference's compile time over its own
 
 
 def test_bench_times_the_pallas_kernel_when_asked(capsys):
