@@ -16,8 +16,8 @@ position blocks)``, the last swept in order. Each step widens its block of the c
 float32 behind the ``pad`` positions before it in a VMEM window: the state's at the first
 block, the previous block's last rows after that (kept in the window, so no position is read
 twice from HBM). Each tap is then a static, sublane-shifted slice of the window. Packed
-sequences (``reach``) take the composed path on TPU: a per-position mask would have to sit on
-the sublanes, which costs a relayout per block.
+sequences (``reach``) take the composed path on TPU (not built here: their ``(B, L)`` positions
+lie on the lanes as XLA stores them, and the kernel would need them on the sublanes).
 """
 
 from __future__ import annotations
