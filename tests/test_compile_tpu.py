@@ -180,3 +180,21 @@ def test_causal_kernel_reads_the_state_in_place_for_tpu(shape):
     assert ["jdw_causal_conv1d_tpu_forward" in k for k in _kernels(forward)] == [True]
     moved, minimum = traffic.hbm_bytes(forward)["total"], 2 * traffic.logical_bytes(args[0])
     assert moved <= 1.01 * minimum, (moved, minimum)
+
+
+def test_float16_takes_xla_on_tpu():
+    """Mosaic compiles no float16 loads: float16 layers and chunks get XLA's convolution in the TPU program
+    (and on a TPU, implementation="pallas" says why) instead of failing inside Mosaic."""
+    from jdw.backends import pallas
+
+    sharding = jax.sharding.SingleDeviceSharding(traffic.tpu_device("v5e"))
+    spec = lambda *dims: jax.ShapeDtypeStruct(dims, "float16", sharding=sharding)  # noqa: E731
+    image = jax.jit(lambda x, k: jdw.depthwise_conv(x, k, implementation="pallas"))
+    chunk = jax.jit(lambda x, k, s: jdw.causal_conv1d(x, k, initial_state=s, implementation="pallas"))
+    for program, args in (
+        (image, (spec(8, 16, 16, 64), spec(3, 3, 1, 64))),
+        (chunk, (spec(2, 64, 128), spec(4, 1, 128), spec(2, 3, 128))),
+    ):
+        assert _kernels(program.lower(*args).compile()) == []
+    with pytest.raises(ValueError, match="take float32 or bfloat16, got float16"):
+        pallas._check_tpu_dtypes(jax.numpy.ones(2, "float16"))

@@ -114,6 +114,14 @@ class _Call:
 _PLATFORM_OF_TARGET = {"tpu": "tpu", "triton": "gpu"}  # jax.default_backend() names both CUDA and ROCm "gpu"
 
 
+def _check_tpu_dtypes(*arrays) -> None:
+    """Mosaic compiles no float16 vector loads (TPUs have no float16 arithmetic): the TPU kernels take
+    float32 and bfloat16, and float16 gets XLA instead of a failure deep in Mosaic."""
+    dtypes = sorted({np.dtype(a.dtype).name for a in arrays if a is not None and hasattr(a, "dtype")})
+    if "float16" in dtypes:
+        raise ValueError(f"the TPU kernels take float32 or bfloat16, got {', '.join(dtypes)}")
+
+
 def _on_platform(fn, fallback, *args, layer: kernels.Layer, batch: int, interpret: Any, interpret_target="tpu"):
     """``fn(*args, target=..., interpret=...)`` with the target chosen by the lowering platform.
 
@@ -126,6 +134,8 @@ def _on_platform(fn, fallback, *args, layer: kernels.Layer, batch: int, interpre
 
     def branch(target: str, interpret: Any):
         try:
+            if target == "tpu" and not interpret:
+                _check_tpu_dtypes(*args)
             blocks = kernels.BlockSizes.default(layer, target, batch)
             blocks.check(layer, target, memory=not interpret, batch=batch)
         except ValueError as error:
@@ -512,7 +522,7 @@ def causal_conv(x, kernel, bias, state, reach, *, dilation: int, activation: str
     arrays = (x, kernel, bias, state, reach)
 
     def kernel_on(target, interpret):
-        if target == "tpu" and reach is not None:
+        if target == "tpu" and (reach is not None or any(np.dtype(a.dtype) == np.float16 for a in (x, kernel, state))):
             return fallback
         static = _Causal(dilation, name, np.dtype(out_dtype).name, interpret, target)
         return _with_derivatives_of(functools.partial(_causal_kernel, static=static), fallback)
