@@ -313,8 +313,8 @@ def test_causal_kernels_in_the_interpreter(case, activation, target, rng):
 
 @pytest.mark.parametrize("target", ["triton", "tpu"])
 def test_causal_kernels_second_order_and_batched(target):
-    """hessian, vmap of grad and jacfwd through the GPU and TPU kernels' tangent rule (interpreter) equal xla's
-    (packed rows on GPU, which reads them in place)."""
+    """hessian, vmap of grad and jacfwd through the GPU and TPU kernels (interpreter; differentiated, the composed
+    path's derivatives) equal xla's (packed rows on GPU, which reads them in place)."""
     from jdw.backends import pallas
 
     rng = np.random.default_rng(1)
