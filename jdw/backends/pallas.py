@@ -114,12 +114,19 @@ class _Call:
 _PLATFORM_OF_TARGET = {"tpu": "tpu", "triton": "gpu"}  # jax.default_backend() names both CUDA and ROCm "gpu"
 
 
-def _check_tpu_dtypes(*arrays) -> None:
-    """Mosaic compiles no float16 vector loads (TPUs have no float16 arithmetic): the TPU kernels take
-    float32 and bfloat16, and float16 gets XLA instead of a failure deep in Mosaic."""
+def _tpu_dtype_problem(*arrays) -> str | None:
+    """Why the TPU kernels cannot take these arrays' dtypes, or ``None``. Mosaic compiles no float16
+    vector loads (TPUs have no float16 arithmetic): the kernels take float32 and bfloat16, and float16
+    gets XLA instead of a failure deep in Mosaic."""
     dtypes = sorted({np.dtype(a.dtype).name for a in arrays if a is not None and hasattr(a, "dtype")})
-    if "float16" in dtypes:
-        raise ValueError(f"the TPU kernels take float32 or bfloat16, got {', '.join(dtypes)}")
+    return f"the TPU kernels take float32 or bfloat16, got {', '.join(dtypes)}" if "float16" in dtypes else None
+
+
+def _check_tpu_dtypes(*arrays) -> None:
+    """Raises ``ValueError`` with :func:`_tpu_dtype_problem`'s reason, if any."""
+    problem = _tpu_dtype_problem(*arrays)
+    if problem:
+        raise ValueError(problem)
 
 
 def _on_platform(fn, fallback, *args, layer: kernels.Layer, batch: int, interpret: Any, interpret_target="tpu"):
@@ -458,28 +465,12 @@ class _Causal:
 
 
 def _causal_kernel(x, kernel, bias, state, reach, static: _Causal):
-    if static.target == "tpu":
-        return pallas_causal.tpu_forward(
-            x,
-            kernel[:, 0],
-            bias,
-            state,
-            dilation=static.dilation,
-            activation=static.activation,
-            out_dtype=static.out_dtype,
-            interpret=static.interpret,
-        )
-    return pallas_causal.forward(
-        x,
-        kernel[:, 0],
-        bias,
-        state,
-        reach,
-        dilation=static.dilation,
-        activation=static.activation,
-        out_dtype=static.out_dtype,
-        interpret=static.interpret,
+    options = dict(
+        dilation=static.dilation, activation=static.activation, out_dtype=static.out_dtype, interpret=static.interpret
     )
+    if static.target == "tpu":
+        return pallas_causal.tpu_forward(x, kernel[:, 0], bias, state, **options)
+    return pallas_causal.forward(x, kernel[:, 0], bias, state, reach, **options)
 
 
 def _with_derivatives_of(kernel, composed):
@@ -522,7 +513,7 @@ def causal_conv(x, kernel, bias, state, reach, *, dilation: int, activation: str
     arrays = (x, kernel, bias, state, reach)
 
     def kernel_on(target, interpret):
-        if target == "tpu" and (reach is not None or any(np.dtype(a.dtype) == np.float16 for a in (x, kernel, state))):
+        if target == "tpu" and (reach is not None or _tpu_dtype_problem(x, kernel, bias, state)):
             return fallback
         static = _Causal(dilation, name, np.dtype(out_dtype).name, interpret, target)
         return _with_derivatives_of(functools.partial(_causal_kernel, static=static), fallback)
