@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         torch.set_num_threads(os.cpu_count() or 1)  # XLA:CPU uses every core too
         torch_model = torch_mobilenet_v2(args.width, 10, args.small_inputs, args.channels)
         torch_params = sum(p.numel() for p in torch_model.parameters())
-        jdw_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(states["jdw"].params))
+        jdw_params = train.count_parameters(states["jdw"].params)
         if torch_params != jdw_params:
             raise AssertionError(f"torchvision's network has {torch_params} parameters, jdw's {jdw_params}")
         torch_step = TorchStep(torch_model, images, labels, cfg)

@@ -115,6 +115,18 @@ def create_train_state(
     )
 
 
+def count_parameters(params: Any) -> int:
+    """How many numbers ``params`` (a pytree of arrays) holds.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jdw.training.train import count_parameters
+      >>> count_parameters({"kernel": jnp.ones((3, 3, 1, 8)), "bias": jnp.ones(8)})
+      80
+    """
+    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+
+
 def ema_decay_at(step: jax.Array, ema_decay: float) -> jax.Array:
     """The decay of the weights' moving average after ``step`` steps: ``min(ema_decay, (1 + step) / (10 + step))``.
 
@@ -383,7 +395,7 @@ def train_and_evaluate(
     if start:
         bar.write(f"resumed from the checkpoint at step {start} in {store.directory}")
 
-    n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
+    n_params = count_parameters(state.params)
     bar.write(
         f"{config.model} width {config.width} ({n_params:,} parameters) on {config.dataset} "
         f"({len(dataset.train_labels)} train / {len(dataset.test_labels)} test images, {dataset.image_shape}), "
