@@ -8,6 +8,8 @@ import re
 import numpy as np
 import pytest
 
+from jdw.kernels import cpu_depthwise
+
 GUIDE = pathlib.Path(__file__).resolve().parent.parent / "docs" / "guides" / "backends.md"
 
 
@@ -18,8 +20,10 @@ def register_guide_backend() -> str:
     return "example"
 
 
-# Every test of the grid runs on each: the three backends of jdw and the guide's example backend.
-IMPLEMENTATIONS = ("xla", "taps", "pallas", register_guide_backend())
+# Every test of the grid runs on each: jdw's backends and the guide's example backend. "cpu" is there
+# wherever its extension was built (test_backends.py checks that it is on Linux x86-64, as in CI).
+CPU = ("cpu",) if cpu_depthwise.AVAILABLE else ()
+IMPLEMENTATIONS = ("xla", "taps", *CPU, "pallas", register_guide_backend())
 
 # Max abs error allowed, relative to max(1, |reference|), per dtype of the computation.
 _TOLERANCE = {"float64": 1e-12, "float32": 2e-5, "float16": 4e-3, "bfloat16": 3e-2}

@@ -17,8 +17,24 @@ def test_registry():
         backends.get("nope")
 
 
+def test_cpu_extension_is_built_where_ci_runs():
+    """The package builds its C++ loops on Linux x86-64 (CI's platform): a build that failed quietly
+    (the extension is optional) would leave CPU on the slower "taps" path."""
+    import platform
+
+    from jdw.kernels import cpu_depthwise
+
+    if platform.system() != "Linux" or platform.machine() != "x86_64":
+        pytest.skip("the extension is only required on Linux x86-64")
+    assert cpu_depthwise.AVAILABLE
+    assert "cpu" in backends.available()
+    assert cpu_depthwise.instruction_set() in ("avx512", "avx2", "baseline")
+
+
 def test_automatic_choice_per_platform():
-    assert backends.automatic_choice("cpu") == "taps"
+    from jdw.kernels import cpu_depthwise
+
+    assert backends.automatic_choice("cpu") == ("cpu" if cpu_depthwise.AVAILABLE else "taps")
     assert backends.automatic_choice("tpu") == "xla"
     assert backends.automatic_choice("cuda") == "xla"
 

@@ -20,7 +20,7 @@ from flax import nnx
 from jax import lax
 
 import jdw
-from tests.helpers import assert_close
+from tests.helpers import CPU, assert_close
 
 
 def _normal(rng, shape, dtype):
@@ -247,23 +247,23 @@ TRANSFORMS = {
     "scan": _scan,
 }
 
-IMPLEMENTATIONS = ("taps", "pallas", None)
-# Every function runs every transformation in float32 on both fast backends; one of them also on the
+IMPLEMENTATIONS = ("taps", *CPU, "pallas", None)
+# Every function runs every transformation in float32 on the fast backends; one of them also on the
 # automatic path and in bfloat16 and float64 (the others call the same primitives). The layers call
 # those functions: they run the transformations a layer meets in a model (jit, vmap, grad, jvp,
-# remat, scan) on "taps", and grad on "pallas". The hessian (forward over reverse, the costliest
+# remat, scan) on "taps", and grad on "cpu" and "pallas". The hessian (forward over reverse, the costliest
 # compile) runs on the functions whose derivatives differ in kind, the strided 2-D convolution and
 # the causal convolution with a state, and on the plain-JAX causal update and pointwise convolution.
 # remat, scan and linearize, which only rearrange the derivatives the other rows test, run on "taps".
 _FEW = ("jit", "vmap", "grad", "jvp", "hessian", "linearize")
 _LAYERS = ("nnx", "nnx_separable", "nnx_causal", "nnx_inverted_residual", "linen", "linen_causal")
-_LAYER_TRANSFORMS = {"taps": ("jit", "vmap", "grad", "jvp", "remat", "scan"), "pallas": ("grad",)}
+_LAYER_TRANSFORMS = {"taps": ("jit", "vmap", "grad", "jvp", "remat", "scan"), "cpu": ("grad",), "pallas": ("grad",)}
 _HESSIAN = ("conv2d", "causal", *_NO_BACKEND)
 
 
 def _cases():
     for name in FUNCTIONS:
-        implementations = {"conv2d": IMPLEMENTATIONS, "causal_packed": ("taps",)}.get(name, ("taps", "pallas"))
+        implementations = {"conv2d": IMPLEMENTATIONS, "causal_packed": ("taps",)}.get(name, ("taps", *CPU, "pallas"))
         for implementation in implementations if name not in _NO_BACKEND else ("xla",):
             for transform in TRANSFORMS:
                 if name in _LAYERS and transform not in _LAYER_TRANSFORMS[implementation]:

@@ -101,9 +101,9 @@ _REGISTRY: dict[str, Backend] = {}
 # import what only they need (``jax.experimental.pallas`` for ``"pallas"``).
 _DEFERRED: dict[str, str] = {"pallas": "jdw.backends.pallas"}
 
-# Backend the automatic choice uses per platform (lowering platform, not default device):
-# measured by ``python -m jdw.bench``; platforms not listed use "xla".
-_AUTOMATIC = {"cpu": "taps"}
+# Backends the automatic choice uses per platform (lowering platform, not default device), the
+# first one available: measured by ``python -m jdw.bench``; platforms not listed use "xla".
+_AUTOMATIC = {"cpu": ("cpu", "taps")}
 
 
 def register(backend: Backend) -> Backend:
@@ -166,8 +166,7 @@ def forced() -> str | None:
 
 def automatic_choice(platform: str) -> str:
     """The backend ``implementation=None`` uses when lowering for ``platform`` ("cpu", "cuda", "tpu", ...)."""
-    name = _AUTOMATIC.get(platform, "xla")
-    return name if name in available() else "xla"
+    return next((name for name in _AUTOMATIC.get(platform, ()) if name in available()), "xla")
 
 
 def dispatch(implementation: str | None, op: Callable[..., jax.Array], *args: Any, **kwargs: Any) -> jax.Array:

@@ -1,0 +1,87 @@
+"""The ``"cpu"`` backend: depthwise convolution in jdw's own C++ loops for XLA:CPU.
+
+The forward convolution, its adjoint in the input and its adjoint in the kernel are XLA FFI
+custom calls (:mod:`jdw.kernels.cpu_depthwise`), wrapped as the primitives of
+:mod:`jdw.backends.primitives`, so every transformation (``grad``, ``jvp``, ``hessian``,
+``vmap``) runs on them. Each reads its operands once: on the kernel gradient, where XLA's
+fused tap sums make one pass over memory per tap, that is several times faster (see the
+performance guide).
+
+What the loops do not take runs on ``"taps"``, inside the same primitives: a channel
+multiplier above 1, more than three spatial dimensions, and data that is not float32 or
+bfloat16 (float16, float64). Packed sequences (:func:`jdw.causal_conv1d` with
+``segment_ids``) use ``"taps"``'s segment tap sum.
+
+The custom calls exist for XLA:CPU only: lowered for a GPU or TPU, ``implementation="cpu"``
+fails in XLA's compile (no FFI target), and ``implementation=None`` picks ``"cpu"`` only for
+the CPU branch of its per-platform choice. This module is imported (and the backend
+registered) only where the extension was built (:data:`jdw.kernels.cpu_depthwise.AVAILABLE`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jdw.backends import primitives, registry, taps
+from jdw.geometry import Geometry
+from jdw.kernels import cpu_depthwise
+
+
+def _served(static: taps._Static, *dtypes) -> bool:
+    return static.multiplier == 1 and cpu_depthwise.supports(static.geometry, *dtypes)
+
+
+def _forward_map(x, kernel, *, static: taps._Static, dtype) -> jax.Array:
+    if not _served(static, x.dtype, kernel.dtype, dtype):
+        return taps.OPS.forward(x, kernel, static=static, dtype=dtype)
+    return cpu_depthwise.forward(x, kernel, static.geometry, dtype)
+
+
+def _transpose_map(dy, kernel, *, static: taps._Static, dtype) -> jax.Array:
+    if not _served(static, dy.dtype, kernel.dtype, dtype):
+        return taps.OPS.transpose(dy, kernel, static=static, dtype=dtype)
+    return cpu_depthwise.transpose(dy, kernel, static.geometry, dtype)
+
+
+def _kernel_grad_map(x, dy, *, static: taps._Static, dtype) -> jax.Array:
+    if x.dtype != dy.dtype or not _served(static, x.dtype):
+        return taps.OPS.kernel_grad(x, dy, static=static, dtype=dtype)
+    grad = cpu_depthwise.kernel_grad(x, dy, static.geometry)
+    return jnp.expand_dims(grad, -2).astype(dtype)
+
+
+# Each map's derivatives are the others (jdw.backends.primitives): gradients of any order and
+# forward-mode derivatives all run on the C++ loops.
+OPS = primitives.LinearOps("cpu", forward=_forward_map, transpose=_transpose_map, kernel_grad=_kernel_grad_map)
+
+
+def conv(x, kernel, geometry: Geometry, *, precision=None, preferred_element_type=None) -> jax.Array:
+    """Depthwise convolution in the C++ loops. ``precision`` is unused: products are elementwise in float32."""
+    del precision
+    static = taps._Static(geometry, kernel.shape[-1] // x.shape[-1], np.dtype(preferred_element_type or x.dtype).name)
+    return primitives.conv(x, kernel, ops=OPS, static=static, dtype=static.dtype)
+
+
+def conv_transpose(y, kernel, geometry: Geometry, *, precision=None, preferred_element_type=None) -> jax.Array:
+    """Transposed depthwise convolution: the adjoint of :func:`conv` over ``geometry``, channel ``c`` -> ``c*M + m``."""
+    del precision
+    multiplier = kernel.shape[-1] // y.shape[-1]
+    if multiplier > 1:
+        y = jnp.repeat(y, multiplier, axis=-1)
+    static = taps._Static(geometry, 1, np.dtype(preferred_element_type or y.dtype).name)
+    return primitives.conv_transpose(y, kernel, ops=OPS, static=static, dtype=static.dtype)
+
+
+BACKEND = registry.register(
+    dataclasses.replace(
+        taps.BACKEND,
+        name="cpu",
+        conv=conv,
+        conv_transpose=conv_transpose,
+        description="jdw's C++ loops for XLA:CPU (FFI custom calls), each reading its operands once",
+    )
+)

@@ -1,0 +1,367 @@
+// Depthwise convolution for XLA:CPU: the forward convolution, its adjoint in the input and its
+// adjoint in the kernel, as XLA FFI handlers (jdw.kernels.cpu_depthwise registers them).
+//
+// Every operand is channels-last with up to three spatial dimensions (fewer are given as unit
+// dimensions in front): x (N, I0, I1, I2, C), kernel (K0, K1, K2, C) float32, y (N, O0, O1, O2, C).
+// All three maps are one "gather" loop: a destination position sums, over the kernel taps that
+// reach it, a source position times a tap's weights, along the channels (the contiguous, vectorised
+// axis). Which (source, tap) pairs reach a destination is a table per spatial dimension:
+//
+//   forward      y[o] = sum_k x[o*s - p + k*d] * w[k]
+//   transpose    x[i] = sum_k y[(i + p - k*d) / s] * w[k]        (where s divides it)
+//   kernel grad  w[k] = sum_{n, o} x[n, o*s - p + k*d] * y[n, o]
+//
+// so no padded, dilated or strided copy of anything is made, each operand is read once from
+// memory, and the accumulators stay in registers (forward, transpose) or in L1/L2 (the kernel
+// gradient's per-worker partial sums). Rows of the destination are shared out to XLA's intra-op
+// thread pool. bfloat16 operands are widened to float32 on load and rounded (to nearest even) on
+// store; sums are float32.
+//
+// The loops are compiled three times, for AVX-512, AVX2 + FMA and the baseline, and the widest one
+// the CPU runs is chosen when the module loads (GCC and Clang on x86-64; elsewhere only the
+// baseline copy exists).
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace jdw {
+namespace {
+
+// --- geometry ---------------------------------------------------------------------------------
+
+struct Geometry {
+  int64_t batch, channels;
+  int64_t in[3], out[3], kernel[3], stride[3], pad[3], dilation[3];
+
+  int64_t taps() const { return kernel[0] * kernel[1] * kernel[2]; }
+};
+
+// The (source position, tap) pairs that reach each destination position along one dimension,
+// in compressed rows: pairs[begin[p] .. begin[p + 1]).
+struct Table {
+  std::vector<int64_t> begin;
+  std::vector<int64_t> source, tap;
+
+  int64_t count(int64_t p) const { return begin[p + 1] - begin[p]; }
+};
+
+Table ForwardTable(const Geometry& g, int dim) {
+  Table t;
+  t.begin.push_back(0);
+  for (int64_t o = 0; o < g.out[dim]; ++o) {
+    for (int64_t k = 0; k < g.kernel[dim]; ++k) {
+      const int64_t i = o * g.stride[dim] - g.pad[dim] + k * g.dilation[dim];
+      if (i >= 0 && i < g.in[dim]) {
+        t.source.push_back(i);
+        t.tap.push_back(k);
+      }
+    }
+    t.begin.push_back(static_cast<int64_t>(t.source.size()));
+  }
+  return t;
+}
+
+Table TransposeTable(const Geometry& g, int dim) {
+  Table t;
+  t.begin.push_back(0);
+  for (int64_t i = 0; i < g.in[dim]; ++i) {
+    for (int64_t k = 0; k < g.kernel[dim]; ++k) {
+      const int64_t shifted = i + g.pad[dim] - k * g.dilation[dim];
+      if (shifted >= 0 && shifted % g.stride[dim] == 0 && shifted / g.stride[dim] < g.out[dim]) {
+        t.source.push_back(shifted / g.stride[dim]);
+        t.tap.push_back(k);
+      }
+    }
+    t.begin.push_back(static_cast<int64_t>(t.source.size()));
+  }
+  return t;
+}
+
+// --- work sharing ----------------------------------------------------------------------------
+
+// Runs body(chunk) for chunk in [0, chunks) on the calling thread and the pool. The caller claims
+// chunks too and waits only for chunks another thread has claimed, so a pool that is busy (or has
+// no free thread) delays nothing and cannot deadlock; tasks that start late find nothing to do.
+template <typename Body>
+void ParallelFor(ffi::ThreadPool& pool, int64_t chunks, const Body& body) {
+  struct State {
+    std::atomic<int64_t> next{0};
+    int64_t done = 0;
+    std::mutex mutex;
+    std::condition_variable finished;
+  };
+  auto state = std::make_shared<State>();
+  auto work = [state, chunks, &body] {
+    int64_t mine = 0;
+    for (int64_t c; (c = state->next.fetch_add(1)) < chunks; ++mine) body(c);
+    if (mine == 0) return;
+    std::lock_guard<std::mutex> lock(state->mutex);
+    state->done += mine;
+    if (state->done == chunks) state->finished.notify_all();
+  };
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), chunks - 1);
+  for (int64_t h = 0; h < helpers; ++h) {
+    // A helper that starts after the caller returned must not touch `body`: it then finds every
+    // chunk claimed (state->next >= chunks) before it would call it.
+    pool.Schedule([state, chunks, work] {
+      if (state->next.load() >= chunks) return;
+      work();
+    });
+  }
+  work();
+  std::unique_lock<std::mutex> lock(state->mutex);
+  state->finished.wait(lock, [&] { return state->done == chunks; });
+}
+
+// Splits `rows` into about four chunks per thread (at least `min_rows` rows each).
+int64_t ChunkCount(ffi::ThreadPool& pool, int64_t rows, int64_t min_rows) {
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  return std::max<int64_t>(1, std::min<int64_t>(4 * threads, rows / std::max<int64_t>(1, min_rows)));
+}
+
+// --- element access --------------------------------------------------------------------------
+
+using bf16 = uint16_t;  // bfloat16 bits
+
+inline float Load(const float* p) { return *p; }
+inline float Load(const bf16* p) {
+  const uint32_t bits = static_cast<uint32_t>(*p) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+inline void Store(float* p, float v) { *p = v; }
+inline void Store(bf16* p, float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  const uint32_t rounded = bits + 0x7FFFu + ((bits >> 16) & 1u);
+  *p = static_cast<bf16>(v != v ? ((bits >> 16) | 0x40u) : (rounded >> 16));  // NaN stays NaN
+}
+
+
+}  // namespace
+}  // namespace jdw
+
+// The loops, once per instruction set (see the header comment).
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#define JDW_MULTIVERSION 1
+#endif
+
+#ifdef JDW_MULTIVERSION
+#define JDW_ISA avx512
+#define JDW_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
+#define JDW_VECTOR_BYTES 64
+#include "cpu_depthwise_loops.inc"
+#undef JDW_ISA
+#undef JDW_TARGET
+#undef JDW_VECTOR_BYTES
+#define JDW_ISA avx2
+#define JDW_TARGET __attribute__((target("avx2,fma")))
+#define JDW_VECTOR_BYTES 32
+#include "cpu_depthwise_loops.inc"
+#undef JDW_ISA
+#undef JDW_TARGET
+#undef JDW_VECTOR_BYTES
+#endif
+#define JDW_ISA baseline
+#define JDW_TARGET
+#define JDW_VECTOR_BYTES 16
+#include "cpu_depthwise_loops.inc"
+#undef JDW_ISA
+#undef JDW_TARGET
+#undef JDW_VECTOR_BYTES
+
+namespace jdw {
+namespace {
+
+struct Loops {
+  const char* name;
+  void (*gather_f32_f32)(const float*, const float*, float*, const Geometry&, const Table*, bool, ffi::ThreadPool&);
+  void (*gather_f32_bf16)(const float*, const float*, bf16*, const Geometry&, const Table*, bool, ffi::ThreadPool&);
+  void (*gather_bf16_f32)(const bf16*, const float*, float*, const Geometry&, const Table*, bool, ffi::ThreadPool&);
+  void (*gather_bf16_bf16)(const bf16*, const float*, bf16*, const Geometry&, const Table*, bool, ffi::ThreadPool&);
+  void (*kernel_grad_f32)(const float*, const float*, float*, const Geometry&, const Table*, ffi::ThreadPool&);
+  void (*kernel_grad_bf16)(const bf16*, const bf16*, float*, const Geometry&, const Table*, ffi::ThreadPool&);
+};
+
+#define JDW_LOOPS(isa)                                                                                 \
+  Loops {                                                                                              \
+    #isa, isa::Gather<float, float>, isa::Gather<float, bf16>, isa::Gather<bf16, float>,                 \
+        isa::Gather<bf16, bf16>, isa::KernelGrad<float>, isa::KernelGrad<bf16>                          \
+  }
+
+const Loops& Chosen() {
+  static const Loops loops = [] {
+#ifdef JDW_MULTIVERSION
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
+      return JDW_LOOPS(avx512);
+    }
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return JDW_LOOPS(avx2);
+#endif
+    return JDW_LOOPS(baseline);
+  }();
+  return loops;
+}
+
+// --- FFI handlers ------------------------------------------------------------------------------
+
+// geometry: [N, C, in(3), out(3), kernel(3), stride(3), pad(3), dilation(3)]
+Geometry Decode(ffi::Span<const int64_t> values) {
+  Geometry g;
+  g.batch = values[0];
+  g.channels = values[1];
+  for (int d = 0; d < 3; ++d) {
+    g.in[d] = values[2 + d];
+    g.out[d] = values[5 + d];
+    g.kernel[d] = values[8 + d];
+    g.stride[d] = values[11 + d];
+    g.pad[d] = values[14 + d];
+    g.dilation[d] = values[17 + d];
+  }
+  return g;
+}
+
+bool IsFloat(ffi::DataType t) { return t == ffi::DataType::F32 || t == ffi::DataType::BF16; }
+
+// dst = gather(src, w): the forward convolution (transpose=false, src x, dst y) or its adjoint in
+// the input (transpose=true, src y, dst x).
+ffi::Error GatherImpl(bool transpose, ffi::ThreadPool pool, ffi::AnyBuffer src, ffi::Buffer<ffi::F32> w,
+                      ffi::Result<ffi::AnyBuffer> dst, ffi::Span<const int64_t> geometry) {
+  if (geometry.size() != 20) return ffi::Error::InvalidArgument("jdw depthwise: the geometry needs 20 integers");
+  const Geometry g = Decode(geometry);
+  if (!IsFloat(src.element_type()) || !IsFloat(dst->element_type())) {
+    return ffi::Error::InvalidArgument("jdw depthwise: operands must be float32 or bfloat16");
+  }
+  Table tables[3];
+  for (int d = 0; d < 3; ++d) tables[d] = transpose ? TransposeTable(g, d) : ForwardTable(g, d);
+  const Loops& loops = Chosen();
+  const bool src_f32 = src.element_type() == ffi::DataType::F32;
+  const bool dst_f32 = dst->element_type() == ffi::DataType::F32;
+  const float* weights = w.typed_data();
+  if (src_f32 && dst_f32) {
+    loops.gather_f32_f32(static_cast<const float*>(src.untyped_data()), weights,
+                         static_cast<float*>(dst->untyped_data()), g, tables, transpose, pool);
+  } else if (src_f32) {
+    loops.gather_f32_bf16(static_cast<const float*>(src.untyped_data()), weights,
+                          static_cast<bf16*>(dst->untyped_data()), g, tables, transpose, pool);
+  } else if (dst_f32) {
+    loops.gather_bf16_f32(static_cast<const bf16*>(src.untyped_data()), weights,
+                          static_cast<float*>(dst->untyped_data()), g, tables, transpose, pool);
+  } else {
+    loops.gather_bf16_bf16(static_cast<const bf16*>(src.untyped_data()), weights,
+                           static_cast<bf16*>(dst->untyped_data()), g, tables, transpose, pool);
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::Buffer<ffi::F32> w, ffi::Result<ffi::AnyBuffer> y,
+                       ffi::Span<const int64_t> geometry) {
+  return GatherImpl(false, pool, x, w, y, geometry);
+}
+
+ffi::Error TransposeImpl(ffi::ThreadPool pool, ffi::AnyBuffer dy, ffi::Buffer<ffi::F32> w,
+                         ffi::Result<ffi::AnyBuffer> dx, ffi::Span<const int64_t> geometry) {
+  return GatherImpl(true, pool, dy, w, dx, geometry);
+}
+
+ffi::Error KernelGradImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer dy,
+                          ffi::Result<ffi::Buffer<ffi::F32>> dw, ffi::Span<const int64_t> geometry) {
+  if (geometry.size() != 20) return ffi::Error::InvalidArgument("jdw depthwise: the geometry needs 20 integers");
+  const Geometry g = Decode(geometry);
+  if (x.element_type() != dy.element_type() || !IsFloat(x.element_type())) {
+    return ffi::Error::InvalidArgument("jdw depthwise: kernel gradient operands must both be float32 or bfloat16");
+  }
+  Table tables[3];
+  for (int d = 0; d < 3; ++d) tables[d] = ForwardTable(g, d);
+  const Loops& loops = Chosen();
+  if (x.element_type() == ffi::DataType::F32) {
+    loops.kernel_grad_f32(static_cast<const float*>(x.untyped_data()), static_cast<const float*>(dy.untyped_data()),
+                          dw->typed_data(), g, tables, pool);
+  } else {
+    loops.kernel_grad_bf16(static_cast<const bf16*>(x.untyped_data()), static_cast<const bf16*>(dy.untyped_data()),
+                           dw->typed_data(), g, tables, pool);
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+}  // namespace jdw
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JdwDepthwiseForward, jdw::ForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<ffi::Span<const int64_t>>("geometry"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JdwDepthwiseTranspose, jdw::TransposeImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<ffi::Span<const int64_t>>("geometry"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JdwDepthwiseKernelGrad, jdw::KernelGradImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("geometry"));
+
+// --- Python module: the handlers as capsules, and the instruction set chosen ----------------------
+
+static PyObject* Handlers(PyObject*, PyObject*) {
+  PyObject* dict = PyDict_New();
+  if (dict == nullptr) return nullptr;
+  const struct {
+    const char* name;
+    void* fn;
+  } handlers[] = {
+      {"forward", reinterpret_cast<void*>(JdwDepthwiseForward)},
+      {"transpose", reinterpret_cast<void*>(JdwDepthwiseTranspose)},
+      {"kernel_grad", reinterpret_cast<void*>(JdwDepthwiseKernelGrad)},
+  };
+  for (const auto& h : handlers) {
+    PyObject* capsule = PyCapsule_New(h.fn, nullptr, nullptr);
+    if (capsule == nullptr || PyDict_SetItemString(dict, h.name, capsule) != 0) {
+      Py_XDECREF(capsule);
+      Py_DECREF(dict);
+      return nullptr;
+    }
+    Py_DECREF(capsule);
+  }
+  return dict;
+}
+
+static PyObject* InstructionSet(PyObject*, PyObject*) { return PyUnicode_FromString(jdw::Chosen().name); }
+
+static PyMethodDef kMethods[] = {
+    {"handlers", Handlers, METH_NOARGS, "The XLA FFI handlers, by name, as PyCapsules."},
+    {"instruction_set", InstructionSet, METH_NOARGS, "The instruction set the loops run with on this CPU."},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+static PyModuleDef kModule = {
+    PyModuleDef_HEAD_INIT, "_cpu_depthwise", "jdw's depthwise-convolution loops for XLA:CPU (XLA FFI handlers).", -1,
+    kMethods,
+};
+
+PyMODINIT_FUNC PyInit__cpu_depthwise(void) { return PyModule_Create(&kModule); }

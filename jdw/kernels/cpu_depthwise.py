@@ -1,0 +1,157 @@
+"""C++ loops for XLA:CPU (XLA FFI custom calls) behind the ``"cpu"`` backend.
+
+Three calls, on channels-last operands with one to three spatial dimensions and a float32
+kernel ``(*kernel_size, C)``; the data may be float32 or bfloat16 (sums are float32):
+
+=================================  ==========================================================
+:func:`forward`                    ``y[o] = Σ_k x[o*s - p + k*d] * w[k]``
+:func:`transpose`                  its adjoint in ``x``: ``dx[i] = Σ_k dy[(i + p - k*d)/s] * w[k]``
+:func:`kernel_grad`                its adjoint in ``w``: ``dw[k] = Σ_{n,o} x[n, o*s - p + k*d] * dy[n, o]``
+=================================  ==========================================================
+
+Each is one loop over the destination that reads every operand once, with the taps that
+reach a position looked up per dimension (``cpu_depthwise.cc``): no padded, strided or
+dilated copy is made, and the kernel gradient keeps its partial sums in cache, where XLA's
+CPU emitters make one pass over the operands per tap. Rows are shared out to XLA's intra-op
+thread pool. The loops are compiled for AVX-512, AVX2 and the baseline, and the widest the
+CPU runs is picked at import (:func:`instruction_set`).
+
+The extension is built with the package (``setup.py``); where it could not be built,
+:data:`AVAILABLE` is ``False`` and ``"cpu"`` is not a backend.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jdw.geometry import Geometry
+
+try:
+    from jdw.kernels import _cpu_depthwise
+except ImportError:  # built without a C++ compiler, or on a platform the extension does not support
+    _cpu_depthwise = None
+
+#: Whether the C++ extension was built and loaded.
+AVAILABLE = _cpu_depthwise is not None
+
+#: Data types the loops read and write (the kernel is always float32).
+DTYPES = (np.dtype(np.float32), np.dtype(jnp.bfloat16))
+
+#: The most spatial dimensions the loops take.
+MAX_SPATIAL = 3
+
+_TARGETS = {name: f"jdw_depthwise_{name}" for name in ("forward", "transpose", "kernel_grad")}
+
+if AVAILABLE:
+    for _name, _capsule in _cpu_depthwise.handlers().items():
+        jax.ffi.register_ffi_target(_TARGETS[_name], _capsule, platform="cpu")
+
+
+def instruction_set() -> str | None:
+    """The instruction set the loops run with on this CPU (``"avx512"``, ``"avx2"``, ``"baseline"``), or ``None``.
+
+    Examples:
+      >>> from jdw.kernels import cpu_depthwise
+      >>> cpu_depthwise.instruction_set() in ("avx512", "avx2", "baseline", None)
+      True
+    """
+    return _cpu_depthwise.instruction_set() if AVAILABLE else None
+
+
+def supports(geometry: Geometry, *dtypes) -> bool:
+    """Whether the loops compute a convolution over ``geometry`` on data of ``dtypes`` (``None`` entries ignored).
+
+    Examples:
+      >>> import numpy as np
+      >>> from jdw.geometry import Geometry
+      >>> from jdw.kernels import cpu_depthwise
+      >>> g = Geometry((8, 8), (3, 3), padding=((1, 1), (1, 1)))
+      >>> cpu_depthwise.supports(g, np.float32) == cpu_depthwise.AVAILABLE
+      True
+      >>> cpu_depthwise.supports(g, np.float16)
+      False
+    """
+    return (
+        AVAILABLE
+        and geometry.num_spatial <= MAX_SPATIAL
+        and geometry.input_dilation == (1,) * geometry.num_spatial
+        and all(lo >= 0 and hi >= 0 for lo, hi in geometry.padding)
+        and all(np.dtype(d) in DTYPES for d in dtypes if d is not None)
+    )
+
+
+def _attribute(geometry: Geometry, batch: int, channels: int) -> np.ndarray:
+    """The 20 integers ``cpu_depthwise.cc`` reads: the geometry as 3-D, unit dimensions in front."""
+    lead = MAX_SPATIAL - geometry.num_spatial
+
+    def three(values, fill):
+        return [fill] * lead + list(values)
+
+    values = [batch, channels]
+    values += three(geometry.input_size, 1)
+    values += three(geometry.output_size, 1)
+    values += three(geometry.kernel_size, 1)
+    values += three(geometry.strides, 1)
+    values += three((lo for lo, _ in geometry.padding), 0)
+    values += three(geometry.dilation, 1)
+    return np.asarray(values, dtype=np.int64)
+
+
+def _call(name: str, result: jax.ShapeDtypeStruct, *operands, geometry: Geometry, batch: int, channels: int):
+    call = jax.ffi.ffi_call(_TARGETS[name], result)
+    return call(*operands, geometry=_attribute(geometry, batch, channels))
+
+
+def _weights(kernel: jax.Array, geometry: Geometry) -> jax.Array:
+    """The kernel ``(*kernel_size, [1,] C)`` as float32 ``(*kernel_size, C)``."""
+    return kernel.reshape(geometry.kernel_size + (kernel.shape[-1],)).astype(jnp.float32)
+
+
+def forward(x: jax.Array, kernel: jax.Array, geometry: Geometry, dtype) -> jax.Array:
+    """The depthwise convolution: ``x`` ``(N, *geometry.input_size, C)`` -> ``(N, *geometry.output_size, C)``.
+
+    Args:
+      x: float32 or bfloat16 input.
+      kernel: ``(*geometry.kernel_size, C)`` or ``(*geometry.kernel_size, 1, C)``, any float dtype
+        (used as float32).
+      geometry: strides, non-negative padding and dilation, one to three spatial dimensions.
+      dtype: the result's dtype, float32 or bfloat16.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jdw.geometry import Geometry
+      >>> from jdw.kernels import cpu_depthwise
+      >>> g = Geometry((5,), (3,), padding=((1, 1),))
+      >>> if cpu_depthwise.AVAILABLE:
+      ...     y = cpu_depthwise.forward(jnp.ones((1, 5, 2)), jnp.ones((3, 2)), g, jnp.float32)
+      ...     print(y[0, :, 0])
+      [2. 3. 3. 3. 2.]
+    """
+    batch, channels = x.shape[0], x.shape[-1]
+    result = jax.ShapeDtypeStruct((batch, *geometry.output_size, channels), dtype)
+    w = _weights(kernel, geometry)
+    return _call("forward", result, x, w, geometry=geometry, batch=batch, channels=channels)
+
+
+def transpose(dy: jax.Array, kernel: jax.Array, geometry: Geometry, dtype) -> jax.Array:
+    """The adjoint of :func:`forward` in ``x``: ``(N, *geometry.output_size, C)`` -> ``(N, *geometry.input_size, C)``.
+
+    Arguments as in :func:`forward`, with ``geometry`` the forward convolution's.
+    """
+    batch, channels = dy.shape[0], dy.shape[-1]
+    result = jax.ShapeDtypeStruct((batch, *geometry.input_size, channels), dtype)
+    w = _weights(kernel, geometry)
+    return _call("transpose", result, dy, w, geometry=geometry, batch=batch, channels=channels)
+
+
+def kernel_grad(x: jax.Array, dy: jax.Array, geometry: Geometry) -> jax.Array:
+    """The adjoint of :func:`forward` in the kernel: float32 ``(*geometry.kernel_size, C)``.
+
+    ``x`` and ``dy`` (the forward's input and the output's cotangent) share one dtype,
+    float32 or bfloat16.
+    """
+    batch, channels = x.shape[0], x.shape[-1]
+    result = jax.ShapeDtypeStruct((*geometry.kernel_size, channels), jnp.float32)
+    return _call("kernel_grad", result, x, dy, geometry=geometry, batch=batch, channels=channels)

@@ -1,0 +1,32 @@
+"""Builds jdw's one compiled part: the depthwise-convolution loops for XLA:CPU (jdw/kernels/cpu_depthwise.cc).
+
+Everything else is in pyproject.toml. The extension is optional: where it cannot be built (no C++17
+compiler, a compiler without GCC's vector extensions), the package installs without it and the
+``"cpu"`` backend is not registered (``"taps"`` serves CPU instead).
+"""
+
+import os
+
+from setuptools import Extension, setup
+
+
+def _xla_ffi_include() -> str:
+    # The XLA FFI headers ship with jaxlib (a build requirement, pyproject.toml).
+    import jaxlib
+
+    return os.path.join(os.path.dirname(jaxlib.__file__), "include")
+
+
+setup(
+    ext_modules=[
+        Extension(
+            "jdw.kernels._cpu_depthwise",
+            sources=["jdw/kernels/cpu_depthwise.cc"],
+            depends=["jdw/kernels/cpu_depthwise_loops.inc"],
+            include_dirs=[_xla_ffi_include()],
+            language="c++",
+            extra_compile_args=["-std=c++17", "-O3", "-fvisibility=hidden", "-Wno-attributes", "-Wno-psabi"],
+            optional=True,
+        )
+    ]
+)
