@@ -54,6 +54,26 @@ def test_automatic_choice_follows_the_lowering_platform():
         assert "stablehlo.convolution" in exported.mlir_module()
 
 
+@pytest.mark.skipif("cpu" not in backends.available(), reason="the C++ extension is not built here")
+def test_cpu_backend_runs_taps_code_when_lowered_for_other_platforms():
+    """implementation="cpu" lowered for CUDA or TPU runs the taps code (the custom calls are XLA:CPU's);
+    for CPU it calls the C++ loops, and jax.export takes them with cpu_depthwise.EXPORT_CHECKS."""
+    from jdw.kernels import cpu_depthwise
+
+    x, k = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 1, 4))
+    grad = jax.jit(jax.grad(lambda x, k: _loss(x, k, "cpu"), argnums=(0, 1)))
+    for platform in ("cuda", "tpu"):
+        module = jax.export.export(grad, platforms=[platform])(x, k).mlir_module()
+        assert "custom_call" not in module and "convolution" not in module
+    with pytest.raises(ValueError, match="custom calls whose targets have no compatibility guarantees"):
+        jax.export.export(grad, platforms=["cpu"])(x, k)
+    exported = jax.export.export(grad, platforms=["cpu"], disabled_checks=cpu_depthwise.EXPORT_CHECKS)(x, k)
+    module = exported.mlir_module()
+    assert "jdw_depthwise_transpose" in module and "jdw_depthwise_kernel_grad" in module
+    for got, want in zip(exported.call(x, k), jax.grad(lambda x, k: _loss(x, k, "xla"), argnums=(0, 1))(x, k)):
+        assert jnp.allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_taps_kernel_gradient_has_no_dense_channel_expansion():
     """XLA's CPU kernel gradient expands to a C x C convolution; the taps path has no convolution at all."""
     x, k = jnp.ones((2, 8, 8, 144)), jnp.ones((3, 3, 1, 144))

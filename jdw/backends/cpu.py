@@ -12,10 +12,14 @@ multiplier above 1, more than three spatial dimensions, and data that is not flo
 bfloat16 (float16, float64). Packed sequences (:func:`jdw.causal_conv1d` with
 ``segment_ids``) use ``"taps"``'s segment tap sum.
 
-The custom calls exist for XLA:CPU only: lowered for a GPU or TPU, ``implementation="cpu"``
-fails in XLA's compile (no FFI target), and ``implementation=None`` picks ``"cpu"`` only for
-the CPU branch of its per-platform choice. This module is imported (and the backend
-registered) only where the extension was built (:data:`jdw.kernels.cpu_depthwise.AVAILABLE`).
+The custom calls exist for XLA:CPU only. Lowered for a GPU or TPU, the same primitives run
+``"taps"``'s code (so ``implementation="cpu"`` computes the same numbers everywhere), and
+``implementation=None`` picks ``"cpu"`` only for the CPU branch of its per-platform choice.
+:func:`jax.export.export` for CPU needs ``disabled_checks=jdw.kernels.cpu_depthwise.EXPORT_CHECKS``
+(jdw's custom calls carry no compatibility guarantee from JAX).
+
+This module is imported (and the backend registered) only where the extension was built
+(:data:`jdw.kernels.cpu_depthwise.AVAILABLE`).
 """
 
 from __future__ import annotations
@@ -56,7 +60,15 @@ def _kernel_grad_map(x, dy, *, static: taps._Static, dtype) -> jax.Array:
 
 # Each map's derivatives are the others (jdw.backends.primitives): gradients of any order and
 # forward-mode derivatives all run on the C++ loops.
-OPS = primitives.LinearOps("cpu", forward=_forward_map, transpose=_transpose_map, kernel_grad=_kernel_grad_map)
+# Lowered for another platform than the CPU, the same primitives run "taps"'s maps.
+OPS = primitives.LinearOps(
+    "cpu",
+    forward=_forward_map,
+    transpose=_transpose_map,
+    kernel_grad=_kernel_grad_map,
+    platform="cpu",
+    elsewhere=taps.OPS,
+)
 
 
 def conv(x, kernel, geometry: Geometry, *, precision=None, preferred_element_type=None) -> jax.Array:

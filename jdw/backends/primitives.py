@@ -66,6 +66,9 @@ class LinearOps:
         the bias and the activation named ``activation`` applied in the same kernel.
       epilogues: the activations ``fused`` applies, by name, as functions (their derivatives
         give the fused op's tangent).
+      platform: if set, the maps are lowered only for this platform ("cpu": XLA:CPU custom
+        calls); programs lowered for any other platform run ``elsewhere``'s maps instead.
+      elsewhere: the ops whose maps serve the other platforms (same ``static`` and operands).
     """
 
     name: str
@@ -75,6 +78,8 @@ class LinearOps:
     fused: Callable[..., jax.Array] | None = None
     epilogues: Mapping[str, Callable[[jax.Array], jax.Array]] = dataclasses.field(default_factory=dict)
     requires_devices: bool = False
+    platform: str | None = None
+    elsewhere: LinearOps | None = None
 
     def __post_init__(self):
         primitives = {kind: Primitive(name) for kind, name in _NAMES.items()}
@@ -120,7 +125,11 @@ def _define(prim: Primitive, kind: str, ops: LinearOps) -> None:
     """Registers ``prim``'s evaluation, lowering, derivative and batching rules."""
     prim.def_impl(functools.partial(_impl, kind=kind))
     prim.def_effectful_abstract_eval(functools.partial(_abstract_eval, kind=kind))
-    mlir.register_lowering(prim, _lowering(kind))
+    if ops.platform is None:
+        mlir.register_lowering(prim, _lowering(kind))
+    else:
+        mlir.register_lowering(prim, _lowering(kind), platform=ops.platform)
+        mlir.register_lowering(prim, _lowering(kind, lambda ops: ops.elsewhere))
     if kind == "fused":
         ad.primitive_jvps[prim] = _fused_jvp
     else:
@@ -163,9 +172,9 @@ def _result_type(kind: str, ops: LinearOps, params: tuple, avals: tuple):
     return jax.core.ShapedArray(out.shape, params["dtype"], **kwargs), jaxpr.effects
 
 
-def _lowering(kind: str):
+def _lowering(kind: str, choose: Callable[[LinearOps], LinearOps] = lambda ops: ops):
     def lower(ctx, *args, ops: LinearOps, **params):
-        return mlir.lower_fun(_function(kind, ops, **params), multiple_results=False)(ctx, *args)
+        return mlir.lower_fun(_function(kind, choose(ops), **params), multiple_results=False)(ctx, *args)
 
     return lower
 

@@ -44,6 +44,12 @@ MAX_SPATIAL = 3
 
 _TARGETS = {name: f"jdw_depthwise_{name}" for name in ("forward", "transpose", "kernel_grad")}
 
+#: What :func:`jax.export.export` needs to serialize a CPU program that calls the loops: they are
+#: jdw's own custom calls, with no compatibility guarantee from JAX, so it refuses them by default.
+#: The exported program runs where this version of jdw is imported (which registers them).
+#: ``jax.export.export(f, platforms=["cpu"], disabled_checks=cpu_depthwise.EXPORT_CHECKS)``.
+EXPORT_CHECKS = tuple(jax.export.DisabledSafetyCheck.custom_call(target) for target in _TARGETS.values())
+
 if AVAILABLE:
     for _name, _capsule in _cpu_depthwise.handlers().items():
         jax.ffi.register_ffi_target(_TARGETS[_name], _capsule, platform="cpu")
