@@ -126,11 +126,24 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t chunks, const Body& body) {
   state->finished.wait(lock, [&] { return state->done == chunks; });
 }
 
-// Splits `rows` into about four chunks per thread (at least `min_rows` rows each).
-int64_t ChunkCount(ffi::ThreadPool& pool, int64_t rows, int64_t min_rows) {
-  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  return std::max<int64_t>(1, std::min<int64_t>(4 * threads, rows / std::max<int64_t>(1, min_rows)));
-}
+// Chunks of work to share out: about four per thread, so that a thread slowed by other work
+// delays the call by a fraction of its share.
+int64_t Workers(ffi::ThreadPool& pool) { return 4 * std::max<int64_t>(1, pool.num_threads()); }
+
+// The destination as work items: every row, each cut into `segments` runs of positions along its
+// last dimension when there are fewer rows than chunks (one long sequence: a 1-D convolution of
+// batch 1 is one row).
+struct Split {
+  int64_t rows, segments, width;
+
+  static Split Of(ffi::ThreadPool& pool, int64_t rows, int64_t width) {
+    const int64_t wanted = (Workers(pool) + rows - 1) / rows;
+    return {rows, std::max<int64_t>(1, std::min(wanted, width / 16)), width};
+  }
+  int64_t items() const { return rows * segments; }
+  int64_t begin(int64_t item) const { return width * (item % segments) / segments; }
+  int64_t end(int64_t item) const { return width * (item % segments + 1) / segments; }
+};
 
 // --- element access --------------------------------------------------------------------------
 
