@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdw.backends import primitives, registry, taps
+from jdw.functional.activations import ACTIVATIONS
 from jdw.geometry import Geometry
 from jdw.kernels import cpu_depthwise
 
@@ -43,6 +44,13 @@ def _forward_map(x, kernel, *, static: taps._Static, dtype) -> jax.Array:
     if not _served(static, x.dtype, kernel.dtype, dtype):
         return taps.OPS.forward(x, kernel, static=static, dtype=dtype)
     return cpu_depthwise.forward(x, kernel, static.geometry, dtype)
+
+
+def _fused_map(x, kernel, bias, *, static: taps._Static, dtype, activation: str) -> jax.Array:
+    if not _served(static, x.dtype, kernel.dtype, dtype):
+        y = taps.OPS.forward(x, kernel, static=static, dtype=np.float32) + bias.astype(np.float32)
+        return EPILOGUES[activation](y).astype(dtype)
+    return cpu_depthwise.forward(x, kernel, static.geometry, dtype, bias=bias, activation=activation)
 
 
 def _transpose_map(dy, kernel, *, static: taps._Static, dtype) -> jax.Array:
@@ -58,6 +66,10 @@ def _kernel_grad_map(x, dy, *, static: taps._Static, dtype) -> jax.Array:
     return jnp.expand_dims(grad, -2).astype(dtype)
 
 
+# The activations the forward loop applies with the bias before it stores (their derivatives give the
+# fused primitive's tangent).
+EPILOGUES = {name: ACTIVATIONS[name] for name in cpu_depthwise.ACTIVATIONS}
+
 # Each map's derivatives are the others (jdw.backends.primitives): gradients of any order and
 # forward-mode derivatives all run on the C++ loops.
 # Lowered for another platform than the CPU, the same primitives run "taps"'s maps.
@@ -66,6 +78,8 @@ OPS = primitives.LinearOps(
     forward=_forward_map,
     transpose=_transpose_map,
     kernel_grad=_kernel_grad_map,
+    fused=_fused_map,
+    epilogues=EPILOGUES,
     platform="cpu",
     elsewhere=taps.OPS,
 )
@@ -76,6 +90,19 @@ def conv(x, kernel, geometry: Geometry, *, precision=None, preferred_element_typ
     del precision
     static = taps._Static(geometry, kernel.shape[-1] // x.shape[-1], np.dtype(preferred_element_type or x.dtype).name)
     return primitives.conv(x, kernel, ops=OPS, static=static, dtype=static.dtype)
+
+
+def conv_bias_act(
+    x, kernel, bias, geometry: Geometry, *, activation, precision=None, preferred_element_type=None
+) -> jax.Array:
+    """The convolution with the bias (``None``: none) and the activation ``activation`` applied before the store."""
+    del precision
+    activation = activation or "identity"
+    static = taps._Static(geometry, kernel.shape[-1] // x.shape[-1], np.dtype(preferred_element_type or x.dtype).name)
+    if bias is None and activation == "identity":  # a linear primitive, which transposes
+        return primitives.conv(x, kernel, ops=OPS, static=static, dtype=static.dtype)
+    bias = jnp.zeros(kernel.shape[-1:], x.dtype) if bias is None else bias
+    return primitives.conv_bias_act(x, kernel, bias, ops=OPS, static=static, dtype=static.dtype, activation=activation)
 
 
 def conv_transpose(y, kernel, geometry: Geometry, *, precision=None, preferred_element_type=None) -> jax.Array:
@@ -94,6 +121,8 @@ BACKEND = registry.register(
         name="cpu",
         conv=conv,
         conv_transpose=conv_transpose,
+        conv_bias_act=conv_bias_act,
+        fused_activations=frozenset(EPILOGUES),
         description="jdw's C++ loops for XLA:CPU (FFI custom calls), each reading its operands once",
     )
 )

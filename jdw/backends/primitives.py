@@ -174,9 +174,21 @@ def _result_type(kind: str, ops: LinearOps, params: tuple, avals: tuple):
 
 def _lowering(kind: str, choose: Callable[[LinearOps], LinearOps] = lambda ops: ops):
     def lower(ctx, *args, ops: LinearOps, **params):
-        return mlir.lower_fun(_function(kind, choose(ops), **params), multiple_results=False)(ctx, *args)
+        target = choose(ops)
+        if kind == "fused" and target.fused is None:  # `elsewhere` without a fused map: composed
+            fn = functools.partial(_composed_fused, target, ops.epilogues, **params)
+        else:
+            fn = _function(kind, target, **params)
+        return mlir.lower_fun(fn, multiple_results=False)(ctx, *args)
 
     return lower
+
+
+def _composed_fused(ops: LinearOps, epilogues, x, kernel, bias, *, static, dtype, activation) -> jax.Array:
+    """``activation(ops.forward(x, kernel) + bias)`` with the activation computed in float32 at least."""
+    compute = np.float64 if dtype == np.float64 else np.float32
+    y = ops.forward(x, kernel, static=static, dtype=compute) + bias.astype(compute)
+    return epilogues[activation](y).astype(dtype)
 
 
 def _impl(*args, kind: str, ops: LinearOps, **params):

@@ -28,6 +28,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -145,6 +146,15 @@ struct Split {
   int64_t end(int64_t item) const { return width * (item % segments + 1) / segments; }
 };
 
+// --- the fused epilogue: activation(y + bias) before the store ----------------------------------
+
+enum class Activation : int64_t { kIdentity = 0, kRelu, kRelu6, kHardSigmoid, kHardSwish, kSilu };
+
+struct Epilogue {
+  const float* bias;  // nullptr: none
+  Activation activation;
+};
+
 // --- element access --------------------------------------------------------------------------
 
 using bf16 = uint16_t;  // bfloat16 bits
@@ -164,6 +174,25 @@ inline void Store(bf16* p, float v) {
   *p = static_cast<bf16>(v != v ? ((bits >> 16) | 0x40u) : (rounded >> 16));  // NaN stays NaN
 }
 
+
+inline float ApplyOne(const Epilogue& e, float z, int64_t c) {
+  if (e.bias != nullptr) z += e.bias[c];
+  switch (e.activation) {
+    case Activation::kIdentity:
+      return z;
+    case Activation::kRelu:
+      return std::max(z, 0.0f);
+    case Activation::kRelu6:
+      return std::min(std::max(z, 0.0f), 6.0f);
+    case Activation::kHardSigmoid:
+      return std::min(std::max(z + 3.0f, 0.0f), 6.0f) / 6.0f;
+    case Activation::kHardSwish:
+      return z * std::min(std::max(z + 3.0f, 0.0f), 6.0f) / 6.0f;
+    case Activation::kSilu:
+      return z / (1.0f + std::exp(-z));
+  }
+  return z;
+}
 
 }  // namespace
 }  // namespace jdw
@@ -202,10 +231,14 @@ namespace {
 
 struct Loops {
   const char* name;
-  void (*gather_f32_f32)(const float*, const float*, float*, const Geometry&, const Table*, bool, ffi::ThreadPool&);
-  void (*gather_f32_bf16)(const float*, const float*, bf16*, const Geometry&, const Table*, bool, ffi::ThreadPool&);
-  void (*gather_bf16_f32)(const bf16*, const float*, float*, const Geometry&, const Table*, bool, ffi::ThreadPool&);
-  void (*gather_bf16_bf16)(const bf16*, const float*, bf16*, const Geometry&, const Table*, bool, ffi::ThreadPool&);
+  void (*gather_f32_f32)(const float*, const float*, float*, const Geometry&, const Table*, bool, const Epilogue&,
+                         ffi::ThreadPool&);
+  void (*gather_f32_bf16)(const float*, const float*, bf16*, const Geometry&, const Table*, bool, const Epilogue&,
+                          ffi::ThreadPool&);
+  void (*gather_bf16_f32)(const bf16*, const float*, float*, const Geometry&, const Table*, bool, const Epilogue&,
+                          ffi::ThreadPool&);
+  void (*gather_bf16_bf16)(const bf16*, const float*, bf16*, const Geometry&, const Table*, bool, const Epilogue&,
+                           ffi::ThreadPool&);
   void (*kernel_grad_f32)(const float*, const float*, float*, const Geometry&, const Table*, ffi::ThreadPool&);
   void (*kernel_grad_bf16)(const bf16*, const bf16*, float*, const Geometry&, const Table*, ffi::ThreadPool&);
 };
@@ -251,10 +284,10 @@ Geometry Decode(ffi::Span<const int64_t> values) {
 
 bool IsFloat(ffi::DataType t) { return t == ffi::DataType::F32 || t == ffi::DataType::BF16; }
 
-// dst = gather(src, w): the forward convolution (transpose=false, src x, dst y) or its adjoint in
-// the input (transpose=true, src y, dst x).
+// dst = gather(src, w): the forward convolution (transpose=false, src x, dst y; with the epilogue)
+// or its adjoint in the input (transpose=true, src y, dst x).
 ffi::Error GatherImpl(bool transpose, ffi::ThreadPool pool, ffi::AnyBuffer src, ffi::Buffer<ffi::F32> w,
-                      ffi::Result<ffi::AnyBuffer> dst, ffi::Span<const int64_t> geometry) {
+                      ffi::Result<ffi::AnyBuffer> dst, ffi::Span<const int64_t> geometry, const Epilogue& e) {
   if (geometry.size() != 20) return ffi::Error::InvalidArgument("jdw depthwise: the geometry needs 20 integers");
   const Geometry g = Decode(geometry);
   if (!IsFloat(src.element_type()) || !IsFloat(dst->element_type())) {
@@ -268,28 +301,33 @@ ffi::Error GatherImpl(bool transpose, ffi::ThreadPool pool, ffi::AnyBuffer src, 
   const float* weights = w.typed_data();
   if (src_f32 && dst_f32) {
     loops.gather_f32_f32(static_cast<const float*>(src.untyped_data()), weights,
-                         static_cast<float*>(dst->untyped_data()), g, tables, transpose, pool);
+                         static_cast<float*>(dst->untyped_data()), g, tables, transpose, e, pool);
   } else if (src_f32) {
     loops.gather_f32_bf16(static_cast<const float*>(src.untyped_data()), weights,
-                          static_cast<bf16*>(dst->untyped_data()), g, tables, transpose, pool);
+                          static_cast<bf16*>(dst->untyped_data()), g, tables, transpose, e, pool);
   } else if (dst_f32) {
     loops.gather_bf16_f32(static_cast<const bf16*>(src.untyped_data()), weights,
-                          static_cast<float*>(dst->untyped_data()), g, tables, transpose, pool);
+                          static_cast<float*>(dst->untyped_data()), g, tables, transpose, e, pool);
   } else {
     loops.gather_bf16_bf16(static_cast<const bf16*>(src.untyped_data()), weights,
-                           static_cast<bf16*>(dst->untyped_data()), g, tables, transpose, pool);
+                           static_cast<bf16*>(dst->untyped_data()), g, tables, transpose, e, pool);
   }
   return ffi::Error::Success();
 }
 
-ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::Buffer<ffi::F32> w, ffi::Result<ffi::AnyBuffer> y,
-                       ffi::Span<const int64_t> geometry) {
-  return GatherImpl(false, pool, x, w, y, geometry);
+ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> bias,
+                       ffi::Result<ffi::AnyBuffer> y, ffi::Span<const int64_t> geometry, int64_t activation) {
+  if (activation < 0 || activation > static_cast<int64_t>(Activation::kSilu)) {
+    return ffi::Error::InvalidArgument("jdw depthwise: unknown activation code");
+  }
+  // An empty bias is none.
+  const Epilogue e{bias.element_count() == 0 ? nullptr : bias.typed_data(), static_cast<Activation>(activation)};
+  return GatherImpl(false, pool, x, w, y, geometry, e);
 }
 
 ffi::Error TransposeImpl(ffi::ThreadPool pool, ffi::AnyBuffer dy, ffi::Buffer<ffi::F32> w,
                          ffi::Result<ffi::AnyBuffer> dx, ffi::Span<const int64_t> geometry) {
-  return GatherImpl(true, pool, dy, w, dx, geometry);
+  return GatherImpl(true, pool, dy, w, dx, geometry, Epilogue{nullptr, Activation::kIdentity});
 }
 
 ffi::Error KernelGradImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer dy,
@@ -320,8 +358,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JdwDepthwiseForward, jdw::ForwardImpl,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::AnyBuffer>()
-                                  .Attr<ffi::Span<const int64_t>>("geometry"));
+                                  .Attr<ffi::Span<const int64_t>>("geometry")
+                                  .Attr<int64_t>("activation"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JdwDepthwiseTranspose, jdw::TransposeImpl,
                               ffi::Ffi::Bind()

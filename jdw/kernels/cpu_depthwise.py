@@ -4,7 +4,7 @@ Three calls, on channels-last operands with one to three spatial dimensions and 
 kernel ``(*kernel_size, C)``; the data may be float32 or bfloat16 (sums are float32):
 
 =================================  ==========================================================
-:func:`forward`                    ``y[o] = Σ_k x[o*s - p + k*d] * w[k]``
+:func:`forward`                    ``y[o] = act(Σ_k x[o*s - p + k*d] * w[k] + b)``
 :func:`transpose`                  its adjoint in ``x``: ``dx[i] = Σ_k dy[(i + p - k*d)/s] * w[k]``
 :func:`kernel_grad`                its adjoint in ``w``: ``dw[k] = Σ_{n,o} x[n, o*s - p + k*d] * dy[n, o]``
 =================================  ==========================================================
@@ -41,6 +41,10 @@ DTYPES = (np.dtype(np.float32), np.dtype(jnp.bfloat16))
 
 #: The most spatial dimensions the loops take.
 MAX_SPATIAL = 3
+
+#: The activations :func:`forward` applies before it stores (with the bias), by name, and their
+#: codes in ``cpu_depthwise.cc``.
+ACTIVATIONS = {"identity": 0, "relu": 1, "relu6": 2, "hard_sigmoid": 3, "hard_swish": 4, "silu": 5, "swish": 5}
 
 _TARGETS = {name: f"jdw_depthwise_{name}" for name in ("forward", "transpose", "kernel_grad")}
 
@@ -105,9 +109,9 @@ def _attribute(geometry: Geometry, batch: int, channels: int) -> np.ndarray:
     return np.asarray(values, dtype=np.int64)
 
 
-def _call(name: str, result: jax.ShapeDtypeStruct, *operands, geometry: Geometry, batch: int, channels: int):
+def _call(name: str, result: jax.ShapeDtypeStruct, *operands, geometry: Geometry, batch: int, channels: int, **attrs):
     call = jax.ffi.ffi_call(_TARGETS[name], result)
-    return call(*operands, geometry=_attribute(geometry, batch, channels))
+    return call(*operands, geometry=_attribute(geometry, batch, channels), **attrs)
 
 
 def _weights(kernel: jax.Array, geometry: Geometry) -> jax.Array:
@@ -115,7 +119,9 @@ def _weights(kernel: jax.Array, geometry: Geometry) -> jax.Array:
     return kernel.reshape(geometry.kernel_size + (kernel.shape[-1],)).astype(jnp.float32)
 
 
-def forward(x: jax.Array, kernel: jax.Array, geometry: Geometry, dtype) -> jax.Array:
+def forward(
+    x: jax.Array, kernel: jax.Array, geometry: Geometry, dtype, *, bias: jax.Array | None = None, activation="identity"
+) -> jax.Array:
     """The depthwise convolution: ``x`` ``(N, *geometry.input_size, C)`` -> ``(N, *geometry.output_size, C)``.
 
     Args:
@@ -124,6 +130,8 @@ def forward(x: jax.Array, kernel: jax.Array, geometry: Geometry, dtype) -> jax.A
         (used as float32).
       geometry: strides, non-negative padding and dilation, one to three spatial dimensions.
       dtype: the result's dtype, float32 or bfloat16.
+      bias: optional ``(C,)``, added before the activation (in float32).
+      activation: a name from :data:`ACTIVATIONS`, applied in float32 before the store.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -135,10 +143,16 @@ def forward(x: jax.Array, kernel: jax.Array, geometry: Geometry, dtype) -> jax.A
       ...     print(y[0, :, 0])
       [2. 3. 3. 3. 2.]
     """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation {activation!r} has no fused epilogue; fused ones: {sorted(ACTIVATIONS)}")
     batch, channels = x.shape[0], x.shape[-1]
     result = jax.ShapeDtypeStruct((batch, *geometry.output_size, channels), dtype)
     w = _weights(kernel, geometry)
-    return _call("forward", result, x, w, geometry=geometry, batch=batch, channels=channels)
+    b = jnp.zeros((0,), jnp.float32) if bias is None else bias.reshape(channels).astype(jnp.float32)
+    return _call(
+        "forward", result, x, w, b, geometry=geometry, batch=batch, channels=channels,
+        activation=np.int64(ACTIVATIONS[activation]),
+    )  # fmt: skip
 
 
 def transpose(dy: jax.Array, kernel: jax.Array, geometry: Geometry, dtype) -> jax.Array:
