@@ -1,25 +1,34 @@
-// Depthwise convolution for XLA:CPU: the forward convolution, its adjoint in the input and its
-// adjoint in the kernel, as XLA FFI handlers (jdw.kernels.cpu_depthwise registers them).
+// Depthwise convolution for XLA:CPU: the forward convolution (with a fused bias and activation),
+// its adjoint in the input and its adjoint in the kernel, as XLA FFI handlers
+// (jdw.kernels.cpu_depthwise registers them).
 //
 // Every operand is channels-last with up to three spatial dimensions (fewer are given as unit
 // dimensions in front): x (N, I0, I1, I2, C), kernel (K0, K1, K2, C) float32, y (N, O0, O1, O2, C).
-// All three maps are one "gather" loop: a destination position sums, over the kernel taps that
-// reach it, a source position times a tap's weights, along the channels (the contiguous, vectorised
-// axis). Which (source, tap) pairs reach a destination is a table per spatial dimension:
+// The forward and the input adjoint are one "gather" loop: a destination position sums, over the
+// kernel taps that reach it, a source position times a tap's weights, along the channels (the
+// contiguous, vectorised axis). Which (source, tap) pairs reach a destination is a table per
+// spatial dimension:
 //
-//   forward      y[o] = sum_k x[o*s - p + k*d] * w[k]
+//   forward      y[o] = act(sum_k x[o*s - p + k*d] * w[k] + b)
 //   transpose    x[i] = sum_k y[(i + p - k*d) / s] * w[k]        (where s divides it)
 //   kernel grad  w[k] = sum_{n, o} x[n, o*s - p + k*d] * y[n, o]
 //
-// so no padded, dilated or strided copy of anything is made, each operand is read once from
-// memory, and the accumulators stay in registers (forward, transpose) or in L1/L2 (the kernel
-// gradient's per-worker partial sums). Rows of the destination are shared out to XLA's intra-op
-// thread pool. bfloat16 operands are widened to float32 on load and rounded (to nearest even) on
-// store; sums are float32.
+// No padded, dilated or strided copy of anything is made and each operand is read once from
+// memory:
+// - the gather keeps the sums of four neighbouring outputs of one register of channels in
+//   registers, loading each weight once for the four, where every tap lies inside the source (the
+//   interior); the borders go through the tap tables;
+// - the kernel gradient sums the products of one tap along a row in registers, then adds them to
+//   per-worker partial sums (taps x C, in L1/L2), summed at the end;
+// - long rows are cut into tiles of positions whose source fits in L1.
+// Rows (and, when there are few, segments of rows) are shared out to XLA's intra-op thread pool.
+// bfloat16 operands are widened to float32 on load and rounded (to nearest even) on store; sums
+// are float32.
 //
-// The loops are compiled three times, for AVX-512, AVX2 + FMA and the baseline, and the widest one
-// the CPU runs is chosen when the module loads (GCC and Clang on x86-64; elsewhere only the
-// baseline copy exists).
+// The loops (cpu_depthwise_loops.inc) are compiled three times, for AVX-512, AVX2 + FMA and the
+// baseline, and the widest one the CPU runs is chosen when the module loads (GCC and Clang on
+// x86-64; elsewhere only the baseline copy exists). They use GCC's vector extensions (also in
+// Clang), not intrinsics, so the same source serves every width.
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -1,0 +1,140 @@
+"""The C++ loops behind ``implementation="cpu"`` (jdw.kernels.cpu_depthwise) against the NumPy reference.
+
+Each loop has paths the backend grid's shapes may not reach: the interior blocks of four outputs
+and the tap tables at the borders, the channels past the last full register, the phases of a
+strided input gradient, rows cut into segments (a batch-1 sequence) and tiles (long rows), the
+fused epilogues, bfloat16 loads and stores. The cases below reach each one.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpy_reference as ref
+import pytest
+from helpers import assert_close
+
+import jdw
+from jdw.functional.activations import ACTIVATIONS
+from jdw.geometry import Geometry
+from jdw.kernels import cpu_depthwise
+
+pytestmark = pytest.mark.skipif(not cpu_depthwise.AVAILABLE, reason="the C++ extension is not built here")
+
+# (batch, spatial, channels, kernel, strides, padding, dilation)
+CASES = {
+    "3x3-s1": (2, (9, 30), 37, (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1)),
+    "3x3-s2": (2, (12, 40), 32, (3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1)),
+    "5x5-s2x3-ragged": (2, (12, 41), 19, (5, 5), (2, 3), ((2, 2), (2, 2)), (1, 1)),
+    "3x4-s3-dilated": (1, (9, 50), 17, (3, 4), (3, 3), ((0, 3), (1, 2)), (1, 2)),
+    "2x2-s2-no-padding": (1, (6, 64), 16, (2, 2), (2, 2), ((0, 0), (0, 0)), (1, 1)),
+    "7x7-many-channels": (1, (9, 9), 200, (7, 7), (1, 1), ((3, 3), (3, 3)), (1, 1)),
+    "kernel-larger-than-input": (2, (3, 4), 8, (5, 5), (1, 1), ((2, 2), (2, 2)), (1, 1)),
+    "1x1": (2, (7, 13), 16, (1, 1), (1, 1), ((0, 0), (0, 0)), (1, 1)),
+    "1d-causal-one-sequence": (1, (700,), 70, (4,), (1,), ((3, 0),), (1,)),
+    "1d-s2-dilated": (1, (300,), 33, (5,), (2,), ((2, 2),), (2,)),
+    "1d-one-channel": (3, (20,), 1, (4,), (1,), ((3, 0),), (1,)),
+    "3d": (1, (5, 6, 7), 9, (3, 2, 3), (1, 2, 1), ((1, 1), (0, 1), (1, 0)), (1, 1, 2)),
+}
+
+
+def _operands(rng, batch, spatial, channels, kernel, strides, padding, dilation):
+    geometry = Geometry(spatial, kernel, strides=strides, padding=padding, dilation=dilation)
+    x = rng.standard_normal((batch, *spatial, channels)).astype(np.float32)
+    k = rng.standard_normal((*kernel, 1, channels)).astype(np.float32)
+    dy = rng.standard_normal((batch, *geometry.output_size, channels)).astype(np.float32)
+    return geometry, x, k, dy
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_loops_match_numpy(name, rng):
+    batch, spatial, channels, kernel, strides, padding, dilation = CASES[name]
+    geometry, x, k, dy = _operands(rng, *CASES[name])
+    conv = dict(strides=strides, padding=padding, dilation=dilation)
+    y = jax.jit(lambda x, k: cpu_depthwise.forward(x, k, geometry, jnp.float32))(x, k)
+    assert_close(y, ref.depthwise_conv(x, k, **conv))
+    want_dx, want_dk, _ = ref.depthwise_conv_vjp(x, k, dy, **conv)
+    dx = jax.jit(lambda dy, k: cpu_depthwise.transpose(dy, k, geometry, jnp.float32))(dy, k)
+    assert_close(dx, want_dx)
+    dk = jax.jit(lambda x, dy: cpu_depthwise.kernel_grad(x, dy, geometry))(x, dy)
+    assert dk.dtype == jnp.float32 and dk.shape == (*kernel, channels)
+    assert_close(dk, want_dk[..., 0, :])
+
+
+@pytest.mark.parametrize("activation", sorted(cpu_depthwise.ACTIVATIONS))
+def test_fused_bias_and_activation(activation, rng):
+    geometry, x, k, _ = _operands(rng, *CASES["5x5-s2x3-ragged"])
+    x = 3 * x  # reach every piece of relu6 and the hard activations
+    bias = rng.standard_normal(x.shape[-1]).astype(np.float32)
+    y = jax.jit(lambda x, k, b: cpu_depthwise.forward(x, k, geometry, jnp.float32, bias=b, activation=activation))(
+        x, k, bias
+    )
+    z = ref.depthwise_conv(x, k, bias, strides=(2, 3), padding=((2, 2), (2, 2)), dilation=(1, 1))
+    assert_close(y, np.asarray(ACTIVATIONS[activation](jnp.asarray(z, jnp.float32))))
+
+
+def test_silu_of_large_magnitudes_is_finite(rng):
+    """The vector exp clamps its argument: silu(-1000) is -0, silu(1000) is 1000, not NaN or inf."""
+    geometry = Geometry((4,), (1,))
+    x = np.array([[[-1000.0] * 16, [-90.0] * 16, [90.0] * 16, [1000.0] * 16]], np.float32)
+    y = cpu_depthwise.forward(x, np.ones((1, 16), np.float32), geometry, jnp.float32, activation="silu")
+    np.testing.assert_allclose(np.asarray(y)[0, :, 0], [0.0, -90.0 / (1 + np.exp(90.0)), 90.0, 1000.0], atol=1e-30)
+
+
+@pytest.mark.parametrize("out_dtype", [jnp.float32, jnp.bfloat16])
+def test_bfloat16_loads_and_stores(out_dtype, rng):
+    geometry, x, k, dy = _operands(rng, *CASES["3x3-s2"])
+    xb, dyb = jnp.asarray(x, jnp.bfloat16), jnp.asarray(dy, jnp.bfloat16)
+    conv = dict(strides=(2, 2), padding=((1, 1), (1, 1)), dilation=(1, 1))
+    y = cpu_depthwise.forward(xb, k, geometry, out_dtype)
+    assert y.dtype == out_dtype
+    # The sums are float32 over the bfloat16 inputs: only the store rounds.
+    want = ref.depthwise_conv(np.asarray(xb, np.float32), k, **conv)
+    assert_close(y, want, jnp.bfloat16 if out_dtype == jnp.bfloat16 else np.float32)
+    dk = cpu_depthwise.kernel_grad(xb, dyb, geometry)
+    _, want_dk, _ = ref.depthwise_conv_vjp(np.asarray(xb, np.float32), k, np.asarray(dyb, np.float32), **conv)
+    assert_close(dk, want_dk[..., 0, :])
+
+
+def test_bfloat16_store_rounds_to_nearest_even_and_keeps_nan():
+    geometry = Geometry((1,), (1,))
+    # 1 + 2^-8 is halfway between two bfloat16 values (1 and 1 + 2^-7): even is 1.
+    values = np.array([1 + 2**-8, 1 + 3 * 2**-8, -(1 + 2**-8), np.nan, np.inf] + [0.0] * 11, np.float32)
+    y = cpu_depthwise.forward(values.reshape(1, 1, 16), np.ones((1, 16), np.float32), geometry, jnp.bfloat16)
+    np.testing.assert_array_equal(np.asarray(y, np.float32)[0, 0], np.asarray(jnp.asarray(values, jnp.bfloat16)))
+
+
+def test_backend_calls_the_loops_and_nothing_else():
+    x, k = jnp.ones((2, 16, 16, 8)), jnp.ones((3, 3, 1, 8))
+    loss = lambda x, k: jnp.sum(jdw.depthwise_conv(x, k, strides=2, activation="relu6", implementation="cpu") ** 2)  # noqa: E731
+    hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, k).compile().as_text()
+    for target in ("jdw_depthwise_forward", "jdw_depthwise_transpose", "jdw_depthwise_kernel_grad"):
+        assert target in hlo
+    assert "convolution(" not in hlo
+
+
+@pytest.mark.parametrize(
+    "what, x, kernel",
+    [
+        ("float16", jnp.ones((2, 8, 8, 4), jnp.float16), jnp.ones((3, 3, 1, 4), jnp.float16)),
+        ("multiplier 2", jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 1, 8))),
+        ("4-D", jnp.ones((1, 3, 3, 3, 3, 2)), jnp.ones((2, 2, 2, 2, 1, 2))),
+    ],
+)
+def test_what_the_loops_do_not_take_runs_on_taps(what, x, kernel):
+    """No custom call, and the numbers of the reference."""
+    f = lambda x, k: jdw.depthwise_conv(x, k, implementation="cpu")  # noqa: E731
+    hlo = jax.jit(jax.grad(lambda x, k: jnp.sum(f(x, k)), argnums=(0, 1))).lower(x, kernel).as_text()
+    assert "jdw_depthwise" not in hlo, what
+    want = jdw.depthwise_conv(x, kernel, implementation="xla")
+    assert_close(f(x, kernel), want, x.dtype)
+
+
+def test_supports():
+    g = Geometry((8, 8), (3, 3), padding=((1, 1), (1, 1)))
+    assert cpu_depthwise.supports(g, np.float32, jnp.bfloat16)
+    assert not cpu_depthwise.supports(g, np.float64)
+    assert not cpu_depthwise.supports(Geometry((4,) * 4, (2,) * 4), np.float32)
+    with pytest.raises(ValueError, match="activation 'gelu' has no fused epilogue"):
+        cpu_depthwise.forward(jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4)), g, jnp.float32, activation="gelu")
