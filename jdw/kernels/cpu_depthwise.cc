@@ -122,7 +122,7 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t chunks, const Body& body) {
     state->done += mine;
     if (state->done == chunks) state->finished.notify_all();
   };
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), chunks - 1);
+  const int64_t helpers = std::min<int64_t>(pool.num_threads() - 1, chunks - 1);
   for (int64_t h = 0; h < helpers; ++h) {
     // A helper that starts after the caller returned must not touch `body`: it then finds every
     // chunk claimed (state->next >= chunks) before it would call it.
