@@ -6,24 +6,32 @@ compiler, a compiler without GCC's vector extensions), the package installs with
 """
 
 import os
+import sys
 
 from setuptools import Extension, setup
 
 
-def _xla_ffi_include() -> str:
-    # The XLA FFI headers ship with jaxlib (a build requirement, pyproject.toml).
-    import jaxlib
-
+def _xla_ffi_include() -> str | None:
+    # The XLA FFI headers ship with jaxlib (a build requirement, pyproject.toml; absent only in a build
+    # without isolation in an environment without jaxlib, which then installs without the extension).
+    try:
+        import jaxlib
+    except ImportError:
+        print("jdw: jaxlib is not importable, so the C++ extension is not built", file=sys.stderr)
+        return None
     return os.path.join(os.path.dirname(jaxlib.__file__), "include")
 
 
+include = _xla_ffi_include()
 setup(
-    ext_modules=[
+    ext_modules=[]
+    if include is None
+    else [
         Extension(
             "jdw.kernels._cpu_depthwise",
             sources=["jdw/kernels/cpu_depthwise.cc"],
             depends=["jdw/kernels/cpu_depthwise_loops.inc"],
-            include_dirs=[_xla_ffi_include()],
+            include_dirs=[include],
             language="c++",
             extra_compile_args=["-std=c++17", "-O3", "-fvisibility=hidden", "-Wno-attributes", "-Wno-psabi"],
             optional=True,

@@ -51,3 +51,12 @@ def test_the_ci_script_builds_checks_and_tests_the_wheel_at_the_floors():
     assert "-c .ci/floors.txt" in check and "floor_tests.txt" in check
     listed = [line for line in (ROOT / ".ci" / "floor_tests.txt").read_text().splitlines() if line and line[0] != "#"]
     assert listed and all((ROOT / path.split("::")[0]).exists() for path in listed)
+
+
+def test_the_cpu_extension_builds_from_the_sdist():
+    """setup.py compiles jdw/kernels/cpu_depthwise.cc against the XLA FFI headers that ship with jaxlib: jaxlib is
+    a build requirement, and the C++ sources are in the sdist (MANIFEST.in), which the wheel is built from."""
+    assert any(r.startswith("jaxlib") for r in PYPROJECT["build-system"]["requires"])
+    manifest = (ROOT / "MANIFEST.in").read_text()
+    assert "jdw/kernels/cpu_depthwise.cc" in manifest and "jdw/kernels/cpu_depthwise_loops.inc" in manifest
+    assert "jdw.kernels._cpu_depthwise" in (ROOT / "setup.py").read_text()

@@ -58,12 +58,13 @@ def depthwise_conv(
         repeating the edge), ``"replicate"`` (repeat the edge) or ``"circular"`` (wrap).
       data_format: ``"channels_last"`` (default) or ``"channels_first"``.
       precision: passed to ``lax.conv_general_dilated`` on the ``"xla"`` path; the
-        ``"taps"`` path multiplies elementwise at full precision of the compute dtype.
+        ``"taps"`` and ``"cpu"`` paths multiply elementwise at full precision of the compute dtype.
       preferred_element_type: dtype of the result (and of accumulation); by default the
         promoted dtype of ``x`` and ``kernel``. bfloat16/float16 accumulate in float32 on
-        the ``"taps"`` path.
+        the ``"taps"`` and ``"cpu"`` paths.
       implementation: ``"xla"`` (``lax.conv_general_dilated`` with ``feature_group_count``,
-        the reference), ``"taps"`` (fused tap sum with custom gradients, fastest on CPU),
+        the reference), ``"taps"`` (fused tap sum with custom gradients), ``"cpu"`` (jdw's C++
+        loops for XLA:CPU, fastest on CPU; the ``"taps"`` code on other platforms),
         ``"pallas"`` (hand-written kernel: Mosaic on TPU, Triton on NVIDIA GPUs, the Pallas
         interpreter elsewhere; 3-D as a sum of 2-D calls), or ``None`` to choose per platform (see
         :func:`jdw.backends.automatic_choice`).
