@@ -138,3 +138,14 @@ def test_supports():
     assert not cpu_depthwise.supports(Geometry((4,) * 4, (2,) * 4), np.float32)
     with pytest.raises(ValueError, match="activation 'gelu' has no fused epilogue"):
         cpu_depthwise.forward(jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4)), g, jnp.float32, activation="gelu")
+
+
+def test_float64_with_a_fused_activation_stays_float64(rng):
+    """The fused primitive's fallback (float64 is not the loops') computes in float64, not float32."""
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.standard_normal((1, 6, 6, 4)))
+        k, b = jnp.asarray(rng.standard_normal((3, 3, 1, 4))), jnp.asarray(rng.standard_normal(4))
+        got = jdw.depthwise_conv(x, k, b, activation="silu", implementation="cpu")
+        want = jdw.depthwise_conv(x, k, b, activation="silu", implementation="xla")
+        assert got.dtype == jnp.float64
+        assert_close(got, want, np.float64)
