@@ -49,7 +49,8 @@ def _forward_map(x, kernel, *, static: taps._Static, dtype) -> jax.Array:
 def _fused_map(x, kernel, bias, *, static: taps._Static, dtype, activation: str) -> jax.Array:
     if not _served(static, x.dtype, kernel.dtype, dtype):  # composed, the activation in float32 at least
         compute = np.float64 if np.dtype(dtype) == np.float64 else np.float32
-        y = taps.OPS.forward(x, kernel, static=static, dtype=compute) + bias.astype(compute)
+        y = taps.OPS.forward(x, kernel, static=static, dtype=compute)
+        y = y + bias.astype(compute).reshape((1,) * (y.ndim - 1) + (-1,))
         return EPILOGUES[activation](y).astype(dtype)
     return cpu_depthwise.forward(x, kernel, static.geometry, dtype, bias=bias, activation=activation)
 

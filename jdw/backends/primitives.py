@@ -187,7 +187,8 @@ def _lowering(kind: str, choose: Callable[[LinearOps], LinearOps] = lambda ops: 
 def _composed_fused(ops: LinearOps, epilogues, x, kernel, bias, *, static, dtype, activation) -> jax.Array:
     """``activation(ops.forward(x, kernel) + bias)`` with the activation computed in float32 at least."""
     compute = np.float64 if dtype == np.float64 else np.float32
-    y = ops.forward(x, kernel, static=static, dtype=compute) + bias.astype(compute)
+    y = ops.forward(x, kernel, static=static, dtype=compute)
+    y = y + bias.astype(compute).reshape((1,) * (y.ndim - 1) + (-1,))
     return epilogues[activation](y).astype(dtype)
 
 

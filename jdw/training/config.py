@@ -101,8 +101,9 @@ class Config:
 
 # What each dataset trains with unless a flag says otherwise.
 DATASET_DEFAULTS = {
-    # Scanned 8x8 digits upsampled to 32x32: MobileNetV2 at width 0.5 reaches 94-97% test accuracy (the backend's
-    # summation order decides which) in 1.5 to 3 minutes on 2 CPU cores (under tcmalloc; see jdw.training.allocator). (Random shifts learn slower: 94.7%
+    # Scanned 8x8 digits upsampled to 32x32: MobileNetV2 at width 0.5 reaches 94-97% test accuracy (the
+    # backend's summation order decides which) in 1.5 to 3 minutes on 2 CPU cores (under tcmalloc; see
+    # jdw.training.allocator). (Random shifts learn slower: 94.7%
     # after the same 12 epochs. Never flip digits.)
     "digits": dict(),
     # The known from-scratch recipe for MobileNetV2 on CIFAR-10 (about 94% test accuracy): stem and first
