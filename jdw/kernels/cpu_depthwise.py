@@ -25,6 +25,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import DTypeLike
 
 from jdw.geometry import Geometry
 
@@ -120,7 +121,13 @@ def _weights(kernel: jax.Array, geometry: Geometry) -> jax.Array:
 
 
 def forward(
-    x: jax.Array, kernel: jax.Array, geometry: Geometry, dtype, *, bias: jax.Array | None = None, activation="identity"
+    x: jax.Array,
+    kernel: jax.Array,
+    geometry: Geometry,
+    dtype: DTypeLike,
+    *,
+    bias: jax.Array | None = None,
+    activation: str = "identity",
 ) -> jax.Array:
     """The depthwise convolution: ``x`` ``(N, *geometry.input_size, C)`` -> ``(N, *geometry.output_size, C)``.
 
@@ -155,7 +162,7 @@ def forward(
     )  # fmt: skip
 
 
-def transpose(dy: jax.Array, kernel: jax.Array, geometry: Geometry, dtype) -> jax.Array:
+def transpose(dy: jax.Array, kernel: jax.Array, geometry: Geometry, dtype: DTypeLike) -> jax.Array:
     """The adjoint of :func:`forward` in ``x``: ``(N, *geometry.output_size, C)`` -> ``(N, *geometry.input_size, C)``.
 
     Arguments as in :func:`forward`, with ``geometry`` the forward convolution's.
