@@ -25,10 +25,10 @@ This module is imported (and the backend registered) only where the extension wa
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jdw.backends import primitives, registry, taps
 from jdw.functional.activations import ACTIVATIONS
@@ -47,11 +47,10 @@ def _forward_map(x, kernel, *, static: taps._Static, dtype) -> jax.Array:
 
 
 def _fused_map(x, kernel, bias, *, static: taps._Static, dtype, activation: str) -> jax.Array:
-    if not _served(static, x.dtype, kernel.dtype, dtype):  # composed, the activation in float32 at least
-        compute = np.float64 if np.dtype(dtype) == np.float64 else np.float32
-        y = taps.OPS.forward(x, kernel, static=static, dtype=compute)
-        y = y + bias.astype(compute).reshape((1,) * (y.ndim - 1) + (-1,))
-        return EPILOGUES[activation](y).astype(dtype)
+    if not _served(static, x.dtype, kernel.dtype, dtype):
+        return primitives.composed_fused(
+            taps.OPS, EPILOGUES, x, kernel, bias, static=static, dtype=dtype, activation=activation
+        )
     return cpu_depthwise.forward(x, kernel, static.geometry, dtype, bias=bias, activation=activation)
 
 
@@ -87,42 +86,25 @@ OPS = primitives.LinearOps(
 )
 
 
-def conv(x, kernel, geometry: Geometry, *, precision=None, preferred_element_type=None) -> jax.Array:
-    """Depthwise convolution in the C++ loops. ``precision`` is unused: products are elementwise in float32."""
-    del precision
-    static = taps._Static(geometry, kernel.shape[-1] // x.shape[-1], np.dtype(preferred_element_type or x.dtype).name)
-    return primitives.conv(x, kernel, ops=OPS, static=static, dtype=static.dtype)
-
-
 def conv_bias_act(
     x, kernel, bias, geometry: Geometry, *, activation, precision=None, preferred_element_type=None
 ) -> jax.Array:
     """The convolution with the bias (``None``: none) and the activation ``activation`` applied before the store."""
     del precision
     activation = activation or "identity"
-    static = taps._Static(geometry, kernel.shape[-1] // x.shape[-1], np.dtype(preferred_element_type or x.dtype).name)
     if bias is None and activation == "identity":  # a linear primitive, which transposes
-        return primitives.conv(x, kernel, ops=OPS, static=static, dtype=static.dtype)
+        return taps.conv(x, kernel, geometry, preferred_element_type=preferred_element_type, ops=OPS)
+    static = taps.static_of(x, kernel, geometry, preferred_element_type)
     bias = jnp.zeros(kernel.shape[-1:], x.dtype) if bias is None else bias
     return primitives.conv_bias_act(x, kernel, bias, ops=OPS, static=static, dtype=static.dtype, activation=activation)
-
-
-def conv_transpose(y, kernel, geometry: Geometry, *, precision=None, preferred_element_type=None) -> jax.Array:
-    """Transposed depthwise convolution: the adjoint of :func:`conv` over ``geometry``, channel ``c`` -> ``c*M + m``."""
-    del precision
-    multiplier = kernel.shape[-1] // y.shape[-1]
-    if multiplier > 1:
-        y = jnp.repeat(y, multiplier, axis=-1)
-    static = taps._Static(geometry, 1, np.dtype(preferred_element_type or y.dtype).name)
-    return primitives.conv_transpose(y, kernel, ops=OPS, static=static, dtype=static.dtype)
 
 
 BACKEND = registry.register(
     dataclasses.replace(
         taps.BACKEND,
         name="cpu",
-        conv=conv,
-        conv_transpose=conv_transpose,
+        conv=functools.partial(taps.conv, ops=OPS),
+        conv_transpose=functools.partial(taps.conv_transpose, ops=OPS),
         conv_bias_act=conv_bias_act,
         fused_activations=frozenset(EPILOGUES),
         description="jdw's C++ loops for XLA:CPU (FFI custom calls), each reading its operands once",

@@ -176,7 +176,7 @@ def _lowering(kind: str, choose: Callable[[LinearOps], LinearOps] = lambda ops: 
     def lower(ctx, *args, ops: LinearOps, **params):
         target = choose(ops)
         if kind == "fused" and target.fused is None:  # `elsewhere` without a fused map: composed
-            fn = functools.partial(_composed_fused, target, ops.epilogues, **params)
+            fn = functools.partial(composed_fused, target, ops.epilogues, **params)
         else:
             fn = _function(kind, target, **params)
         return mlir.lower_fun(fn, multiple_results=False)(ctx, *args)
@@ -184,8 +184,9 @@ def _lowering(kind: str, choose: Callable[[LinearOps], LinearOps] = lambda ops: 
     return lower
 
 
-def _composed_fused(ops: LinearOps, epilogues, x, kernel, bias, *, static, dtype, activation) -> jax.Array:
-    """``activation(ops.forward(x, kernel) + bias)`` with the activation computed in float32 at least."""
+def composed_fused(ops: LinearOps, epilogues, x, kernel, bias, *, static, dtype, activation) -> jax.Array:
+    """``epilogues[activation](ops.forward(x, kernel) + bias)``, computed in float32 at least: a fused map
+    for ops without a kernel that fuses (the lowering of another platform, a backend's fallback)."""
     compute = np.float64 if dtype == np.float64 else np.float32
     y = ops.forward(x, kernel, static=static, dtype=compute)
     y = y + bias.astype(compute).reshape((1,) * (y.ndim - 1) + (-1,))

@@ -381,21 +381,30 @@ def segment_conv(xp, kernel, reach, *, dilation: int, preferred_element_type=Non
     return primitives.conv(xp, kernel, reach, ops=CAUSAL_OPS, static=static, dtype=dtype)
 
 
-def conv(x, kernel, geometry: Geometry, *, precision=None, preferred_element_type=None) -> jax.Array:
-    """Depthwise convolution by tap sums. ``precision`` is unused: products are elementwise."""
+def static_of(x, kernel, geometry: Geometry, preferred_element_type=None) -> _Static:
+    """The static part of ``conv(x, kernel)`` over ``geometry`` (shared by the backends built on these primitives)."""
+    return _Static(geometry, kernel.shape[-1] // x.shape[-1], np.dtype(preferred_element_type or x.dtype).name)
+
+
+def conv(
+    x, kernel, geometry: Geometry, *, precision=None, preferred_element_type=None, ops: primitives.LinearOps = OPS
+) -> jax.Array:
+    """Depthwise convolution by tap sums (or by ``ops``' maps). ``precision`` is unused: products are elementwise."""
     del precision
-    static = _Static(geometry, kernel.shape[-1] // x.shape[-1], np.dtype(preferred_element_type or x.dtype).name)
-    return primitives.conv(x, kernel, ops=OPS, static=static, dtype=static.dtype)
+    static = static_of(x, kernel, geometry, preferred_element_type)
+    return primitives.conv(x, kernel, ops=ops, static=static, dtype=static.dtype)
 
 
-def conv_transpose(y, kernel, geometry: Geometry, *, precision=None, preferred_element_type=None) -> jax.Array:
+def conv_transpose(
+    y, kernel, geometry: Geometry, *, precision=None, preferred_element_type=None, ops: primitives.LinearOps = OPS
+) -> jax.Array:
     """Transposed depthwise convolution: the adjoint of :func:`conv` over ``geometry``, channel ``c`` -> ``c*M + m``."""
     del precision
     multiplier = kernel.shape[-1] // y.shape[-1]
     if multiplier > 1:
         y = jnp.repeat(y, multiplier, axis=-1)
     static = _Static(geometry, 1, np.dtype(preferred_element_type or y.dtype).name)
-    return primitives.conv_transpose(y, kernel, ops=OPS, static=static, dtype=static.dtype)
+    return primitives.conv_transpose(y, kernel, ops=ops, static=static, dtype=static.dtype)
 
 
 BACKEND = registry.register(
