@@ -4,6 +4,7 @@ from jdw import backends, cost, geometry, initializers, linen, models, nnx
 from jdw.functional import (
     causal_conv1d,
     causal_conv1d_update,
+    ordered_state,
     depthwise_conv,
     depthwise_conv_transpose,
     pointwise_conv,
@@ -22,6 +23,7 @@ __all__ = [
     "nnx",
     "causal_conv1d",
     "causal_conv1d_update",
+    "ordered_state",
     "depthwise_conv",
     "depthwise_conv_transpose",
     "pointwise_conv",

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jdw import geometry
 from jdw.backends import registry
 from jdw.functional import _arguments as args_lib
-from jdw.functional.causal import causal_conv1d, causal_conv1d_update
+from jdw.functional.causal import causal_conv1d, causal_conv1d_update, ordered_state
 
 
 def kernel_size_tuple(kernel_size: int | Sequence[int], num_spatial_dims: int, layer: str) -> tuple[int, ...]:
@@ -157,24 +157,32 @@ def residual_allowed(in_features: int, out_features: int, strides: int | Sequenc
     return unit and in_features == out_features
 
 
-def causal_decode(x, state, kernel, bias, *, kernel_size, segment_ids, precision, implementation, **run):
-    """A ``CausalConv1D`` call in decode mode: ``(y, new_state)`` continuing from ``state``.
+def causal_decode(x, state, position, kernel, bias, *, kernel_size, segment_ids, precision, implementation, **run):
+    """A ``CausalConv1D`` call in decode mode: ``(y, new_state, new_position)`` continuing from the cache.
 
-    A few tokens (at most a kernel's width, no segments) are a decoding step, one fused pass over
-    the state (:func:`jdw.causal_conv1d_update`); anything longer is a prompt, run as a chunk of
-    :func:`jdw.causal_conv1d` that starts from the state.
+    The cached state is a ring buffer whose oldest token is at slot ``position`` (an int32
+    scalar). A few tokens (at most a kernel's width, no segments) are a decoding step
+    (:func:`jdw.causal_conv1d_update` on the ring buffer: one token's write per row, in place
+    where the cache is donated or carried by a loop); anything longer is a prompt, run as a chunk
+    of :func:`jdw.causal_conv1d` that starts from the state in order and leaves it in order
+    (position 0).
     """
-    tokens = x.shape[1] if run["data_format"] == "channels_last" else x.shape[-1]
+    channels_last = run["data_format"] == "channels_last"
+    tokens = x.shape[1] if channels_last else x.shape[-1]
     if tokens <= kernel_size and segment_ids is None:
-        return causal_conv1d_update(x, state, kernel, bias, **run)
-    return causal_conv1d(
+        y, state = causal_conv1d_update(
+            x, state.astype(x.dtype), kernel, bias, position=position, implementation=implementation, **run
+        )
+        return y, state, (position + tokens) % state.shape[1 if channels_last else 2]
+    y, state = causal_conv1d(
         x,
         kernel,
         bias,
-        initial_state=state,
+        initial_state=ordered_state(state, position, data_format=run["data_format"]),
         return_final_state=True,
         segment_ids=segment_ids,
         precision=precision,
         implementation=implementation,
         **run,
     )
+    return y, state, jnp.zeros_like(position)

@@ -146,6 +146,19 @@ def _time(fn: Callable, args: Sequence, repeats: int) -> float:
     return best * 1e3
 
 
+def _time_carried(step: Callable, state: jax.Array, repeats: int, calls: int = 20) -> float:
+    """Best wall time in ms per call of ``out, state = step(state, i)`` (``state`` donated), over ``repeats`` runs of ``calls``."""
+    _, state = jax.block_until_ready(step(state + 0, 0))  # compiles; the copy keeps the caller's array
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for i in range(calls):
+            out, state = step(state, i)
+        jax.block_until_ready((out, state))
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best * 1e3
+
+
 def _programs(layer: LayerShape, implementation: str | None, padding="SAME"):
     conv = lambda x, k: jdw.depthwise_conv(  # noqa: E731
         x, k, strides=layer.stride, padding=padding, implementation=implementation
@@ -396,14 +409,17 @@ def run_sequences(
 
     The decoding step updates ``decode_layers`` layers' states at once (``vmap`` of
     :func:`jdw.causal_conv1d_update` over a ``(layers, decode_batch, W - 1, D)`` stack, one
-    token per sequence), against one elementwise pass over that stack.
+    token per sequence), per backend, with the state in order and as a ring buffer. Each step
+    continues from the previous one's state, donated, as a decoder's loop does; it is compared
+    with one elementwise pass over that stack, into a new array (``decode_state_passes``) and in
+    place (``decode_in_place_passes``).
 
     Examples:
       >>> from jdw import bench
       >>> shape = bench.SequenceShape("tiny", 1, 64, 8, 4)
       >>> records = bench.run_sequences([shape], ["xla"], repeats=1, decode_layers=2, decode_batch=1)
-      >>> [(r["implementation"], r.get("packed")) for r in records]
-      [('xla', False), ('xla', True), ('decode', None)]
+      >>> [(r["implementation"], r.get("packed"), r.get("state")) for r in records]
+      [('xla', False, None), ('xla', True, None), ('decode', None, 'in order'), ('decode', None, 'ring buffer')]
     """
     implementations = list(implementations or default_implementations())
     rng = np.random.default_rng(0)
@@ -445,23 +461,40 @@ def run_sequences(
         states = jnp.asarray(rng.standard_normal((decode_layers, decode_batch, pad, shape.channels)), dtype)
         tokens = jnp.asarray(rng.standard_normal((decode_layers, decode_batch, shape.channels)), dtype)
         kernels = jnp.broadcast_to(k, (decode_layers, *k.shape))
-        step = jax.jit(jax.vmap(lambda t, s, k: jdw.causal_conv1d_update(t, s, k, activation="silu")))
         state_pass = _time(jax.jit(lambda s: s * 1.5 + 0.5), (states,), repeats)
-        decode_ms = _time(step, (tokens, states, kernels), repeats)  # reads the states, writes new ones, like the pass
-        records.append(
-            dict(
-                base,
-                implementation="decode",
-                dtype=dtype,
-                decode_layers=decode_layers,
-                decode_batch=decode_batch,
-                decode_ms=decode_ms,
-                state_pass_ms=state_pass,
-                decode_state_passes=decode_ms / state_pass,
-                # A step reads the state and a token and writes both: (pad + 1) / pad passes at the least.
-                decode_minimum_passes=(pad + 1) / pad,
-            )
-        )
+        in_place_pass = _time_carried(jax.jit(lambda s, i: (None, s * 1.5 + 0.5), donate_argnums=0), states, repeats)
+        for name in implementations:
+            for ring in (False, True):
+
+                def update(t, s, k, p, name=name, ring=ring):
+                    return jdw.causal_conv1d_update(
+                        t, s, k, activation="silu", position=p if ring else None, implementation=name
+                    )
+
+                # Each step continues from the last one's state (donated: updated in place), as a decoder does.
+                layers = jax.vmap(update, in_axes=(0, 0, 0, None))
+                step = jax.jit(lambda s, i, step=layers: step(tokens, s, kernels, i), donate_argnums=0)
+                decode_ms = _time_carried(step, states, repeats)
+                # Per pass unit (pad reads and pad writes of a token row): reads of the state and the token, writes
+                # of the output and the state (all of it in order, one token of it as a ring buffer).
+                least = (pad + 3) / (2 * pad) if ring else (pad + 1) / pad
+                records.append(
+                    dict(
+                        base,
+                        implementation="decode",
+                        backend=name,
+                        state="ring buffer" if ring else "in order",
+                        dtype=dtype,
+                        decode_layers=decode_layers,
+                        decode_batch=decode_batch,
+                        decode_ms=decode_ms,
+                        state_pass_ms=state_pass,
+                        in_place_pass_ms=in_place_pass,
+                        decode_state_passes=decode_ms / state_pass,
+                        decode_in_place_passes=decode_ms / in_place_pass,
+                        decode_minimum_passes=least,
+                    )
+                )
     return records
 
 
@@ -559,13 +592,17 @@ def _sequence_table(records: list[dict]) -> str:
     table = _markdown(head, rows)
     decode = [r for r in records if r["implementation"] == "decode"]
     if decode:
-        head = ["shape", "decode step of a layer stack", "ms", "passes over the state", "least possible"]
+        head = ["shape", "decode step of a layer stack", "impl", "state", "ms", "passes over the state"]
+        head += ["in-place passes", "least possible"]
         rows = [
             [
                 r["layer"],
                 f"{r['decode_layers']} layers x {r['decode_batch']} x {r['kernel'] - 1} x {r['channels']}",
+                r["backend"] or "automatic",
+                r["state"],
                 f"{r['decode_ms']:.3f}",
                 f"{r['decode_state_passes']:.2f}",
+                f"{r['decode_in_place_passes']:.2f}",
                 f"{r['decode_minimum_passes']:.2f}",
             ]
             for r in decode

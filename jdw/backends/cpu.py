@@ -99,6 +99,43 @@ def conv_bias_act(
     return primitives.conv_bias_act(x, kernel, bias, ops=OPS, static=static, dtype=static.dtype, activation=activation)
 
 
+def _ffi_update(x, state, kernel, bias, position, *, dilation, activation, out_dtype):
+    y, new_state = cpu_depthwise.causal_update(
+        x[:, 0], state, kernel[:, 0], bias, position, dilation=dilation, activation=activation, dtype=out_dtype
+    )
+    return y[:, None], new_state
+
+
+def causal_update(x, state, kernel, bias, position, *, dilation, activation, out_dtype, fallback):
+    """:func:`jdw.causal_conv1d_update` in one C++ loop on XLA:CPU, the state updated in place.
+
+    It serves one token of float32 or bfloat16 (state of the same dtype) with channel multiplier
+    1 and a fused activation; the rest, derivatives (forward mode, hence reverse mode) and other
+    platforms than the CPU run ``fallback``, the jnp computation.
+    """
+    activation = activation or "identity"
+    served = (
+        x.shape[1] == 1
+        and kernel.shape[-1] == x.shape[-1]
+        and x.dtype == state.dtype
+        and all(jnp.dtype(t) in cpu_depthwise.DTYPES for t in (x.dtype, out_dtype))
+        and activation in cpu_depthwise.ACTIVATIONS
+    )
+    if not served:
+        return fallback(x, state, kernel, bias, position)
+    step = functools.partial(_ffi_update, dilation=dilation, activation=activation, out_dtype=out_dtype)
+
+    @jax.custom_jvp
+    def update(x, state, kernel, bias, position):
+        return jax.lax.platform_dependent(x, state, kernel, bias, position, cpu=step, default=fallback)
+
+    @update.defjvp
+    def _(primals, tangents):
+        return jax.jvp(fallback, primals, tangents)
+
+    return update(x, state, kernel, bias, position)
+
+
 BACKEND = registry.register(
     dataclasses.replace(
         taps.BACKEND,
@@ -107,6 +144,7 @@ BACKEND = registry.register(
         conv_transpose=functools.partial(taps.conv_transpose, ops=OPS),
         conv_bias_act=conv_bias_act,
         fused_activations=frozenset(EPILOGUES),
+        causal_update=causal_update,
         description="jdw's C++ loops for XLA:CPU (FFI custom calls), each reading its operands once",
     )
 )

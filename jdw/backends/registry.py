@@ -58,6 +58,11 @@ class Backend:
         out_dtype, fallback)``, all of :func:`jdw.causal_conv1d` in one call (``state`` and ``reach``
         may be ``None``: zeros, and one segment), for a backend with a kernel that reads the state in
         place; ``fallback`` (same arguments) is the composed computation, for what it does not serve.
+      causal_update: optional ``causal_update(x, state, kernel, bias, position, *, dilation, activation,
+        out_dtype, fallback)``, :func:`jdw.causal_conv1d_update` (channels last: ``x`` ``(B, T, C)``,
+        ``state`` ``(B, S, C)``, ``position`` ``(B,)`` int32 or ``None``; returns ``(y, new_state)``)
+        for a backend with a kernel for it; ``fallback(x, state, kernel, bias, position)`` is the jnp
+        computation, for what it does not serve.
     """
 
     name: str
@@ -68,6 +73,7 @@ class Backend:
     fused_activations: frozenset[str] = frozenset()
     segment_conv: Callable[..., jax.Array] | None = None
     causal_conv: Callable[..., jax.Array] | None = None
+    causal_update: Callable[..., tuple[jax.Array, jax.Array]] | None = None
 
 
 def conv_bias_act(

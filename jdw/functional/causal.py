@@ -4,10 +4,13 @@ The convolution of Mamba, Conformer and gated-convolution language models: every
 of a ``(B, L, D)`` sequence filtered by its own short kernel, each output seeing only the
 current and earlier tokens. :func:`causal_conv1d` runs a whole sequence (or a chunk of
 one, continuing from the previous chunk's state); :func:`causal_conv1d_update` runs a
-decoding step of one or a few tokens against a fixed-size state.
+decoding step of one or a few tokens against a fixed-size state, kept in order or as a ring
+buffer (:func:`ordered_state` puts one back in order).
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -250,6 +253,41 @@ def causal_conv1d(
     return y, _channels_last(final_state, data_format)
 
 
+def _ring_order(state: jax.Array, position: jax.Array) -> jax.Array:
+    """A ring buffer ``(B, S, D)`` whose oldest token is at slot ``position`` (``(B,)``), in order."""
+    slots = (position[:, None] + jnp.arange(state.shape[1], dtype=jnp.int32)[None]) % state.shape[1]
+    return jnp.take_along_axis(state, slots[:, :, None], axis=1)
+
+
+def _update_reference(x, state, kernel, bias, position, *, multiplier, dilation, activation, out_dtype):
+    """:func:`causal_conv1d_update` in jnp, channels last (``position``: ``(B,)`` int32 or ``None``)."""
+    steps, pad = x.shape[1], state.shape[1]
+    ordered = state if position is None else _ring_order(state, position)
+    xp = jnp.concatenate([ordered.astype(x.dtype), x], axis=1)
+    total = _tap_sum(xp, kernel, multiplier, dilation, steps, x.dtype)
+    if bias is not None:
+        total = total + bias.astype(total.dtype)[None, None]
+    y = get_activation(activation)(total).astype(out_dtype)
+    if position is None:
+        return y, lax.slice_in_dim(xp, steps, steps + pad, axis=1).astype(state.dtype)
+    if steps == 1:  # the new token into the oldest slot: in place where the state is donated
+        rows = jnp.arange(state.shape[0])
+        return y, state.at[rows, position].set(x[:, 0].astype(state.dtype), unique_indices=True)
+    # The last pad tokens, slot (position + steps + i) % pad holding the i-th oldest.
+    slots = (jnp.arange(pad, dtype=jnp.int32)[None] - position[:, None] - steps) % pad
+    return y, jnp.take_along_axis(xp[:, steps:], slots[:, :, None], axis=1).astype(state.dtype)
+
+
+def _check_position(position, batch, pad, op):
+    position = jnp.asarray(position)
+    if not jnp.issubdtype(position.dtype, jnp.integer) or position.shape not in ((), (batch,)):
+        raise ValueError(
+            f"{op}: position must be an integer scalar or of shape (B,) = ({batch},), "
+            f"got {position.dtype} {position.shape}"
+        )
+    return jnp.broadcast_to(position.astype(jnp.int32) % pad, (batch,))
+
+
 def causal_conv1d_update(
     x: ArrayLike,
     state: ArrayLike,
@@ -258,15 +296,33 @@ def causal_conv1d_update(
     *,
     activation: ActivationLike = None,
     dilation: int = 1,
+    position: ArrayLike | None = None,
     data_format: DataFormat = "channels_last",
+    implementation: str | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """One decoding step (or a few tokens) of :func:`causal_conv1d` against a fixed-size state.
 
     Like causal-conv1d's ``causal_conv1d_update``: the new tokens are appended to the state,
     the kernel is applied at each of them, and the state keeps the last ``(W - 1) * d``
-    inputs. It is a few slices and multiply-adds that XLA fuses (two fused loops: the
-    output, and the shifted state); it works under ``jit``, ``vmap`` and ``lax.scan``, and
-    the state never changes shape.
+    inputs. It works under ``jit``, ``vmap`` and ``lax.scan``, and the state never changes shape.
+
+    The state is kept in one of two ways:
+
+    - **in order** (``position=None``, the default): oldest token first, as
+      :func:`causal_conv1d`'s ``final_state`` and ``initial_state`` have it. Each step shifts
+      it by the new tokens.
+    - **as a ring buffer** (``position`` given, like causal-conv1d's ``cache_seqlens``): the
+      oldest token is at slot ``position % S`` (``S = (W - 1) * d``), and each new token
+      overwrites the oldest one, so a step of one token writes one token per row instead of
+      the whole state. The caller advances ``position`` by the tokens it passed. A state in
+      order is a ring buffer at position 0, so decoding can start from a prefill's
+      ``final_state`` with ``position=0``; :func:`ordered_state` turns a ring buffer back into
+      order (to continue with :func:`causal_conv1d`).
+
+    A step reads the state once. Where the state is donated (``jax.jit(...,
+    donate_argnums=...)``) or carried by a loop (``lax.scan``, ``fori_loop``), the new state is
+    written in place: on CPU (the ``"cpu"`` backend's C++ loop), one token of a ring buffer
+    costs less than an elementwise pass over the state (see the sequences guide).
 
     Args:
       x: ``(B, D)`` for one token, or ``(B, T, D)`` for ``T`` tokens (``(B, D, T)`` channels first).
@@ -276,11 +332,22 @@ def causal_conv1d_update(
       bias: optional ``(D * M,)``.
       activation: name or callable, after the bias.
       dilation: spacing of the taps.
+      position: ``None`` (the state in order), or an integer scalar or ``(B,)`` array: the
+        ring buffer's slot of the oldest token per row (taken modulo ``S``).
       data_format: ``"channels_last"`` or ``"channels_first"``.
+      implementation: backend, see :func:`jdw.depthwise_conv`. ``"cpu"`` runs one token of
+        float32 or bfloat16 with channel multiplier 1 in its C++ loop (the automatic choice on
+        CPU); everything else, and every other backend, runs the same few slices and
+        multiply-adds in jnp, which XLA fuses.
 
     Returns:
       ``(y, new_state)``: ``y`` of shape ``(B, D * M)`` (or ``(B, T, D * M)``), and the state
-      after these tokens.
+      after these tokens (a ring buffer whose oldest token is now at ``position + T``, when
+      ``position`` is given).
+
+    Raises:
+      ValueError: for shapes that do not fit together, or a ``position`` that is not an integer
+        scalar or ``(B,)`` array.
 
     Examples:
       >>> import jax.numpy as jnp, jdw
@@ -293,6 +360,19 @@ def causal_conv1d_update(
       3.0
       6.0
       9.0
+
+      The same as a ring buffer: one write per token, the position advancing.
+
+      >>> state = jnp.zeros((1, 2, 1))
+      >>> for t, token in enumerate((1.0, 2.0, 3.0, 4.0)):
+      ...     y, state = jdw.causal_conv1d_update(jnp.full((1, 1), token), state, kernel, position=t)
+      ...     print(float(y[0, 0]), state[0, :, 0].tolist())
+      1.0 [1.0, 0.0]
+      3.0 [1.0, 2.0]
+      6.0 [3.0, 2.0]
+      9.0 [3.0, 4.0]
+      >>> jdw.ordered_state(state, position=4)[0, :, 0]
+      Array([3., 4.], dtype=float32)
     """
     x, state, kernel = jnp.asarray(x), jnp.asarray(state), jnp.asarray(kernel)
     op = "causal_conv1d_update"
@@ -304,16 +384,67 @@ def causal_conv1d_update(
     if bias is not None:
         bias = jnp.asarray(bias)
     args_lib.check_bias(bias, kernel.shape[-1])
-    out_dtype = jnp.result_type(x, kernel)
-    steps = x.shape[1]
-    xp = jnp.concatenate([state.astype(x.dtype), x], axis=1)
-    total = _tap_sum(xp, kernel, multiplier, dilation, steps, x.dtype)
-    if bias is not None:
-        total = total + bias.astype(total.dtype)[None, None]
-    y = get_activation(activation)(total).astype(out_dtype)
-    new_state = lax.slice_in_dim(xp, steps, steps + pad, axis=1).astype(state.dtype)
+    if position is not None:
+        position = _check_position(position, x.shape[0], pad, op)
+    name = registry.forced() or implementation
+    if name is not None:
+        registry.get(name)  # a bad name is an error
+    run = dict(
+        multiplier=multiplier, dilation=dilation, activation=activation, out_dtype=jnp.result_type(x, kernel)
+    )
+    reference = functools.partial(_update_reference, **run)
+    del run["multiplier"]
+    usable = {
+        platform: backend
+        for platform, backend in (
+            [(None, registry.get(name))]
+            if name is not None
+            else [(p, registry.get(registry.automatic_choice(p))) for p in ("cpu", "cuda", "rocm", "tpu")]
+        )
+        if backend.causal_update is not None and (activation is None or isinstance(activation, str)) and x.size
+    }
+    args = (x, state, kernel, bias, position)
+    if not usable:
+        y, new_state = reference(*args)
+    elif None in usable:
+        y, new_state = usable[None].causal_update(*args, fallback=reference, **run)
+    else:
+        branches = {p: functools.partial(b.causal_update, fallback=reference, **run) for p, b in usable.items()}
+        y, new_state = lax.platform_dependent(*args, default=reference, **branches)
     y, new_state = _channels_last(y, data_format), _channels_last(new_state, data_format)
     return (y[:, 0] if data_format == "channels_last" else y[:, :, 0]) if one_token else y, new_state
 
 
-__all__ = ["causal_conv1d", "causal_conv1d_update", "state_size"]
+def ordered_state(state: ArrayLike, position: ArrayLike, *, data_format: DataFormat = "channels_last") -> jax.Array:
+    """A ring-buffer state of :func:`causal_conv1d_update` (``position``: its oldest slot) in order, oldest first.
+
+    The in-order state is what :func:`causal_conv1d` takes as ``initial_state``.
+
+    Args:
+      state: ``(B, S, D)`` (``(B, D, S)`` channels first).
+      position: integer scalar or ``(B,)``, as passed to the next :func:`causal_conv1d_update`.
+      data_format: ``"channels_last"`` or ``"channels_first"``.
+
+    Returns:
+      The state of the same shape, oldest token first.
+
+    Raises:
+      ValueError: for a state that is not 3-D with at least one token, or a ``position`` that is
+        not an integer scalar or ``(B,)`` array.
+
+    Examples:
+      >>> import jax.numpy as jnp, jdw
+      >>> ring = jnp.array([[[3.0], [1.0], [2.0]]])   # oldest token (1.0) at slot 1
+      >>> jdw.ordered_state(ring, 1)[0, :, 0]
+      Array([1., 2., 3.], dtype=float32)
+    """
+    args_lib.check_choice(data_format, args_lib.DATA_FORMATS, "data_format")
+    state = jnp.asarray(state)
+    if state.ndim != 3 or state.shape[1 if data_format == "channels_last" else 2] == 0:
+        raise ValueError(f"ordered_state: state must be (B, S, D) with S > 0 ({data_format}), got shape {state.shape}")
+    state = _channels_last(state, data_format)
+    position = _check_position(position, state.shape[0], state.shape[1], "ordered_state")
+    return _channels_last(_ring_order(state, position), data_format)
+
+
+__all__ = ["causal_conv1d", "causal_conv1d_update", "ordered_state", "state_size"]

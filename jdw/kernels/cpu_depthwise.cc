@@ -1,6 +1,7 @@
 // Depthwise convolution for XLA:CPU: the forward convolution (with a fused bias and activation),
-// its adjoint in the input and its adjoint in the kernel, as XLA FFI handlers
-// (jdw.kernels.cpu_depthwise registers them).
+// its adjoint in the input and its adjoint in the kernel, and the decoding step of a causal 1-D
+// convolution with its state updated in place, as XLA FFI handlers (jdw.kernels.cpu_depthwise
+// registers them).
 //
 // Every operand is channels-last with up to three spatial dimensions (fewer are given as unit
 // dimensions in front): x (N, I0, I1, I2, C), kernel (K0, K1, K2, C) float32, y (N, O0, O1, O2, C).
@@ -238,6 +239,12 @@ inline float ApplyOne(const Epilogue& e, float z, int64_t c) {
 namespace jdw {
 namespace {
 
+// The decoding step's loops (see CausalUpdateImpl): x, state in, state out, kernels, bias, positions, y,
+// then N rows, G kernels, S, W, dilation, D channels.
+template <typename T, typename Y>
+using CausalUpdateFn = void (*)(const T*, const T*, T*, const float*, const float*, const int32_t*, Y*, int64_t,
+                                int64_t, int64_t, int64_t, int64_t, int64_t, Activation, ffi::ThreadPool&);
+
 struct Loops {
   const char* name;
   void (*gather_f32_f32)(const float*, const float*, float*, const Geometry&, const Table*, bool, const Epilogue&,
@@ -250,12 +257,18 @@ struct Loops {
                            ffi::ThreadPool&);
   void (*kernel_grad_f32)(const float*, const float*, float*, const Geometry&, const Table*, ffi::ThreadPool&);
   void (*kernel_grad_bf16)(const bf16*, const bf16*, float*, const Geometry&, const Table*, ffi::ThreadPool&);
+  CausalUpdateFn<float, float> causal_update_f32_f32;
+  CausalUpdateFn<float, bf16> causal_update_f32_bf16;
+  CausalUpdateFn<bf16, float> causal_update_bf16_f32;
+  CausalUpdateFn<bf16, bf16> causal_update_bf16_bf16;
 };
 
 #define JDW_LOOPS(isa)                                                                                 \
   Loops {                                                                                              \
     #isa, isa::Gather<float, float>, isa::Gather<float, bf16>, isa::Gather<bf16, float>,                 \
-        isa::Gather<bf16, bf16>, isa::KernelGrad<float>, isa::KernelGrad<bf16>                          \
+        isa::Gather<bf16, bf16>, isa::KernelGrad<float>, isa::KernelGrad<bf16>,                         \
+        isa::CausalUpdate<float, float>, isa::CausalUpdate<float, bf16>, isa::CausalUpdate<bf16, float>,  \
+        isa::CausalUpdate<bf16, bf16>                                                                    \
   }
 
 const Loops& Chosen() {
@@ -359,6 +372,82 @@ ffi::Error KernelGradImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer
   return ffi::Error::Success();
 }
 
+
+// --- the decoding step of a causal depthwise 1-D convolution -----------------------------------
+//
+// One token per row against a state of S = (W - 1) * d past tokens, updated in place (the state
+// operand and result are one buffer, aliased by jdw.kernels.cpu_depthwise.causal_update):
+//
+//   y[n, c] = act(sum_{j < W-1} state[n, slot(j), c] * w[g, j, c] + x[n, c] * w[g, W-1, c] + b[g, c])
+//
+// with g = n / (N / G) the row's kernel (G kernels: layers stacked by vmap). In order (no
+// positions), slot(j) = j*d and the state then shifts by one token (x enters at the end): S reads
+// and S writes per channel. As a ring buffer (positions p[n]: the slot of the oldest token),
+// slot(j) = (p + j*d) mod S and x overwrites slot p: S reads and one write per channel, less than
+// an elementwise pass over the state.
+
+ffi::Error CausalUpdateImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer state_in, ffi::Buffer<ffi::F32> w,
+                            ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::S32> position, ffi::Result<ffi::AnyBuffer> y,
+                            ffi::Result<ffi::AnyBuffer> state, int64_t dilation, int64_t activation) {
+  // x (..., D), state (..., S, D), w (..., W, D) with G kernels (their leading dimensions are x's
+  // first ones: vmap stacks), bias (G * D) or empty, position (N) or empty (the state in order).
+  const auto x_dims = x.dimensions();
+  const auto s_dims = state_in.dimensions();
+  const auto w_dims = w.dimensions();
+  if (x_dims.size() < 1 || s_dims.size() < 2 || w_dims.size() < 2) {
+    return ffi::Error::InvalidArgument("jdw causal update: x, state and kernel need 1, 2 and 2 dimensions at least");
+  }
+  const int64_t D = x_dims.back(), S = s_dims[s_dims.size() - 2], W = w_dims[w_dims.size() - 2];
+  if (D == 0 || s_dims.back() != D || w_dims.back() != D) {
+    return ffi::Error::InvalidArgument("jdw causal update: x, state and kernel must share their channels");
+  }
+  const int64_t N = static_cast<int64_t>(x.element_count()) / D;
+  const int64_t G = static_cast<int64_t>(w.element_count()) / (W * D);
+  if (W < 2 || dilation < 1 || S != (W - 1) * dilation || static_cast<int64_t>(state_in.element_count()) != N * S * D) {
+    return ffi::Error::InvalidArgument("jdw causal update: the state must hold (W - 1) * dilation tokens per row");
+  }
+  if (G == 0 || N % G != 0 || (bias.element_count() != 0 && static_cast<int64_t>(bias.element_count()) != G * D) ||
+      (position.element_count() != 0 && static_cast<int64_t>(position.element_count()) != N)) {
+    return ffi::Error::InvalidArgument("jdw causal update: kernels, bias or positions do not match the rows");
+  }
+  if (activation < 0 || activation > static_cast<int64_t>(Activation::kSilu)) {
+    return ffi::Error::InvalidArgument("jdw causal update: unknown activation code");
+  }
+  if (x.element_type() != state_in.element_type() || state->element_type() != x.element_type() ||
+      !IsFloat(x.element_type()) || !IsFloat(y->element_type())) {
+    return ffi::Error::InvalidArgument("jdw causal update: x and state must share float32 or bfloat16");
+  }
+  const float* b = bias.element_count() == 0 ? nullptr : bias.typed_data();
+  const int32_t* p = position.element_count() == 0 ? nullptr : position.typed_data();
+  const auto act = static_cast<Activation>(activation);
+  const Loops& loops = Chosen();
+  const bool y32 = y->element_type() == ffi::DataType::F32;
+  if (x.element_type() == ffi::DataType::F32) {
+    const auto* xs = static_cast<const float*>(x.untyped_data());
+    const auto* si = static_cast<const float*>(state_in.untyped_data());
+    auto* so = static_cast<float*>(state->untyped_data());
+    if (y32) {
+      loops.causal_update_f32_f32(xs, si, so, w.typed_data(), b, p, static_cast<float*>(y->untyped_data()), N, G, S, W,
+                                  dilation, D, act, pool);
+    } else {
+      loops.causal_update_f32_bf16(xs, si, so, w.typed_data(), b, p, static_cast<bf16*>(y->untyped_data()), N, G, S,
+                                   W, dilation, D, act, pool);
+    }
+  } else {
+    const auto* xs = static_cast<const bf16*>(x.untyped_data());
+    const auto* si = static_cast<const bf16*>(state_in.untyped_data());
+    auto* so = static_cast<bf16*>(state->untyped_data());
+    if (y32) {
+      loops.causal_update_bf16_f32(xs, si, so, w.typed_data(), b, p, static_cast<float*>(y->untyped_data()), N, G, S,
+                                   W, dilation, D, act, pool);
+    } else {
+      loops.causal_update_bf16_bf16(xs, si, so, w.typed_data(), b, p, static_cast<bf16*>(y->untyped_data()), N, G, S,
+                                    W, dilation, D, act, pool);
+    }
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
 }  // namespace jdw
 
@@ -388,6 +477,19 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JdwDepthwiseKernelGrad, jdw::KernelGradImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<ffi::Span<const int64_t>>("geometry"));
 
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JdwCausalUpdate, jdw::CausalUpdateImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("dilation")
+                                  .Attr<int64_t>("activation"));
+
 // --- Python module: the handlers as capsules, and the instruction set chosen ----------------------
 
 static PyObject* Handlers(PyObject*, PyObject*) {
@@ -400,6 +502,7 @@ static PyObject* Handlers(PyObject*, PyObject*) {
       {"forward", reinterpret_cast<void*>(JdwDepthwiseForward)},
       {"transpose", reinterpret_cast<void*>(JdwDepthwiseTranspose)},
       {"kernel_grad", reinterpret_cast<void*>(JdwDepthwiseKernelGrad)},
+      {"causal_update", reinterpret_cast<void*>(JdwCausalUpdate)},
   };
   for (const auto& h : handlers) {
     PyObject* capsule = PyCapsule_New(h.fn, nullptr, nullptr);

@@ -47,7 +47,7 @@ MAX_SPATIAL = 3
 #: codes in ``cpu_depthwise.cc``.
 ACTIVATIONS = {"identity": 0, "relu": 1, "relu6": 2, "hard_sigmoid": 3, "hard_swish": 4, "silu": 5, "swish": 5}
 
-_TARGETS = {name: f"jdw_depthwise_{name}" for name in ("forward", "transpose", "kernel_grad")}
+_TARGETS = {name: f"jdw_depthwise_{name}" for name in ("forward", "transpose", "kernel_grad", "causal_update")}
 
 #: What :func:`jax.export.export` needs to serialize a CPU program that calls the loops: they are
 #: jdw's own custom calls, with no compatibility guarantee from JAX, so it refuses them by default.
@@ -182,3 +182,55 @@ def kernel_grad(x: jax.Array, dy: jax.Array, geometry: Geometry) -> jax.Array:
     batch, channels = x.shape[0], x.shape[-1]
     result = jax.ShapeDtypeStruct((*geometry.kernel_size, channels), jnp.float32)
     return _call("kernel_grad", result, x, dy, geometry=geometry, batch=batch, channels=channels)
+
+
+def causal_update(
+    x: jax.Array,
+    state: jax.Array,
+    kernel: jax.Array,
+    bias: jax.Array | None,
+    position: jax.Array | None,
+    *,
+    dilation: int,
+    activation: str,
+    dtype: DTypeLike,
+) -> tuple[jax.Array, jax.Array]:
+    """One decoding step of a causal depthwise 1-D convolution, the state updated in place.
+
+    ``y[b] = act(Σ_{j<W-1} state[b, slot(j)] * kernel[j] + x[b] * kernel[W-1] + bias)`` with
+    ``slot(j) = j * dilation`` for a state in order (which then shifts by one token, ``x``
+    entering at the end) or ``(position[b] + j * dilation) % S`` for a ring buffer whose oldest
+    token is at ``position[b]`` (which ``x`` then overwrites: one write per channel).
+
+    The state operand is aliased to the new state, so where it is donated (or a loop carries it)
+    XLA updates it in place. Under ``vmap`` every operand gets the batch dimensions in front
+    (``vmap_method="broadcast_all"``), and the loops give each kernel its share of the rows.
+
+    Args:
+      x: ``(B, D)``, float32 or bfloat16.
+      state: ``(B, S, D)`` of ``x``'s dtype, ``S = (W - 1) * dilation``.
+      kernel: ``(W, D)`` (used as float32).
+      bias: ``(D,)`` or ``None``.
+      position: ``(B,)`` integers (the ring buffer's oldest slot, taken modulo ``S``), or ``None``
+        (the state in order).
+      dilation: spacing of the taps.
+      activation: a name from :data:`ACTIVATIONS`.
+      dtype: ``y``'s dtype, float32 or bfloat16.
+
+    Returns:
+      ``(y, new_state)``: ``(B, D)`` and ``state``'s shape and dtype.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation {activation!r} has no fused epilogue; fused ones: {sorted(ACTIVATIONS)}")
+    channels = x.shape[-1]
+    b = jnp.zeros((0,), jnp.float32) if bias is None else bias.astype(jnp.float32)
+    p = jnp.zeros((0,), jnp.int32) if position is None else position.astype(jnp.int32)
+    call = jax.ffi.ffi_call(
+        _TARGETS["causal_update"],
+        (jax.ShapeDtypeStruct(x.shape[:-1] + (channels,), dtype), jax.ShapeDtypeStruct(state.shape, state.dtype)),
+        input_output_aliases={1: 1},
+        vmap_method="broadcast_all",
+    )
+    return call(
+        x, state, kernel.astype(jnp.float32), b, p, dilation=np.int64(dilation), activation=np.int64(ACTIVATIONS[activation])
+    )

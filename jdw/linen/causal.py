@@ -22,7 +22,9 @@ class CausalConv1D(nn.Module):
     The same layer as :class:`jdw.nnx.CausalConv1D` with Linen's conventions: the channels come
     from the input, and with ``decode=True`` the state lives in the ``"cache"`` collection
     the way ``nn.MultiHeadDotProductAttention`` keeps its cache. ``init`` with the batch's
-    shape makes a zero cache; apply with ``mutable=["cache"]`` to prefill and then decode.
+    shape makes a zero cache; apply with ``mutable=["cache"]`` to prefill and then decode. The
+    cache holds ``state``, the last inputs as a ring buffer (:func:`jdw.causal_conv1d_update`),
+    and ``position``, its slot of the oldest one.
 
     Attributes:
       kernel_size: ``W``.
@@ -109,9 +111,11 @@ class CausalConv1D(nn.Module):
         shape = (batch, pad, channels) if self.data_format == "channels_last" else (batch, channels, pad)
         initialized = self.has_variable("cache", "state")
         cache = self.variable("cache", "state", jnp.zeros, shape, x.dtype)
-        y, state = common.causal_decode(
+        position = self.variable("cache", "position", jnp.zeros, (), jnp.int32)
+        y, state, new_position = common.causal_decode(
             x,
             cache.value,
+            position.value,
             kernel,
             bias,
             kernel_size=kernel_size,
@@ -122,4 +126,5 @@ class CausalConv1D(nn.Module):
         )
         if initialized:  # init only shapes the cache: it stays zeros for the sequences to come
             cache.value = state.astype(cache.value.dtype)
+            position.value = new_position
         return y

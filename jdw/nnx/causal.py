@@ -92,6 +92,7 @@ class CausalConv1D(nnx.Module):
         )
         self.bias = _optional_param(use_bias, bias_init, rngs, (out_features,), param_dtype, bias_metadata)
         self.state = nnx.data(None)
+        self.position = nnx.data(None)
         self.in_features, self.out_features = in_features, out_features
         self.kernel_size, self.depth_multiplier, self.dilation = kernel_size, depth_multiplier, dilation
         self.use_bias, self.activation, self.data_format = use_bias, activation, data_format
@@ -106,6 +107,10 @@ class CausalConv1D(nnx.Module):
     def init_cache(self, batch_size: int, dtype: DTypeLike | None = None) -> None:
         """Makes (or resets) the decode cache: zeros for ``batch_size`` sequences that start now.
 
+        The cache is ``state``, the last ``state_size`` inputs as a ring buffer (see
+        :func:`jdw.causal_conv1d_update`), and ``position``, its slot of the oldest input:
+        ``jdw.ordered_state(conv.state[...], conv.position[...])`` is the state in order.
+
         Raises:
           ValueError: for a kernel of width 1, which keeps no state.
         """
@@ -116,6 +121,7 @@ class CausalConv1D(nnx.Module):
         if self.data_format == "channels_first":
             shape = (batch_size, self.in_features, self.state_size)
         self.state = nnx.Cache(jnp.zeros(shape, dtype or self.dtype or self.param_dtype))
+        self.position = nnx.Cache(jnp.zeros((), jnp.int32))
 
     def __call__(self, x: ArrayLike, *, segment_ids: ArrayLike | None = None, decode: bool = False) -> jax.Array:
         """Applies the layer to ``x`` of shape ``(B, L, D)`` (``(B, D, L)`` channels first).
@@ -141,9 +147,10 @@ class CausalConv1D(nnx.Module):
             )
         if self.state is None:
             raise ValueError("CausalConv1D(decode=True) needs a cache: call init_cache(batch_size) first")
-        y, state = common.causal_decode(
+        y, state, position = common.causal_decode(
             x,
             self.state[...],
+            self.position[...],
             kernel,
             bias,
             kernel_size=self.kernel_size,
@@ -153,4 +160,5 @@ class CausalConv1D(nnx.Module):
             **run,
         )
         self.state[...] = state.astype(self.state.dtype)
+        self.position[...] = position
         return y
