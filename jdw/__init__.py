@@ -4,9 +4,9 @@ from jdw import backends, cost, geometry, initializers, linen, models, nnx
 from jdw.functional import (
     causal_conv1d,
     causal_conv1d_update,
-    ordered_state,
     depthwise_conv,
     depthwise_conv_transpose,
+    ordered_state,
     pointwise_conv,
     separable_conv,
 )

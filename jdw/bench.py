@@ -147,7 +147,7 @@ def _time(fn: Callable, args: Sequence, repeats: int) -> float:
 
 
 def _time_carried(step: Callable, state: jax.Array, repeats: int, calls: int = 20) -> float:
-    """Best wall time in ms per call of ``out, state = step(state, i)`` (``state`` donated), over ``repeats`` runs of ``calls``."""
+    """Best wall time in ms per call of ``out, state = step(state, i)`` (``state`` donated), over ``repeats`` runs."""
     _, state = jax.block_until_ready(step(state + 0, 0))  # compiles; the copy keeps the caller's array
     best = float("inf")
     for _ in range(repeats):
@@ -157,6 +157,10 @@ def _time_carried(step: Callable, state: jax.Array, repeats: int, calls: int = 2
         jax.block_until_ready((out, state))
         best = min(best, (time.perf_counter() - start) / calls)
     return best * 1e3
+
+
+def _step_of(layers: Callable, tokens: jax.Array, kernels: jax.Array, state: jax.Array, i) -> tuple:
+    return layers(tokens, state, kernels, i)
 
 
 def _programs(layer: LayerShape, implementation: str | None, padding="SAME"):
@@ -473,7 +477,7 @@ def run_sequences(
 
                 # Each step continues from the last one's state (donated: updated in place), as a decoder does.
                 layers = jax.vmap(update, in_axes=(0, 0, 0, None))
-                step = jax.jit(lambda s, i, step=layers: step(tokens, s, kernels, i), donate_argnums=0)
+                step = jax.jit(functools.partial(_step_of, layers, tokens, kernels), donate_argnums=0)
                 decode_ms = _time_carried(step, states, repeats)
                 # Per pass unit (pad reads and pad writes of a token row): reads of the state and the token, writes
                 # of the output and the state (all of it in order, one token of it as a ring buffer).

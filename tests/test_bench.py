@@ -57,7 +57,8 @@ def test_sequence_suite_times_causal_conv1d_and_a_decoding_step(capsys):
     cells = [[c.strip() for c in row.split("|")[2:4]] for row in rows]
     assert cells == [["xla", "sequence"], ["xla", "packed"], ["taps", "sequence"], ["taps", "packed"]]
     assert "| 1.00x" in rows[0] and "| 1.00x" in rows[1]  # xla against itself, each call
-    assert "24 layers x 8 x 3 x 8" in out
+    decode = [[c.strip() for c in line.split("|")[3:5]] for line in out.splitlines() if "24 layers x 8 x 3 x 8" in line]
+    assert decode == [[name, state] for name in ("xla", "taps") for state in ("in order", "ring buffer")]
 
 
 def test_sequence_shapes_are_parsed_or_named():

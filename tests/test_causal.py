@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import IMPLEMENTATIONS, assert_close
+from helpers import CPU, IMPLEMENTATIONS, assert_close
 
 import jdw
 
@@ -177,6 +177,188 @@ def test_update_vmaps_over_independent_streams(rng):
         y, state = jdw.causal_conv1d_update(tokens[i], streams[i], kernel)
         assert_close(ys[i], y)
         assert_close(states[i], state)
+
+
+def _roll_rows(state, shifts):
+    """Each row's state (B, S, D) as a ring buffer whose oldest token is at slot shifts[b]."""
+    shifts = np.broadcast_to(shifts, len(state))
+    return np.stack([np.roll(s, int(p), axis=0) for s, p in zip(np.asarray(state), shifts)])
+
+
+RING_CASES = [
+    dict(width=4, tokens=1, position=[0, 2]),
+    dict(width=4, tokens=1, position=5),  # a scalar, past the buffer's length (taken modulo S)
+    dict(width=4, tokens=2, position=[1, -1]),
+    dict(width=3, dilation=2, tokens=1, position=[3, 1]),
+    dict(width=4, tokens=4, position=[2, 0]),  # more tokens than the state holds
+    dict(width=2, tokens=1, position=[0, 7]),
+]
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("case", RING_CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+def test_ring_buffer_update_matches_numpy(case, implementation, rng):
+    """A ring buffer at any position gives the in-order step's output, and its state in order is the in-order state."""
+    case = dict(case)
+    tokens, position = case.pop("tokens"), case.pop("position")
+    x, kernel, bias, initial, _ = _case(rng, length=tokens, state=True, **case)
+    pad = initial.shape[1]
+    ring = _roll_rows(initial, np.mod(position, pad))
+    y, new = jdw.causal_conv1d_update(
+        x if tokens > 1 else x[:, 0], ring, kernel, bias, activation="silu", position=position,
+        dilation=case.get("dilation", 1), implementation=implementation,
+    )  # fmt: skip
+    want = _numpy_causal(x, kernel, bias, state=initial, dilation=case.get("dilation", 1))
+    assert_close(y if tokens > 1 else y[:, None], _silu(want))
+    expected_state = np.concatenate([initial, x], axis=1)[:, tokens:]
+    assert_close(jdw.ordered_state(new, np.asarray(position) + tokens), expected_state)
+
+
+def _silu(v):
+    return v / (1 + np.exp(-v))
+
+
+@pytest.mark.parametrize("implementation", [None, *IMPLEMENTATIONS])
+def test_ring_buffer_decoding_under_scan_gives_the_full_forward(implementation, rng):
+    """Prefill, then decode token by token on a ring buffer carried by lax.scan (position from 0 after the prefill)."""
+    x, kernel, bias, initial, _ = _case(rng, length=11, width=4, state=True)
+    whole = jdw.causal_conv1d(x, kernel, bias, activation="silu", initial_state=initial)
+    y0, state = jdw.causal_conv1d(
+        x[:, :4], kernel, bias, activation="silu", initial_state=initial, return_final_state=True
+    )
+
+    def step(carry, token):
+        state, position = carry
+        y, state = jdw.causal_conv1d_update(
+            token, state, kernel, bias, activation="silu", position=position, implementation=implementation
+        )
+        return (state, position + 1), y
+
+    (final, position), ys = jax.jit(lambda c, xs: jax.lax.scan(step, c, xs))((state, 0), jnp.swapaxes(x[:, 4:], 0, 1))
+    assert_close(jnp.concatenate([y0, jnp.swapaxes(ys, 0, 1)], axis=1), whole)
+    _, expected_final = jdw.causal_conv1d(x, kernel, bias, initial_state=initial, return_final_state=True)
+    assert_close(jdw.ordered_state(final, position), expected_final)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("ring", [False, True])
+def test_update_gradients_match_numpy_derivatives(implementation, ring, rng):
+    """Reverse and forward mode of one step (x, state, kernel, bias) against the xla path's, which JAX derives."""
+    x, kernel, bias, initial, _ = _case(rng, length=1, width=4, state=True)
+    position = np.array([2, 0]) if ring else None
+    state = _roll_rows(initial, position) if ring else initial
+
+    def loss(name):
+        def f(x, state, kernel, bias):
+            y, new = jdw.causal_conv1d_update(
+                x, state, kernel, bias, activation="silu", position=position, implementation=name
+            )
+            return jnp.sum(y * jnp.arange(1.0, 4.0)[None]) + jnp.sum(new**2)
+
+        return f
+
+    args = (x[:, 0], state, kernel, bias)
+    grads = jax.grad(loss(implementation), argnums=(0, 1, 2, 3))(*args)
+    expected = jax.grad(loss("xla"), argnums=(0, 1, 2, 3))(*args)
+    for got, want in zip(grads, expected):
+        assert_close(got, want)
+    tangents = tuple(np.ones_like(a) for a in args)
+    assert_close(jax.jvp(loss(implementation), args, tangents)[1], jax.jvp(loss("xla"), args, tangents)[1])
+
+    # The y of one step, differentiated by NumPy: the kernel's gradient is the taps' inputs.
+    def output(k):
+        return jnp.sum(jdw.causal_conv1d_update(x[:, 0], state, k, position=position, implementation=implementation)[0])
+
+    dk = jax.grad(output)(kernel)
+    window = np.concatenate([initial, x], axis=1)  # in order
+    assert_close(dk[:, 0], window.sum(0))
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_update_vmaps_over_a_stack_of_layers(implementation, rng):
+    """vmap over layers (kernels, states and tokens stacked; one position for all) equals a loop over them."""
+    layers = 3
+    x, kernel, bias, initial, _ = _case(rng, length=1, width=4, state=True)
+    kernels = np.stack([kernel * (i + 1) for i in range(layers)])
+    states = np.stack([initial - i for i in range(layers)])
+    tokens = np.stack([x[:, 0] + i for i in range(layers)])
+    for position in (None, 2):
+        run = dict(position=position, implementation=implementation)
+        step = jax.vmap(lambda t, s, k, run=run: jdw.causal_conv1d_update(t, s, k, bias, **run))
+        ys, news = jax.jit(step)(tokens, states, kernels)
+        # and a kernel shared by every stream (not batched)
+        shared = jax.vmap(lambda t, s, run=run: jdw.causal_conv1d_update(t, s, kernel, **run))
+        ys_shared, _ = shared(tokens, states)
+        for i in range(layers):
+            y, new = jdw.causal_conv1d_update(tokens[i], states[i], kernels[i], bias, position=position)
+            assert_close(ys[i], y)
+            assert_close(news[i], new)
+            assert_close(ys_shared[i], jdw.causal_conv1d_update(tokens[i], states[i], kernel, position=position)[0])
+
+
+@pytest.mark.skipif(not CPU, reason="the cpu backend is not built here")
+@pytest.mark.parametrize("position", [None, 1])
+def test_cpu_decoding_step_updates_the_state_in_place(position, rng):
+    """Donated (or carried by a loop), the state is the custom call's aliased operand: no copy of it is made."""
+    x, kernel, bias, initial, _ = _case(rng, batch=4, length=1, channels=40, width=4, state=True)
+
+    def step(state, token):
+        return jdw.causal_conv1d_update(token, state, kernel, bias, activation="silu", position=position)[::-1]
+
+    donated = jax.jit(step, donate_argnums=0).lower(initial, x[:, 0]).compile().as_text()
+    assert "jdw_depthwise_causal_update" in donated and "input_output_alias={ {0}: (0, {}, may-alias) }" in donated
+    assert " copy(" not in donated, donated
+    loop = jax.jit(lambda s, xs: jax.lax.scan(step, s, xs)).lower(initial, np.stack([x[:, 0]] * 3)).compile().as_text()
+    assert loop.count("jdw_depthwise_causal_update") >= 1
+    state_shape = "f32[4,3,40]"
+    copies = [line for line in loop.splitlines() if " copy(" in line and state_shape in line.split("=")[1][:30]]
+    assert len(copies) <= 1, copies  # at most the copy of the caller's (not donated) initial state, outside the loop
+
+
+@pytest.mark.skipif(not CPU, reason="the cpu backend is not built here")
+def test_cpu_decoding_step_in_bfloat16_and_its_fallbacks(rng):
+    """bfloat16 runs in the C++ loop; a channel multiplier, float16 and a callable activation run the jnp step."""
+    x, kernel, bias, initial, _ = _case(rng, length=1, width=4, state=True)
+    as_bf16 = lambda a: jnp.asarray(a, jnp.bfloat16)  # noqa: E731
+    kernel16, bias16 = as_bf16(kernel), as_bf16(bias)
+    y, new = jdw.causal_conv1d_update(
+        as_bf16(x[:, 0]), as_bf16(initial), kernel16, bias16, position=1, implementation="cpu"
+    )
+    want, want_state = jdw.causal_conv1d_update(
+        as_bf16(x[:, 0]), as_bf16(initial), kernel16, bias16, position=1, implementation="xla"
+    )
+    assert y.dtype == want.dtype and new.dtype == jnp.bfloat16
+    assert_close(y, want, np.float32)
+    np.testing.assert_array_equal(np.asarray(new, np.float32), np.asarray(want_state, np.float32))
+    program = (
+        jax.jit(lambda t, s: jdw.causal_conv1d_update(t, s, kernel16, bias16, implementation="cpu"))
+        .lower(as_bf16(x[:, 0]), as_bf16(initial))
+        .as_text()
+    )
+    assert "jdw_depthwise_causal_update" in program
+    wide = np.concatenate([kernel, kernel], axis=-1)
+    half = lambda a: jnp.asarray(a, jnp.float16)  # noqa: E731
+    for t, s, k, act in [
+        (x[:, 0], initial, wide, None),
+        (half(x[:, 0]), half(initial), half(kernel), None),
+        (x[:, 0], initial, kernel, jnp.tanh),
+    ]:
+        program = jax.jit(
+            lambda t, s, k=k, act=act: jdw.causal_conv1d_update(t, s, k, activation=act, implementation="cpu")
+        )
+        assert "jdw_depthwise_causal_update" not in program.lower(t, s).as_text()
+        want = jdw.causal_conv1d_update(t, s, k, activation=act, implementation="xla")[0]
+        assert_close(program(t, s)[0], want, t.dtype)
+
+
+def test_ordered_state_channels_first_and_rows(rng):
+    _, _, _, initial, _ = _case(rng, batch=3, width=5, state=True)
+    ring = _roll_rows(initial, [0, 1, 3])
+    assert_close(jdw.ordered_state(ring, jnp.array([0, 1, 3])), initial)
+    assert_close(
+        jdw.ordered_state(np.swapaxes(ring, 1, 2), jnp.array([4, 5, 7]), data_format="channels_first"),
+        np.swapaxes(initial, 1, 2),
+    )
 
 
 def test_channels_first(rng):
@@ -394,6 +576,19 @@ def test_forward_mode_through_segments_and_updates(rng):
             lambda x, k: jdw.causal_conv1d_update(x[:, 0], jnp.zeros((2, 3)), k),
             r"causal_conv1d_update: state must have shape \(2, 3, 3\) .* got \(2, 3\)",
         ),
+        (
+            lambda x, k: jdw.causal_conv1d_update(x[:, 0], jnp.zeros((2, 3, 3)), k, position=1.0),
+            r"causal_conv1d_update: position must be an integer scalar or of shape \(B,\) = \(2,\), got float32 \(\)",
+        ),
+        (
+            lambda x, k: jdw.causal_conv1d_update(x[:, 0], jnp.zeros((2, 3, 3)), k, position=jnp.zeros(3, int)),
+            r"position must be an integer scalar or of shape \(B,\) = \(2,\), got int32 \(3,\)",
+        ),
+        (
+            lambda x, k: jdw.ordered_state(jnp.zeros((2, 0, 3)), 0),
+            r"ordered_state: state must be \(B, S, D\) with S > 0",
+        ),
+        (lambda x, k: jdw.causal_conv1d_update(x[:, 0], jnp.zeros((2, 3, 3)), k, implementation="tap"), r"tap"),
         (lambda x, k: jdw.causal_conv1d(x, k, bias=jnp.zeros(4)), r"bias"),
         (
             lambda x, k: jdw.causal_conv1d(x, k, segment_ids=jnp.zeros((2, 13), jnp.int32), implementation="tap"),
@@ -446,6 +641,17 @@ def test_nnx_prefill_then_decode_gives_the_full_forward(implementation):
 
     outputs = [conv(x[:, :8], decode=True)] + [step(conv, x[:, t : t + 1]) for t in range(8, 12)]
     assert_close(jnp.concatenate(outputs, axis=1), full)
+    # The cache is a ring buffer: 4 tokens after the prefill, its oldest is at slot 4 % 3.
+    assert int(conv.position[...]) == 1
+    assert_close(jdw.ordered_state(conv.state[...], conv.position[...]), x[:, 9:12])
+    # Decoding steps, then a chunk longer than the kernel (run from the state in order), then steps again.
+    longer = jnp.concatenate([x, x[:, ::-1]], axis=1)
+    conv.init_cache(3)
+    pieces = [(0, 3), (3, 4), (4, 6), (6, 13), (13, 14), (14, 15), (15, 24)]
+    outputs = [
+        step(conv, longer[:, lo:hi]) if hi - lo <= 4 else conv(longer[:, lo:hi], decode=True) for lo, hi in pieces
+    ]
+    assert_close(jnp.concatenate(outputs, axis=1), conv(longer))
     conv.init_cache(3)  # a reset starts new sequences
     assert_close(conv(x[:, :5], decode=True), full[:, :5])
 
@@ -460,7 +666,7 @@ def test_linen_matches_nnx_and_decodes_with_its_cache():
     assert_close(layer.apply({"params": params}, x), nnx_conv(x))
     decoder = jdw.linen.CausalConv1D(3, dilation=2, decode=True)
     cache = decoder.init(jax.random.key(0), x[:, :1])["cache"]
-    assert cache["state"].shape == (2, 4, 4) and not np.any(cache["state"])
+    assert cache["state"].shape == (2, 4, 4) and not np.any(cache["state"]) and cache["position"] == 0
     y, variables = decoder.apply({"params": params, "cache": cache}, x[:, :6], mutable=["cache"])
     outputs = [y]
     for t in range(6, 10):

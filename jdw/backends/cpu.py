@@ -7,6 +7,10 @@ custom calls (:mod:`jdw.kernels.cpu_depthwise`), wrapped as the primitives of
 fused tap sums make one pass over memory per tap, that is several times faster (see the
 performance guide).
 
+The decoding step of :func:`jdw.causal_conv1d_update` (one token, on a state in order or a ring
+buffer) is a fourth custom call, whose state operand is aliased to the new state: donated or
+carried by a loop, the state is updated in place (:func:`causal_update`).
+
 What the loops do not take runs on ``"taps"``, inside the same primitives: a channel
 multiplier above 1, more than three spatial dimensions, and data that is not float32 or
 bfloat16 (float16, float64). Packed sequences (:func:`jdw.causal_conv1d` with

@@ -1,7 +1,8 @@
 """C++ loops for XLA:CPU (XLA FFI custom calls) behind the ``"cpu"`` backend.
 
-Three calls, on channels-last operands with one to three spatial dimensions and a float32
-kernel ``(*kernel_size, C)``; the data may be float32 or bfloat16 (sums are float32):
+Three calls for the convolution, on channels-last operands with one to three spatial
+dimensions and a float32 kernel ``(*kernel_size, C)``; the data may be float32 or bfloat16
+(sums are float32):
 
 =================================  ==========================================================
 :func:`forward`                    ``y[o] = act(Σ_k x[o*s - p + k*d] * w[k] + b)``
@@ -12,7 +13,9 @@ kernel ``(*kernel_size, C)``; the data may be float32 or bfloat16 (sums are floa
 Each is one loop over the destination that reads every operand once, with the taps that
 reach a position looked up per dimension (``cpu_depthwise.cc``): no padded, strided or
 dilated copy is made, and the kernel gradient keeps its partial sums in cache, where XLA's
-CPU emitters make one pass over the operands per tap. Rows are shared out to XLA's intra-op
+CPU emitters make one pass over the operands per tap. A fourth, :func:`causal_update`, is the
+decoding step of :func:`jdw.causal_conv1d_update`, with the state operand aliased to the new
+state, so that XLA updates it in place. Rows are shared out to XLA's intra-op
 thread pool. The loops are compiled for AVX-512, AVX2 and the baseline, and the widest the
 CPU runs is picked at import (:func:`instruction_set`).
 
@@ -231,6 +234,5 @@ def causal_update(
         input_output_aliases={1: 1},
         vmap_method="broadcast_all",
     )
-    return call(
-        x, state, kernel.astype(jnp.float32), b, p, dilation=np.int64(dilation), activation=np.int64(ACTIVATIONS[activation])
-    )
+    codes = dict(dilation=np.int64(dilation), activation=np.int64(ACTIVATIONS[activation]))
+    return call(x, state, kernel.astype(jnp.float32), b, p, **codes)

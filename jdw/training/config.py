@@ -28,6 +28,8 @@ def model_options(model: str) -> frozenset[str]:
     """The keyword arguments the model called ``model`` takes (ConvNeXt has no batch norms, Xception
     no stochastic depth)."""
     return frozenset(inspect.signature(MODELS[model].__init__).parameters)
+
+
 DATASETS = ("digits", "cifar10", "folder")
 OPTIMIZERS = ("sgd", "rmsprop", "adamw")
 PROG = "train_mobilenet.py"  # the name --help and errors show (also what python -m jdw.training runs)
