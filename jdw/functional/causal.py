@@ -321,8 +321,8 @@ def causal_conv1d_update(
 
     A step reads the state once. Where the state is donated (``jax.jit(...,
     donate_argnums=...)``) or carried by a loop (``lax.scan``, ``fori_loop``), the new state is
-    written in place: on CPU (the ``"cpu"`` backend's C++ loop), one token of a ring buffer
-    costs less than an elementwise pass over the state (see the sequences guide).
+    written in place. On CPU (the ``"cpu"`` backend's C++ loop) a step of one token costs about
+    one elementwise pass over the state or less (see the sequences guide).
 
     Args:
       x: ``(B, D)`` for one token, or ``(B, T, D)`` for ``T`` tokens (``(B, D, T)`` channels first).
