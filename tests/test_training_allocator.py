@@ -27,6 +27,9 @@ def execve(monkeypatch):
     for name in (allocator.ENV, allocator._STARTED, "LD_PRELOAD"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(allocator, "tcmalloc_loaded", lambda: False)
+    # A test that ran a notebook in this worker (nbclient's kernel lookup imports ipykernel) must not
+    # make this process look like a Jupyter kernel.
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
     return calls
 
 
