@@ -192,6 +192,7 @@ RING_CASES = [
     dict(width=3, dilation=2, tokens=1, position=[3, 1]),
     dict(width=4, tokens=4, position=[2, 0]),  # more tokens than the state holds
     dict(width=2, tokens=1, position=[0, 7]),
+    dict(width=3, multiplier=2, tokens=2, position=[1, 0]),
 ]
 
 
