@@ -389,9 +389,8 @@ def causal_conv1d_update(
     name = registry.forced() or implementation
     if name is not None:
         registry.get(name)  # a bad name is an error
-    run = dict(multiplier=multiplier, dilation=dilation, activation=activation, out_dtype=jnp.result_type(x, kernel))
-    reference = functools.partial(_update_reference, **run)
-    del run["multiplier"]
+    run = dict(dilation=dilation, activation=activation, out_dtype=jnp.result_type(x, kernel))
+    reference = functools.partial(_update_reference, multiplier=multiplier, **run)
     usable = {
         platform: backend
         for platform, backend in (
