@@ -207,6 +207,20 @@ inline float ApplyOne(const Epilogue& e, float z, int64_t c) {
 }  // namespace
 }  // namespace jdw
 
+// JDW_INLINE: inlined where GCC would call (a call per register block costs its prologue).
+// JDW_IN_REGISTER(v): v is held in a register from here on; GCC would otherwise fold its load
+// into every instruction that uses it, a load each.
+#if defined(__GNUC__) || defined(__clang__)
+#define JDW_INLINE inline __attribute__((always_inline))
+#else
+#define JDW_INLINE inline
+#endif
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#define JDW_IN_REGISTER(v) asm("" : "+v"(v))
+#else
+#define JDW_IN_REGISTER(v) (void)0
+#endif
+
 // The loops, once per instruction set (see the header comment).
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
 #define JDW_MULTIVERSION 1
