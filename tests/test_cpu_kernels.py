@@ -1,12 +1,18 @@
 """The C++ loops behind ``implementation="cpu"`` (jdw.kernels.cpu_depthwise) against the NumPy reference.
 
-Each loop has paths the backend grid's shapes may not reach: the interior blocks of four outputs
-and the tap tables at the borders, the channels past the last full register, the phases of a
-strided input gradient, rows cut into segments (a batch-1 sequence) and tiles (long rows), the
-fused epilogues, bfloat16 loads and stores. The cases below reach each one.
+Each loop has paths the backend grid's shapes may not reach: whole rows in register blocks of
+eight and four outputs (borders included), the interior blocks and tap tables where those do not
+apply, the channels past the last full register, the phases of a strided input gradient, rows cut
+into segments (a batch-1 sequence) and tiles (long rows), the fused epilogues, bfloat16 loads and
+stores. The cases below reach each one, and run again with the loops compiled for AVX2 and the
+baseline (what a CPU without AVX-512 runs).
 """
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +42,13 @@ CASES = {
     "1d-s2-dilated": (1, (300,), 33, (5,), (2,), ((2, 2),), (2,)),
     "1d-one-channel": (3, (20,), 1, (4,), (1,), ((3, 0),), (1,)),
     "3d": (1, (5, 6, 7), 9, (3, 2, 3), (1, 2, 1), ((1, 1), (0, 1), (1, 0)), (1, 1, 2)),
+    # Whole rows in register blocks (channels in whole registers, dilation 1 along the row): blocks
+    # of eight and four outputs, borders and a short last block, one and two registers of channels.
+    "5x5-whole-rows": (2, (7, 21), 48, (5, 5), (1, 1), ((2, 2), (2, 2)), (1, 1)),
+    "7x7-image-narrower-than-kernel": (2, (5, 6), 64, (7, 7), (1, 1), ((3, 3), (3, 3)), (1, 1)),
+    "5x5-s2-padding-past-kernel": (1, (9, 19), 32, (5, 5), (2, 2), ((4, 1), (5, 3)), (1, 1)),
+    "3x3-one-register": (1, (6, 11), 16, (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1)),
+    "1d-one-sequence-in-segments": (1, (300,), 32, (4,), (1,), ((3, 0),), (1,)),
 }
 
 
@@ -150,3 +163,18 @@ def test_float64_with_a_fused_activation_stays_float64(rng):
         want = jdw.depthwise_conv(x, k, b, activation="silu", implementation="xla")
         assert got.dtype == jnp.float64
         assert_close(got, want, np.float64)
+
+
+@pytest.mark.parametrize("instruction_set", ["avx2", "baseline"])
+def test_narrower_instruction_sets_match_numpy(instruction_set):
+    """The loops compiled for AVX2 and the baseline pass this file's cases (JDW_CPU_INSTRUCTION_SET caps the choice)."""
+    if instruction_set == "avx2" and cpu_depthwise.instruction_set() == "baseline":
+        pytest.skip("this CPU has no AVX2")
+    # (Without this run's pytest variables: an xdist worker's would make the inner pytest a worker too.)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "XDIST"))}
+    env["JDW_CPU_INSTRUCTION_SET"] = instruction_set
+    chosen = [sys.executable, "-c", "from jdw.kernels import cpu_depthwise; print(cpu_depthwise.instruction_set())"]
+    assert subprocess.run(chosen, env=env, capture_output=True, text=True, check=True).stdout.strip() == instruction_set
+    tests = ["-k", "loops_match_numpy or fused_bias or bfloat16_loads", "-p", "no:cacheprovider", "-q", __file__]
+    run = subprocess.run([sys.executable, "-m", "pytest", *tests], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

@@ -39,9 +39,11 @@
 #include <condition_variable>
 #include <cstdint>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -285,15 +287,21 @@ struct Loops {
         isa::CausalUpdate<bf16, bf16>                                                                    \
   }
 
+// The widest instruction set this CPU has, or a narrower one named by the environment variable
+// JDW_CPU_INSTRUCTION_SET ("avx2" or "baseline"), read once: the tests run every loop that way.
 const Loops& Chosen() {
   static const Loops loops = [] {
 #ifdef JDW_MULTIVERSION
+    const char* cap = std::getenv("JDW_CPU_INSTRUCTION_SET");
+    const std::string most = cap == nullptr ? "avx512" : cap;
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+    if (most == "avx512" && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
       return JDW_LOOPS(avx512);
     }
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return JDW_LOOPS(avx2);
+    if (most != "baseline" && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+      return JDW_LOOPS(avx2);
+    }
 #endif
     return JDW_LOOPS(baseline);
   }();
