@@ -46,6 +46,11 @@
 #include <string>
 #include <vector>
 
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#include <cpuid.h>
+#include <immintrin.h>
+#endif
+
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -229,6 +234,15 @@ inline float ApplyOne(const Epilogue& e, float z, int64_t c) {
 #endif
 
 #ifdef JDW_MULTIVERSION
+#define JDW_ISA avx512_bf16
+#define JDW_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma")))
+#define JDW_VECTOR_BYTES 64
+#define JDW_AVX512_BF16 1
+#include "cpu_depthwise_loops.inc"
+#undef JDW_ISA
+#undef JDW_TARGET
+#undef JDW_VECTOR_BYTES
+#undef JDW_AVX512_BF16
 #define JDW_ISA avx512
 #define JDW_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
 #define JDW_VECTOR_BYTES 64
@@ -279,26 +293,38 @@ struct Loops {
   CausalUpdateFn<bf16, bf16> causal_update_bf16_bf16;
 };
 
-#define JDW_LOOPS(isa)                                                                                 \
-  Loops {                                                                                              \
-    #isa, isa::Gather<float, float>, isa::Gather<float, bf16>, isa::Gather<bf16, float>,                 \
-        isa::Gather<bf16, bf16>, isa::KernelGrad<float>, isa::KernelGrad<bf16>,                         \
-        isa::CausalUpdate<float, float>, isa::CausalUpdate<float, bf16>, isa::CausalUpdate<bf16, float>,  \
-        isa::CausalUpdate<bf16, bf16>                                                                    \
+// The loops of one instruction set; those that store bfloat16 can come from another (avx512_bf16
+// differs from avx512 only there, so only those are compiled twice).
+#define JDW_LOOPS_WITH(name, isa, bf16_out)                                                                \
+  Loops {                                                                                                  \
+    name, isa::Gather<float, float>, bf16_out::Gather<float, bf16>, isa::Gather<bf16, float>,             \
+        bf16_out::Gather<bf16, bf16>, isa::KernelGrad<float>, isa::KernelGrad<bf16>,                       \
+        isa::CausalUpdate<float, float>, bf16_out::CausalUpdate<float, bf16>,                               \
+        isa::CausalUpdate<bf16, float>, bf16_out::CausalUpdate<bf16, bf16>                                  \
   }
+#define JDW_LOOPS(isa) JDW_LOOPS_WITH(#isa, isa, isa)
+
+#ifdef JDW_MULTIVERSION
+// AVX512-BF16 (CPUID leaf 7, sub-leaf 1, EAX bit 5): Cooper Lake, Sapphire Rapids and later, Zen 4.
+bool HasAvx512Bf16() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  return __get_cpuid_count(7, 1, &a, &b, &c, &d) != 0 && (a >> 5 & 1u) != 0;
+}
+#endif
 
 // The widest instruction set this CPU has, or a narrower one named by the environment variable
-// JDW_CPU_INSTRUCTION_SET ("avx2" or "baseline"), read once: the tests run every loop that way.
+// JDW_CPU_INSTRUCTION_SET ("avx512", "avx2" or "baseline"), read once: the tests run every loop
+// that way.
 const Loops& Chosen() {
   static const Loops loops = [] {
 #ifdef JDW_MULTIVERSION
     const char* cap = std::getenv("JDW_CPU_INSTRUCTION_SET");
-    const std::string most = cap == nullptr ? "avx512" : cap;
+    const std::string most = cap == nullptr ? "avx512_bf16" : cap;
     __builtin_cpu_init();
-    if (most == "avx512" && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
-      return JDW_LOOPS(avx512);
-    }
+    const bool has_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    if (most == "avx512_bf16" && has_avx512 && HasAvx512Bf16()) return JDW_LOOPS_WITH("avx512_bf16", avx512, avx512_bf16);
+    if ((most == "avx512_bf16" || most == "avx512") && has_avx512) return JDW_LOOPS(avx512);
     if (most != "baseline" && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
       return JDW_LOOPS(avx2);
     }

@@ -16,8 +16,8 @@ dilated copy is made, and the kernel gradient keeps its partial sums in cache, w
 CPU emitters make one pass over the operands per tap. A fourth, :func:`causal_update`, is the
 decoding step of :func:`jdw.causal_conv1d_update`, with the state operand aliased to the new
 state, so that XLA updates it in place. Rows are shared out to XLA's intra-op
-thread pool. The loops are compiled for AVX-512, AVX2 and the baseline, and the widest the
-CPU runs is picked at import (:func:`instruction_set`).
+thread pool. The loops are compiled for AVX-512 (with and without its bfloat16 conversions),
+AVX2 and the baseline, and the widest the CPU runs is picked at import (:func:`instruction_set`).
 
 The extension is built with the package (``setup.py``); where it could not be built,
 :data:`AVAILABLE` is ``False`` and ``"cpu"`` is not a backend.
@@ -64,11 +64,15 @@ if AVAILABLE:
 
 
 def instruction_set() -> str | None:
-    """The instruction set the loops run with on this CPU (``"avx512"``, ``"avx2"``, ``"baseline"``), or ``None``.
+    """The instruction set the loops run with on this CPU, or ``None`` where the extension is not built.
+
+    The widest of ``"avx512_bf16"`` (AVX-512 with the bfloat16 conversions: Cooper Lake, Sapphire
+    Rapids, Zen 4), ``"avx512"``, ``"avx2"`` and ``"baseline"`` that the CPU runs, or a narrower one
+    named by the environment variable ``JDW_CPU_INSTRUCTION_SET`` (read at import).
 
     Examples:
       >>> from jdw.kernels import cpu_depthwise
-      >>> cpu_depthwise.instruction_set() in ("avx512", "avx2", "baseline", None)
+      >>> cpu_depthwise.instruction_set() in ("avx512_bf16", "avx512", "avx2", "baseline", None)
       True
     """
     return _cpu_depthwise.instruction_set() if AVAILABLE else None
