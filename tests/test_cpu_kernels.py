@@ -173,7 +173,7 @@ _INSTRUCTION_SETS = ("baseline", "avx2", "avx512", "avx512_bf16")  # narrowest f
 
 @pytest.mark.parametrize("instruction_set", ["avx512", "avx2", "baseline"])
 def test_narrower_instruction_sets_match_numpy(instruction_set):
-    """The loops compiled for narrower instruction sets pass this file's cases (JDW_CPU_INSTRUCTION_SET caps the choice).
+    """Narrower instruction sets' loops pass this file's cases (JDW_CPU_INSTRUCTION_SET caps the choice).
 
     ``"avx512"`` differs from the widest, ``"avx512_bf16"``, in how it rounds bfloat16 stores.
     """
@@ -185,6 +185,6 @@ def test_narrower_instruction_sets_match_numpy(instruction_set):
     env["JDW_CPU_INSTRUCTION_SET"] = instruction_set
     chosen = [sys.executable, "-c", "from jdw.kernels import cpu_depthwise; print(cpu_depthwise.instruction_set())"]
     assert subprocess.run(chosen, env=env, capture_output=True, text=True, check=True).stdout.strip() == instruction_set
-    tests = ["-k", "loops_match_numpy or fused_bias or bfloat16_",  "-p", "no:cacheprovider", "-q", __file__]
+    tests = ["-k", "loops_match_numpy or fused_bias or bfloat16_", "-p", "no:cacheprovider", "-q", __file__]
     run = subprocess.run([sys.executable, "-m", "pytest", *tests], env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
