@@ -349,7 +349,7 @@ def compare_torch(
         torch_programs = _torch_programs(layer, torch_dtype)
         record = dict(layer=layer.name, count=layer.count, batch=batch, dtype=dtype,
                       implementation=implementation or "automatic", torch=torch.__version__,
-                      torch_threads=torch.get_num_threads())  # fmt: skip
+                      torch_threads=torch.get_num_threads(), **_cpu_context())  # fmt: skip
         for part in parts:
             n = 2 if part == "forward" else 3
             jax_fn = lambda fn=programs[part], a=jax_args[:n]: jax.block_until_ready(fn(*a))  # noqa: E731
@@ -383,6 +383,19 @@ def _check_same(part: str, layer: LayerShape, mine, theirs, tolerance: float) ->
         error = float(np.abs(got - want).max()) / max(float(np.abs(want).max()), 1.0)
         if error > tolerance:
             raise AssertionError(f"{layer.name} {part}: jdw and PyTorch differ by {error:.2e} (relative to the max)")
+
+
+def _cpu_context() -> dict:
+    """What sets CPU figures besides the loops: the instruction set the C++ loops run with, and malloc.
+
+    Under glibc's malloc the large layers' times are mostly page faults, on both sides (XLA:CPU's
+    buffers are mapped fresh on every call; see the performance page); under tcmalloc they are the
+    loops'. ``LD_PRELOAD=libtcmalloc_minimal.so.4`` chooses it when the process starts.
+    """
+    from jdw.kernels import cpu_depthwise  # noqa: PLC0415
+    from jdw.training.allocator import tcmalloc_loaded  # noqa: PLC0415
+
+    return dict(instruction_set=cpu_depthwise.instruction_set(), malloc="tcmalloc" if tcmalloc_loaded() else "system")
 
 
 def _torch_table(records: list[dict], parts: Sequence[str]) -> str:
@@ -888,7 +901,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         title = (
             f"# jdw.bench --compare torch: batch {args.batch}, {args.dtype}, jdw {records[0]['implementation']!r} "
             f"against torch {records[0]['torch']} ({records[0]['torch_threads']} threads), medians of "
-            f"{args.repeats} alternating runs"
+            f"{args.repeats} alternating runs; loops {records[0]['instruction_set']}, {records[0]['malloc']} malloc"
         )
         return _report(records, args.json, title, lambda records: _torch_table(records, parts))
     records = run(

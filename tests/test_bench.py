@@ -117,8 +117,11 @@ def test_compare_torch_checks_numbers_and_reports_ratios(capsys):
     assert bench.main(["--compare", "torch", "--batch", "2", "--layers", layers, "--repeats", "2", "--json"]) == 0
     records = json.loads(capsys.readouterr().out)
     assert [r["layer"] for r in records] == ["8x8x16/s1", "9x9x8/s2/k5"]
+    from jdw.kernels import cpu_depthwise
+
     for r in records:
         assert r["implementation"] == "automatic"
+        assert r["instruction_set"] == cpu_depthwise.instruction_set() and r["malloc"] in ("system", "tcmalloc")
         for part in bench.PARTS:
             assert r[f"{part}_ms"] > 0 and r[f"{part}_torch_ms"] > 0
             assert r[f"{part}_ratio"] == pytest.approx(r[f"{part}_ms"] / r[f"{part}_torch_ms"])
@@ -126,6 +129,7 @@ def test_compare_torch_checks_numbers_and_reports_ratios(capsys):
     assert bench.main([*args, "--implementations", "taps", "--parts", "forward", "--dtype", "bfloat16"]) == 0
     out = capsys.readouterr().out
     assert "jdw 'taps' against torch" in out and "| 7x7x32/s1" in out and "network (1 layers)" in out
+    assert " malloc" in out.splitlines()[0]
 
 
 def test_compare_torch_refuses_different_numbers(monkeypatch):
