@@ -10,6 +10,10 @@ between the networks, so the ratio holds on a noisy machine. With ``--compare to
 only; needs ``pip install "jdw[torch]"``) torchvision's ``mobilenet_v2`` with the
 same width, classes and stride adaptation trains beside them: channels-last tensors, SGD with
 Nesterov momentum, label-smoothed cross-entropy, as many threads as JAX uses.
+
+On Linux the script starts itself again under tcmalloc where one is installed, as ``jdw-train``
+does (glibc's malloc maps XLA:CPU's step memory afresh every step; see the training guide), and
+prints which malloc it ran under; ``JDW_TCMALLOC=0`` keeps the system's.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import time
 import jax
 import numpy as np
 
-from jdw.training import config, flax_baseline, train
+from jdw.training import allocator, config, flax_baseline, train
 
 
 def measure(step, state, batch, *, steps: int, repeats: int) -> list[float]:
@@ -160,6 +164,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "batch_size": args.batch_size,
             "platform": jax.devices()[0].platform,
             "devices": jax.device_count(),
+            "malloc": "tcmalloc" if allocator.tcmalloc_loaded() else "system",
             "ms_per_step": 1e3 * min(t),
             "images_per_second": args.batch_size / min(t),
             "speedup": baseline / min(t),
@@ -173,7 +178,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(
             f"{args.model} width {args.width}, {args.image_size}x{args.image_size}x{args.channels}, batch "
             f"{args.batch_size}, {jax.device_count()} {jax.devices()[0].platform} device(s); train step "
-            f"(forward + backward + SGD), best of {args.repeats}x{args.steps} steps"
+            f"(forward + backward + SGD), best of {args.repeats}x{args.steps} steps; {records[0]['malloc']} malloc"
         )
         torch_head = f" {'vs torch':>9s}" if torch_step else ""
         print(f"{'network':40s} {'ms/step':>9s} {'images/s':>9s} {'speedup':>8s}{torch_head}")
@@ -187,4 +192,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
+    # Under tcmalloc where one is installed, as `jdw-train` runs (jdw.training.allocator; the
+    # training guide measures why); JDW_TCMALLOC=0 keeps the system's malloc.
+    allocator.restart_under_tcmalloc()
     main(sys.argv[1:])

@@ -26,6 +26,12 @@ in this process (each side first running until the other's spinning threads have
 reports each side's median and the ratio jdw / torch, per layer and for the network
 (``pip install "jdw[bench]"``).
 
+On Linux the command starts itself again under tcmalloc where one is installed
+(``apt-get install libtcmalloc-minimal4``), as the training command line does, and the headers
+name the malloc: glibc's maps XLA:CPU's large buffers afresh on every call, so that page faults
+set the large layers' times (on both sides of ``--compare torch``; one layer measured 0.6x or 26x
+PyTorch's time depending on what ran before it). ``JDW_TCMALLOC=0`` keeps the system's malloc.
+
 By default every registered backend that runs compiled on this platform is timed; the
 ``"pallas"`` kernel runs in Pallas's interpreter on CPU, which says nothing about speed,
 so there it is timed only when named in ``--implementations``.
@@ -916,7 +922,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = jax.devices()[0]
     title = (
         f"# jdw.bench: batch {args.batch}, {args.dtype}, {device.platform} ({device.device_kind}), "
-        f"automatic choice here: {backends.automatic_choice(device.platform)!r}"
+        f"automatic choice here: {backends.automatic_choice(device.platform)!r}; "
+        f"{_cpu_context()['malloc']} malloc"
     )
     return _report(records, args.json, title, lambda records: _table(records, parts))
 
@@ -972,4 +979,10 @@ def _parse_layer(name: str) -> LayerShape:
 
 
 if __name__ == "__main__":
+    # Under tcmalloc where one is installed, as the training command line: glibc's malloc maps
+    # XLA:CPU's large buffers afresh on every call, and the page faults, not the loops, then set
+    # the large layers' times on both sides (JDW_TCMALLOC=0 keeps the system's malloc).
+    from jdw.training.allocator import restart_under_tcmalloc
+
+    restart_under_tcmalloc()
     raise SystemExit(main())
