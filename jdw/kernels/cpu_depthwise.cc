@@ -346,7 +346,7 @@ const Loops& Chosen() {
     const std::string most = cap == nullptr ? "avx512_bf16" : cap;
     __builtin_cpu_init();
     const bool has_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+                            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
     if (most == "avx512_bf16" && has_avx512 && HasAvx512Bf16()) {
       return JDW_LOOPS_WITH("avx512_bf16", avx512, avx512_bf16);
     }
