@@ -329,6 +329,7 @@ def compare_torch(
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     tolerance = 1e-3 if dtype == "float32" else 5e-2
     rng = np.random.default_rng(0)
+    context = _cpu_context()
     records = []
     for layer in layers:
         pad = ((layer.kernel // 2,) * 2,) * 2
@@ -355,7 +356,7 @@ def compare_torch(
         torch_programs = _torch_programs(layer, torch_dtype)
         record = dict(layer=layer.name, count=layer.count, batch=batch, dtype=dtype,
                       implementation=implementation or "automatic", torch=torch.__version__,
-                      torch_threads=torch.get_num_threads(), **_cpu_context())  # fmt: skip
+                      torch_threads=torch.get_num_threads(), **context)  # fmt: skip
         for part in parts:
             n = 2 if part == "forward" else 3
             jax_fn = lambda fn=programs[part], a=jax_args[:n]: jax.block_until_ready(fn(*a))  # noqa: E731
