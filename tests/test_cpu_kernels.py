@@ -2,10 +2,11 @@
 
 Each loop has paths the backend grid's shapes may not reach: whole rows in register blocks of
 eight and four outputs (borders included), the interior blocks and tap tables where those do not
-apply, the channels past the last full register, the phases of a strided input gradient, rows cut
-into segments (a batch-1 sequence) and tiles (long rows), the fused epilogues, bfloat16 loads and
-stores. The cases below reach each one, and run again with the loops compiled for narrower
-instruction sets than this CPU's (AVX-512 without its bfloat16 conversions, AVX2, the baseline).
+apply, the channels past the last full register, a strided input gradient (stride 2 in one pass
+along the row, other strides one phase at a time), rows cut into segments (a batch-1 sequence)
+and tiles (long rows), the fused epilogues, bfloat16 loads and stores. The cases below reach each
+one, and run again with the loops compiled for narrower instruction sets than this CPU's (AVX-512
+without its bfloat16 conversions, AVX2, the baseline).
 """
 
 from __future__ import annotations
@@ -49,6 +50,13 @@ CASES = {
     "5x5-s2-padding-past-kernel": (1, (9, 19), 32, (5, 5), (2, 2), ((4, 1), (5, 3)), (1, 1)),
     "3x3-one-register": (1, (6, 11), 16, (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1)),
     "1d-one-sequence-in-segments": (1, (300,), 32, (4,), (1,), ((3, 0),), (1,)),
+    # The input gradient of stride 2 in one pass along the row (blocks of both phases): two
+    # registers of channels and one, odd widths, a row cut into segments, 4- and 7-tap kernels;
+    # stride 3 keeps one pass per phase.
+    "1d-s2-one-sequence-in-segments": (1, (301,), 48, (3,), (2,), ((1, 1),), (1,)),
+    "1x7-s2-odd-width": (2, (3, 33), 32, (1, 7), (1, 2), ((0, 0), (3, 3)), (1, 1)),
+    "4x4-s2-asymmetric-padding": (1, (6, 23), 16, (4, 4), (2, 2), ((1, 2), (2, 1)), (1, 1)),
+    "3x3-s3-whole-registers": (1, (7, 25), 32, (3, 3), (3, 3), ((1, 1), (1, 1)), (1, 1)),
 }
 
 
