@@ -6,7 +6,8 @@ apply, the channels past the last full register, a strided input gradient (strid
 along the row, other strides one phase at a time), rows cut into segments (a batch-1 sequence)
 and tiles (long rows), the fused epilogues, bfloat16 loads and stores. The cases below reach each
 one, and run again with the loops compiled for narrower instruction sets than this CPU's (AVX-512
-without its bfloat16 conversions, AVX2, the baseline).
+without its bfloat16 conversions, AVX2, the baseline), and with every destination written by
+non-temporal stores (which large ones are).
 """
 
 from __future__ import annotations
@@ -179,6 +180,21 @@ def test_float64_with_a_fused_activation_stays_float64(rng):
 _INSTRUCTION_SETS = ("baseline", "avx2", "avx512", "avx512_bf16")  # narrowest first
 
 
+def _run_this_file_with(env_update: dict[str, str], check: str, want: str) -> None:
+    """Runs the loop, epilogue and bfloat16 tests of this file in a new process with ``env_update``.
+
+    ``check``, a Python expression, must print ``want`` there first (the setting took).
+    """
+    # (Without this run's pytest variables: an xdist worker's would make the inner pytest a worker too.)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "XDIST"))}
+    env.update(env_update)
+    chosen = [sys.executable, "-c", f"from jdw.kernels import cpu_depthwise; print({check})"]
+    assert subprocess.run(chosen, env=env, capture_output=True, text=True, check=True).stdout.strip() == want
+    tests = ["-k", "loops_match_numpy or fused_bias or bfloat16_", "-p", "no:cacheprovider", "-q", __file__]
+    run = subprocess.run([sys.executable, "-m", "pytest", *tests], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+
 @pytest.mark.parametrize("instruction_set", ["avx512", "avx2", "baseline"])
 def test_narrower_instruction_sets_match_numpy(instruction_set):
     """Narrower instruction sets' loops pass this file's cases (JDW_CPU_INSTRUCTION_SET caps the choice).
@@ -188,11 +204,28 @@ def test_narrower_instruction_sets_match_numpy(instruction_set):
     widest = cpu_depthwise.instruction_set()
     if _INSTRUCTION_SETS.index(instruction_set) >= _INSTRUCTION_SETS.index(widest):
         pytest.skip(f"this CPU's widest instruction set is {widest}: the other tests run it")
-    # (Without this run's pytest variables: an xdist worker's would make the inner pytest a worker too.)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "XDIST"))}
-    env["JDW_CPU_INSTRUCTION_SET"] = instruction_set
-    chosen = [sys.executable, "-c", "from jdw.kernels import cpu_depthwise; print(cpu_depthwise.instruction_set())"]
-    assert subprocess.run(chosen, env=env, capture_output=True, text=True, check=True).stdout.strip() == instruction_set
-    tests = ["-k", "loops_match_numpy or fused_bias or bfloat16_", "-p", "no:cacheprovider", "-q", __file__]
-    run = subprocess.run([sys.executable, "-m", "pytest", *tests], env=env, capture_output=True, text=True)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    env = {"JDW_CPU_INSTRUCTION_SET": instruction_set}
+    _run_this_file_with(env, "cpu_depthwise.instruction_set()", instruction_set)
+
+
+@pytest.mark.parametrize("instruction_set", ["widest", "avx2"])
+def test_streaming_stores_match_numpy(instruction_set):
+    """With ``JDW_CPU_STREAM_BYTES=0`` every destination is written by non-temporal stores (where
+    aligned; the rest, channels past the last whole register or unaligned rows, by ordinary ones),
+    as destinations larger than the last-level cache are: this file's cases pass so, 512- and
+    256-bit registers, float32 and bfloat16."""
+    widest = cpu_depthwise.instruction_set()
+    env = {"JDW_CPU_STREAM_BYTES": "0"}
+    if instruction_set != "widest":
+        if _INSTRUCTION_SETS.index(instruction_set) >= _INSTRUCTION_SETS.index(widest):
+            pytest.skip(f"this CPU's widest instruction set is {widest}: the other case runs it")
+        env["JDW_CPU_INSTRUCTION_SET"] = instruction_set
+    _run_this_file_with(env, "cpu_depthwise.stream_bytes()", "0")
+
+
+def test_large_destinations_stream():
+    """Without the environment variable the threshold is the last-level cache's size (at least 1 MiB,
+    at most 4 GiB on any CPU this runs on), so the layers that fit in the cache keep ordinary stores."""
+    if "JDW_CPU_STREAM_BYTES" in os.environ:
+        pytest.skip("JDW_CPU_STREAM_BYTES is set in this environment")
+    assert 1 << 20 <= cpu_depthwise.stream_bytes() <= 4 << 30

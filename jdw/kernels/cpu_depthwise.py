@@ -18,6 +18,8 @@ decoding step of :func:`jdw.causal_conv1d_update`, with the state operand aliase
 state, so that XLA updates it in place. Rows are shared out to XLA's intra-op
 thread pool. The loops are compiled for AVX-512 (with and without its bfloat16 conversions),
 AVX2 and the baseline, and the widest the CPU runs is picked at import (:func:`instruction_set`).
+A destination larger than the last-level cache is written with non-temporal stores
+(:func:`stream_bytes`).
 
 The extension is built with the package (``setup.py``); where it could not be built,
 :data:`AVAILABLE` is ``False`` and ``"cpu"`` is not a backend.
@@ -76,6 +78,22 @@ def instruction_set() -> str | None:
       True
     """
     return _cpu_depthwise.instruction_set() if AVAILABLE else None
+
+
+def stream_bytes() -> int | None:
+    """The destination size in bytes from which the loops write it with non-temporal stores.
+
+    A destination at least this large (the last-level cache's size, or the environment variable
+    ``JDW_CPU_STREAM_BYTES``, read at import) is written with streaming stores, which do not first
+    read each cache line as an ordinary store does: it would not be in the cache any more when the
+    next operation reads it. ``None`` where the extension is not built.
+
+    Examples:
+      >>> from jdw.kernels import cpu_depthwise
+      >>> cpu_depthwise.stream_bytes() is None or cpu_depthwise.stream_bytes() >= 0
+      True
+    """
+    return _cpu_depthwise.stream_bytes() if AVAILABLE else None
 
 
 def supports(geometry: Geometry, *dtypes) -> bool:
