@@ -84,7 +84,7 @@ def stream_bytes() -> int | None:
     """The destination size in bytes from which the loops write it with non-temporal stores.
 
     A destination at least this large (the last-level cache's size, or the environment variable
-    ``JDW_CPU_STREAM_BYTES``, read at import) is written with streaming stores, which do not first
+    ``JDW_CPU_STREAM_BYTES``, read once) is written with streaming stores, which do not first
     read each cache line as an ordinary store does: it would not be in the cache any more when the
     next operation reads it. ``None`` where the extension is not built.
 
