@@ -223,7 +223,7 @@ def test_streaming_stores_match_numpy(instruction_set):
     _run_this_file_with(env, "cpu_depthwise.stream_bytes()", "0")
 
 
-def test_large_destinations_stream():
+def test_stream_threshold_is_a_cache_size():
     """Without the environment variable the threshold is the last-level cache's size (at least 1 MiB,
     at most 4 GiB on any CPU this runs on), so the layers that fit in the cache keep ordinary stores."""
     if "JDW_CPU_STREAM_BYTES" in os.environ:

@@ -385,9 +385,9 @@ int64_t LastLevelCacheBytes() {
 // set 0: every destination streams). A destination larger than the cache has left it before the
 // next operation reads it, so an ordinary store's read of each line (to own it) is traffic spent
 // for nothing; a streaming store writes the line without reading it. Against PyTorch, the forward
-// pass of 112x112x32 (batch 32, 51 MB out) went from 1.18-1.23x its time to 0.86-0.88x, of
-// 56x56x144 from 0.94-0.96x to 0.67-0.73x, and the input gradient of 112x112x96 of stride 2 (154
-// MB) from 0.98-1.01x to 0.45-0.46x (two runs each, alternating). Smaller destinations keep
+// pass of 112x112x32 (batch 32, 51 MB out) went from 1.13-1.35x its time to 0.92-1.01x, of
+// 56x56x144 from 0.92-0.94x to 0.69-0.71x, and the input gradient of 112x112x96 of stride 2 (154
+// MB) from 0.96-1.02x to 0.46-0.61x (two runs each, alternating builds). Smaller destinations keep
 // ordinary stores: the next operation finds them in the cache.
 int64_t StreamBytes() {
   static const int64_t bytes = [] {
