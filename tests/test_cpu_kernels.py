@@ -3,8 +3,9 @@
 Each loop has paths the backend grid's shapes may not reach: whole rows in register blocks of
 eight and four outputs (borders included), the interior blocks and tap tables where those do not
 apply, the channels past the last full register, a strided input gradient (stride 2 in one pass
-along the row, other strides one phase at a time), rows cut into segments (a batch-1 sequence)
-and tiles (long rows), the fused epilogues, bfloat16 loads and stores. The cases below reach each
+along the row, other strides one phase at a time), the kernel gradient's taps swept together and
+one at a time, rows cut into segments (a batch-1 sequence) and tiles (long rows), the fused
+epilogues, bfloat16 loads and stores. The cases below reach each
 one, and run again with the loops compiled for narrower instruction sets than this CPU's (AVX-512
 without its bfloat16 conversions, AVX2, the baseline), and with every destination written by
 non-temporal stores (which large ones are).
@@ -58,6 +59,11 @@ CASES = {
     "1x7-s2-odd-width": (2, (3, 33), 32, (1, 7), (1, 2), ((0, 0), (3, 3)), (1, 1)),
     "4x4-s2-asymmetric-padding": (1, (6, 23), 16, (4, 4), (2, 2), ((1, 2), (2, 1)), (1, 1)),
     "3x3-s3-whole-registers": (1, (7, 25), 32, (3, 3), (3, 3), ((1, 1), (1, 1)), (1, 1)),
+    # The kernel gradient sweeps up to seven taps of a row together where at least four outputs
+    # see all of them (the rest, and rows with fewer, a tap at a time): groups of 7 + 7 + 1 with
+    # channels past the last register, and 7 + 6 with stride and dilation.
+    "1d-k15-tap-groups": (2, (64,), 24, (15,), (1,), ((7, 7),), (1,)),
+    "1d-k13-s2-dilated-tap-groups": (1, (90,), 16, (13,), (2,), ((6, 6),), (2,)),
 }
 
 

@@ -19,8 +19,9 @@
 // - the gather keeps the sums of four neighbouring outputs of one register of channels in
 //   registers, loading each weight once for the four, where every tap lies inside the source (the
 //   interior); the borders go through the tap tables;
-// - the kernel gradient sums the products of one tap along a row in registers, then adds them to
-//   per-worker partial sums (taps x C, in L1/L2), summed at the end;
+// - the kernel gradient sums the products of up to seven taps along a row in registers, loading
+//   each position of dy once for them, then adds them to per-worker partial sums (taps x C, in
+//   L1/L2), summed at the end;
 // - long rows are cut into tiles of positions whose source fits in L1.
 // Rows (and, when there are few, segments of rows) are shared out to XLA's intra-op thread pool.
 // bfloat16 operands are widened to float32 on load and rounded (to nearest even) on store; sums
@@ -47,6 +48,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
