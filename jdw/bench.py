@@ -279,16 +279,19 @@ def _torch_programs(layer: LayerShape, torch_dtype):
 # OMP_WAIT_POLICY=PASSIVE, which stops the spinning, the gap closed). XLA's threads do the same, more
 # briefly. So each side first runs until the other's threads have settled.
 _SETTLE_MS = 10.0
+# Then calls are timed for at least this long (and at least three): with three calls per round, a
+# 0.3-1 ms layer's ratio moved up to 2.7x between runs of the same build on a shared 2-core machine.
+_TIMED_MS = 20.0
 
 
 def _settled_ms(fn: Callable, timed: int = 3) -> float:
-    """``fn``'s median time in ms over ``timed`` calls, after calls of it for ``_SETTLE_MS`` (at least one)."""
+    """``fn``'s median ms over at least ``timed`` calls and ``_TIMED_MS``, after calls of it for ``_SETTLE_MS``."""
     start = time.perf_counter()
     fn()
     while (time.perf_counter() - start) * 1e3 < _SETTLE_MS:
         fn()
-    times = []
-    for _ in range(timed):
+    times: list[float] = []
+    while len(times) < timed or sum(times) < _TIMED_MS:
         start = time.perf_counter()
         fn()
         times.append((time.perf_counter() - start) * 1e3)
@@ -312,7 +315,8 @@ def compare_torch(
     compute the same numbers, then runs ``repeats`` rounds that alternate jdw and
     PyTorch, so both see the same machine load. In a round each side runs for 10 ms
     untimed (until the other side's threads, which spin after a call, have settled),
-    then three timed calls give its time; the record has each side's median over the
+    then the median of its timed calls (at least three, and at least 20 ms of them) gives
+    its time; the record has each side's median over the
     rounds and ``{part}_ratio`` = jdw / torch (below 1: jdw is faster). Needs ``torch``
     (``pip install jdw[torch]``).
 
