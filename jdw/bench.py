@@ -280,7 +280,7 @@ def _torch_programs(layer: LayerShape, torch_dtype):
 # briefly. So each side first runs until the other's threads have settled.
 _SETTLE_MS = 10.0
 # Then calls are timed for at least this long (and at least three): with three calls per round, a
-# 0.3-1 ms layer's ratio moved up to 2.7x between runs of the same build on a shared 2-core machine.
+# 0.3-1 ms layer's ratio moved up to 2.3x between runs of the same build on a shared 2-core machine.
 _TIMED_MS = 20.0
 
 
