@@ -367,7 +367,7 @@ def compare_torch(
             torch_fn = lambda fn=torch_programs[part], a=torch_args[:n]: fn(*a)  # noqa: E731
             with torch.no_grad():
                 mine, theirs = jax_fn(), torch_fn()  # also the warm-up (jdw compiles here)
-                _check_same(part, layer, mine, theirs, tolerance)
+                _check_same(part, layer.name, mine, theirs, tolerance)
                 jax_times, torch_times = [], []
                 for _ in range(repeats):
                     for fn, times in ((jax_fn, jax_times), (torch_fn, torch_times)):
@@ -386,14 +386,14 @@ _RESULT_LAYOUTS = {
 }  # fmt: skip
 
 
-def _check_same(part: str, layer: LayerShape, mine, theirs, tolerance: float) -> None:
-    """jdw's and PyTorch's results of ``part`` agree (PyTorch's brought to jdw's layouts)."""
-    for got, want, order in zip(jax.tree.leaves(mine), theirs, _RESULT_LAYOUTS[part], strict=True):
+def _check_same(part: str, name: str, mine, theirs, tolerance: float, layouts: dict = _RESULT_LAYOUTS) -> None:
+    """jdw's and PyTorch's results of ``part`` on layer ``name`` agree (PyTorch's brought to jdw's ``layouts``)."""
+    for got, want, order in zip(jax.tree.leaves(mine), theirs, layouts[part], strict=True):
         want = want.float().numpy().transpose(order)
         got = np.asarray(got, np.float32)
         error = float(np.abs(got - want).max()) / max(float(np.abs(want).max()), 1.0)
         if error > tolerance:
-            raise AssertionError(f"{layer.name} {part}: jdw and PyTorch differ by {error:.2e} (relative to the max)")
+            raise AssertionError(f"{name} {part}: jdw and PyTorch differ by {error:.2e} (relative to the max)")
 
 
 def _cpu_context() -> dict:
@@ -409,8 +409,8 @@ def _cpu_context() -> dict:
     return dict(instruction_set=cpu_depthwise.instruction_set(), malloc="tcmalloc" if tcmalloc_loaded() else "system")
 
 
-def _torch_table(records: list[dict], parts: Sequence[str]) -> str:
-    """Per layer and part: jdw's and PyTorch's medians and their ratio; then the network (``count``-weighted)."""
+def _torch_table(records: list[dict], parts: Sequence[str], total: str = "network") -> str:
+    """Per layer and part: jdw's and PyTorch's medians and their ratio; then their ``count``-weighted ``total``."""
     head = ["layer", *[f"{part} jdw / torch ms (ratio)" for part in parts]]
     cell = lambda r, part: f"{r[f'{part}_ms']:.3f} / {r[f'{part}_torch_ms']:.3f} ({r[f'{part}_ratio']:.2f}x)"  # noqa: E731
     rows = [[r["layer"], *[cell(r, part) for part in parts]] for r in records]
@@ -419,7 +419,7 @@ def _torch_table(records: list[dict], parts: Sequence[str]) -> str:
         mine = sum(r[f"{part}_ms"] * r["count"] for r in records)
         theirs = sum(r[f"{part}_torch_ms"] * r["count"] for r in records)
         totals.append(f"{mine:.3f} / {theirs:.3f} ({mine / theirs:.2f}x)")
-    rows.append([f"network ({sum(r['count'] for r in records)} layers)", *totals])
+    rows.append([f"{total} ({sum(r['count'] for r in records)} layers)", *totals])
     return _markdown(head, rows)
 
 
@@ -546,6 +546,109 @@ def run_sequences(
                         decode_minimum_passes=least,
                     )
                 )
+    return records
+
+
+def _torch_sequence_programs(shape: SequenceShape, torch_dtype):
+    """PyTorch's causal depthwise conv1d with SiLU as Mamba's reference writes it, on ``(batch, channels, length)``.
+
+    ``F.conv1d(groups=D, padding=W - 1)`` cut to the first ``length`` outputs, then ``F.silu``;
+    forward + backward is autograd's (``y.backward(dy)``), which returns ``y`` and the gradients
+    of ``x``, the kernel and the bias.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    def forward(x, w, b):
+        return F.silu(F.conv1d(x, w, b, padding=shape.kernel - 1, groups=shape.channels)[..., : shape.length])
+
+    def forward_backward(x, w, b, dy):
+        with torch.enable_grad():
+            leaves = [a.detach().requires_grad_() for a in (x, w, b)]
+            y = forward(*leaves)
+            y.backward(dy)
+        return (y.detach(), *(a.grad for a in leaves))
+
+    return {"forward": lambda x, w, b: (forward(x, w, b),), "forward_backward": forward_backward}
+
+
+# The layout of each result, PyTorch's (batch, channels, length) activations and (D, 1, W) kernels to jdw's.
+_NCL_TO_NLC, _DIW_TO_WID = (0, 2, 1), (2, 1, 0)
+_SEQUENCE_LAYOUTS = {"forward": (_NCL_TO_NLC,), "forward_backward": (_NCL_TO_NLC, _NCL_TO_NLC, _DIW_TO_WID, (0,))}
+
+
+def compare_torch_sequences(
+    shapes: Sequence[SequenceShape] = SEQUENCES,
+    implementation: str | None = None,
+    *,
+    dtype: str = "float32",
+    repeats: int = 5,
+    parts: Sequence[str] = ("forward", "forward_backward"),
+) -> list[dict]:
+    """Times :func:`jdw.causal_conv1d` (SiLU fused) against PyTorch's causal conv1d on every sequence shape.
+
+    PyTorch runs what Mamba's reference implementation does on ``(batch, channels, length)``
+    tensors: ``F.silu(F.conv1d(x, w, b, padding=W - 1, groups=D)[..., :L])``, and its
+    backward through autograd. ``"forward_backward"`` is the output and the gradients of
+    ``x``, the kernel and the bias on both sides. Checks and timing are those of
+    :func:`compare_torch` (the numbers compared first, then rounds that alternate the two
+    in one process); ``{part}_ratio`` = jdw / torch.
+
+    Examples:
+      >>> from jdw import bench
+      >>> records = bench.compare_torch_sequences([bench.SequenceShape("tiny", 1, 64, 8, 4)], repeats=1)
+      >>> records[0]["forward_backward_ratio"] > 0
+      True
+    """
+    try:
+        import torch
+    except ImportError as error:
+        raise ImportError("compare_torch_sequences needs PyTorch: pip install 'jdw[torch]'") from error
+    unknown = set(parts) - {"forward", "forward_backward"}
+    if unknown:
+        raise ValueError(f"sequence parts are forward and forward_backward, got {sorted(unknown)}")
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    tolerance = 1e-3 if dtype == "float32" else 5e-2
+    rng = np.random.default_rng(0)
+    context = _cpu_context()
+    records = []
+    for shape in shapes:
+        x = rng.standard_normal((shape.batch, shape.length, shape.channels)).astype(np.float32)
+        k = (rng.standard_normal((shape.kernel, 1, shape.channels)) * 0.3).astype(np.float32)
+        b = (rng.standard_normal((shape.channels,)) * 0.1).astype(np.float32)
+        dy = rng.standard_normal(x.shape).astype(np.float32)
+
+        def conv(x, k, b):
+            return jdw.causal_conv1d(x, k, b, activation="silu", implementation=implementation)
+
+        def forward_backward(x, k, b, dy):
+            y, pullback = jax.vjp(conv, x, k, b)
+            return (y, *pullback(dy))
+
+        programs = {"forward": jax.jit(lambda x, k, b: (conv(x, k, b),)), "forward_backward": jax.jit(forward_backward)}
+        jax_args = [jnp.asarray(a, dtype) for a in (x, k, b, dy)]
+        ncl = lambda a: torch.from_numpy(a.transpose(0, 2, 1).copy()).to(torch_dtype)  # noqa: E731
+        torch_args = [ncl(x), torch.from_numpy(k.transpose(2, 1, 0).copy()).to(torch_dtype),
+                      torch.from_numpy(b).to(torch_dtype), ncl(dy)]  # fmt: skip
+        torch_programs = _torch_sequence_programs(shape, torch_dtype)
+        record = dict(layer=shape.name, count=1, batch=shape.batch, length=shape.length, channels=shape.channels,
+                      kernel=shape.kernel, dtype=dtype, implementation=implementation or "automatic",
+                      torch=torch.__version__, torch_threads=torch.get_num_threads(), **context)  # fmt: skip
+        for part in parts:
+            n = 3 if part == "forward" else 4
+            jax_fn = lambda fn=programs[part], a=jax_args[:n]: jax.block_until_ready(fn(*a))  # noqa: E731
+            torch_fn = lambda fn=torch_programs[part], a=torch_args[:n]: fn(*a)  # noqa: E731
+            with torch.no_grad():
+                mine, theirs = jax_fn(), torch_fn()
+                _check_same(part, shape.name, mine, theirs, tolerance, _SEQUENCE_LAYOUTS)
+                jax_times, torch_times = [], []
+                for _ in range(repeats):
+                    for fn, times in ((jax_fn, jax_times), (torch_fn, torch_times)):
+                        times.append(_settled_ms(fn))
+            record[f"{part}_ms"] = float(np.median(jax_times))
+            record[f"{part}_torch_ms"] = float(np.median(torch_times))
+            record[f"{part}_ratio"] = record[f"{part}_ms"] / record[f"{part}_torch_ms"]
+        records.append(record)
     return records
 
 
@@ -884,6 +987,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     implementations = args.implementations.split(",") if args.implementations else None
     if args.suite == "sequence":
         shapes = SEQUENCES if args.layers == "all" else [_parse_sequence(name) for name in args.layers.split(",")]
+        if args.compare == "torch":
+            implementation = implementations[0] if implementations else None
+            sequence_parts = [p for p in parts if p in ("forward", "forward_backward")]
+            if not sequence_parts:
+                parser.error(f"--suite sequence compares forward and forward_backward, got --parts {args.parts}")
+            records = compare_torch_sequences(
+                shapes, implementation, dtype=args.dtype, repeats=args.repeats, parts=sequence_parts
+            )
+            title = (
+                f"# jdw.bench --suite sequence --compare torch: {args.dtype}, jdw {records[0]['implementation']!r} "
+                f"causal_conv1d (SiLU) against torch {records[0]['torch']} ({records[0]['torch_threads']} threads), "
+                f"medians of {args.repeats} alternating runs; loops {records[0]['instruction_set']}, "
+                f"{records[0]['malloc']} malloc"
+            )
+            table = lambda records: _torch_table(records, sequence_parts, total="all shapes")  # noqa: E731
+            return _report(records, args.json, title, table)
         if args.target:
             _compile_only()
             records = compiled_sequence_traffic(

@@ -144,3 +144,35 @@ def test_compare_torch_refuses_different_numbers(monkeypatch):
     monkeypatch.setattr(bench, "_torch_programs", shifted)
     with pytest.raises(AssertionError, match=r"8x8x16/s1 forward: jdw and PyTorch differ by"):
         bench.compare_torch([bench.LayerShape(8, 16, 1)], batch=1, repeats=1, parts=["forward"])
+
+
+def test_compare_torch_sequences_checks_numbers_and_reports_ratios(capsys):
+    """--suite sequence --compare torch: causal_conv1d (SiLU) against PyTorch's conv1d, forward and training."""
+    pytest.importorskip("torch")
+    args = ["--suite", "sequence", "--compare", "torch", "--layers", "2x40x24/k4,1x33x16/k3", "--repeats", "1"]
+    assert bench.main([*args, "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [(r["batch"], r["length"], r["channels"], r["kernel"]) for r in records] == [(2, 40, 24, 4), (1, 33, 16, 3)]
+    for r in records:
+        for part in ("forward", "forward_backward"):
+            assert r[f"{part}_ms"] > 0 and r[f"{part}_torch_ms"] > 0
+            assert r[f"{part}_ratio"] == pytest.approx(r[f"{part}_ms"] / r[f"{part}_torch_ms"])
+    assert bench.main([*args, "--parts", "forward", "--dtype", "bfloat16"]) == 0
+    out = capsys.readouterr().out
+    assert "causal_conv1d (SiLU) against torch" in out and "all shapes (2 layers)" in out
+    with pytest.raises(SystemExit):
+        bench.main([*args, "--parts", "kernel_grad"])
+
+
+def test_compare_torch_sequences_refuses_different_numbers(monkeypatch):
+    """A sequence comparison whose sides differ (here PyTorch's bias gradient) is an error, not a ratio."""
+    pytest.importorskip("torch")
+    real = bench._torch_sequence_programs
+
+    def shifted(shape, dtype):
+        programs = real(shape, dtype)
+        return {**programs, "forward_backward": lambda *a: (*programs["forward_backward"](*a)[:3], a[2] * 0 + 5.0)}
+
+    monkeypatch.setattr(bench, "_torch_sequence_programs", shifted)
+    with pytest.raises(AssertionError, match=r"tiny forward_backward: jdw and PyTorch differ by"):
+        bench.compare_torch_sequences([bench.SequenceShape("tiny", 1, 32, 8, 4)], repeats=1)
