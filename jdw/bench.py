@@ -365,16 +365,7 @@ def compare_torch(
             n = 2 if part == "forward" else 3
             jax_fn = lambda fn=programs[part], a=jax_args[:n]: jax.block_until_ready(fn(*a))  # noqa: E731
             torch_fn = lambda fn=torch_programs[part], a=torch_args[:n]: fn(*a)  # noqa: E731
-            with torch.no_grad():
-                mine, theirs = jax_fn(), torch_fn()  # also the warm-up (jdw compiles here)
-                _check_same(part, layer.name, mine, theirs, tolerance)
-                jax_times, torch_times = [], []
-                for _ in range(repeats):
-                    for fn, times in ((jax_fn, jax_times), (torch_fn, torch_times)):
-                        times.append(_settled_ms(fn))
-            record[f"{part}_ms"] = float(np.median(jax_times))
-            record[f"{part}_torch_ms"] = float(np.median(torch_times))
-            record[f"{part}_ratio"] = record[f"{part}_ms"] / record[f"{part}_torch_ms"]
+            record.update(_against_torch(part, layer.name, jax_fn, torch_fn, tolerance, repeats))
         records.append(record)
     return records
 
@@ -394,6 +385,29 @@ def _check_same(part: str, name: str, mine, theirs, tolerance: float, layouts: d
         error = float(np.abs(got - want).max()) / max(float(np.abs(want).max()), 1.0)
         if error > tolerance:
             raise AssertionError(f"{name} {part}: jdw and PyTorch differ by {error:.2e} (relative to the max)")
+
+
+def _against_torch(
+    part: str,
+    name: str,
+    jax_fn: Callable,
+    torch_fn: Callable,
+    tolerance: float,
+    repeats: int,
+    layouts: dict = _RESULT_LAYOUTS,
+) -> dict:
+    """``part``'s record fields: both sides checked equal, then ``repeats`` alternating rounds of ``_settled_ms``."""
+    import torch
+
+    with torch.no_grad():
+        mine, theirs = jax_fn(), torch_fn()  # also the warm-up (jdw compiles here)
+        _check_same(part, name, mine, theirs, tolerance, layouts)
+        jax_times, torch_times = [], []
+        for _ in range(repeats):
+            for fn, times in ((jax_fn, jax_times), (torch_fn, torch_times)):
+                times.append(_settled_ms(fn))
+    mine_ms, torch_ms = float(np.median(jax_times)), float(np.median(torch_times))
+    return {f"{part}_ms": mine_ms, f"{part}_torch_ms": torch_ms, f"{part}_ratio": mine_ms / torch_ms}
 
 
 def _cpu_context() -> dict:
@@ -638,16 +652,7 @@ def compare_torch_sequences(
             n = 3 if part == "forward" else 4
             jax_fn = lambda fn=programs[part], a=jax_args[:n]: jax.block_until_ready(fn(*a))  # noqa: E731
             torch_fn = lambda fn=torch_programs[part], a=torch_args[:n]: fn(*a)  # noqa: E731
-            with torch.no_grad():
-                mine, theirs = jax_fn(), torch_fn()
-                _check_same(part, shape.name, mine, theirs, tolerance, _SEQUENCE_LAYOUTS)
-                jax_times, torch_times = [], []
-                for _ in range(repeats):
-                    for fn, times in ((jax_fn, jax_times), (torch_fn, torch_times)):
-                        times.append(_settled_ms(fn))
-            record[f"{part}_ms"] = float(np.median(jax_times))
-            record[f"{part}_torch_ms"] = float(np.median(torch_times))
-            record[f"{part}_ratio"] = record[f"{part}_ms"] / record[f"{part}_torch_ms"]
+            record.update(_against_torch(part, shape.name, jax_fn, torch_fn, tolerance, repeats, _SEQUENCE_LAYOUTS))
         records.append(record)
     return records
 
