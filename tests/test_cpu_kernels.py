@@ -64,6 +64,9 @@ CASES = {
     # channels past the last register, and 7 + 6 with stride and dilation.
     "1d-k15-tap-groups": (2, (64,), 24, (15,), (1,), ((7, 7),), (1,)),
     "1d-k13-s2-dilated-tap-groups": (1, (90,), 16, (13,), (2,), ((6, 6),), (2,)),
+    # Whole rows in several groups of channels, shared evenly: 96 + 96 + 48 in float32, 128 + 112
+    # in bfloat16 (the last group's last register alone).
+    "3x3-s2-channel-groups": (1, (6, 20), 240, (3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1)),
 }
 
 
@@ -110,11 +113,15 @@ def test_silu_of_large_magnitudes_is_finite(rng):
     np.testing.assert_allclose(np.asarray(y)[0, :, 0], [0.0, -90.0 / (1 + np.exp(90.0)), 90.0, 1000.0], atol=1e-30)
 
 
+# Stride 1 takes the kernel gradient's window of bfloat16 source registers (rows of at least 2K
+# interior outputs; 5x5: one register of channels after two), stride 2 not.
+@pytest.mark.parametrize("case", ["3x3-s2", "3x3-s1", "5x5-whole-rows", "3x3-s2-channel-groups"])
 @pytest.mark.parametrize("out_dtype", [jnp.float32, jnp.bfloat16])
-def test_bfloat16_loads_and_stores(out_dtype, rng):
-    geometry, x, k, dy = _operands(rng, *CASES["3x3-s2"])
+def test_bfloat16_loads_and_stores(out_dtype, case, rng):
+    strides, padding, dilation = CASES[case][4:]
+    geometry, x, k, dy = _operands(rng, *CASES[case])
     xb, dyb = jnp.asarray(x, jnp.bfloat16), jnp.asarray(dy, jnp.bfloat16)
-    conv = dict(strides=(2, 2), padding=((1, 1), (1, 1)), dilation=(1, 1))
+    conv = dict(strides=strides, padding=padding, dilation=dilation)
     y = cpu_depthwise.forward(xb, k, geometry, out_dtype)
     assert y.dtype == out_dtype
     # The sums are float32 over the bfloat16 inputs: only the store rounds.
