@@ -1,6 +1,9 @@
 """The benchmark runs and reports every part (a smoke test, not a timed test)."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -130,6 +133,20 @@ def test_compare_torch_checks_numbers_and_reports_ratios(capsys):
     out = capsys.readouterr().out
     assert "jdw 'taps' against torch" in out and "| 7x7x32/s1" in out and "network (1 layers)" in out
     assert " malloc" in out.splitlines()[0]
+    # The header names the dispatch the records ran with (inline only where main started JAX's backend).
+    assert f"JAX dispatch {records[0]['jax_dispatch']}" in out.splitlines()[0]
+
+
+def test_compare_torch_command_runs_jax_inline():
+    """``python -m jdw.bench --compare torch`` runs JAX's computations on the calling thread, as PyTorch's."""
+    pytest.importorskip("torch")
+    args = [sys.executable, "-m", "jdw.bench", "--compare", "torch", "--batch", "1", "--layers", "7x7x16/s1"]
+    args += ["--repeats", "1", "--parts", "forward"]
+    env = {**os.environ, "JDW_TCMALLOC": "0"}
+    inline = subprocess.run(args, capture_output=True, text=True, check=True, env=env).stdout
+    assert "JAX dispatch inline" in inline.splitlines()[0], inline
+    kept = subprocess.run([*args, "--jax-async-dispatch"], capture_output=True, text=True, check=True, env=env).stdout
+    assert "JAX dispatch async" in kept.splitlines()[0], kept
 
 
 def test_compare_torch_refuses_different_numbers(monkeypatch):
