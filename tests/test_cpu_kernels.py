@@ -67,6 +67,9 @@ CASES = {
     # Whole rows in several groups of channels, shared evenly: 96 + 96 + 48 in float32, 128 + 112
     # in bfloat16 (the last group's last register alone).
     "3x3-s2-channel-groups": (1, (6, 20), 240, (3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1)),
+    # bfloat16 kernels pair taps (5x5, 7x7): two blocks of 32 channels and 16 alone, interior blocks
+    # of eight outputs between border blocks.
+    "7x7-whole-rows": (1, (9, 30), 80, (7, 7), (1, 1), ((3, 3), (3, 3)), (1, 1)),
 }
 
 
@@ -130,6 +133,35 @@ def test_bfloat16_loads_and_stores(out_dtype, case, rng):
     dk = cpu_depthwise.kernel_grad(xb, dyb, geometry)
     _, want_dk, _ = ref.depthwise_conv_vjp(np.asarray(xb, np.float32), k, np.asarray(dyb, np.float32), **conv)
     assert_close(dk, want_dk[..., 0, :])
+
+
+# Where the kernel's values are bfloat16 (as a bfloat16 model's are), 5x5 and 7x7 rows of stride 1
+# pair taps: vdpbf16ps, two multiply-adds per lane (on CPUs with AVX512-BF16; elsewhere, and under
+# the narrower instruction sets' runs of this file, the float32 multiply-adds). With the fused
+# epilogue: the paired sums come back in channel order before the bias.
+@pytest.mark.parametrize("case", ["5x5-whole-rows", "7x7-whole-rows", "7x7-image-narrower-than-kernel"])
+@pytest.mark.parametrize("out_dtype", [jnp.float32, jnp.bfloat16])
+def test_bfloat16_kernels_pair_taps(out_dtype, case, rng):
+    strides, padding, dilation = CASES[case][4:]
+    geometry, x, k, _ = _operands(rng, *CASES[case])
+    xb = jnp.asarray(3 * x, jnp.bfloat16)
+    kb = np.asarray(jnp.asarray(k, jnp.bfloat16), np.float32)  # bfloat16 values, exactly
+    bias = rng.standard_normal(x.shape[-1]).astype(np.float32)
+    y = cpu_depthwise.forward(xb, kb, geometry, out_dtype, bias=bias, activation="relu6")
+    z = ref.depthwise_conv(np.asarray(xb, np.float32), kb, bias, strides=strides, padding=padding, dilation=dilation)
+    want = np.asarray(ACTIVATIONS["relu6"](jnp.asarray(z, jnp.float32)))
+    assert_close(y, want, jnp.bfloat16 if out_dtype == jnp.bfloat16 else np.float32)
+
+
+def test_bfloat16_paired_taps_keep_an_infinity_in_its_channel():
+    """A pair's lane holds two positions of one channel: an infinity reaches only its own channel."""
+    geometry = Geometry((12, 40), (5, 5), padding=((2, 2), (2, 2)))
+    x = np.ones((1, 12, 40, 48), np.float32)
+    x[0, 5, 20, 3] = np.inf
+    y = np.asarray(cpu_depthwise.forward(jnp.asarray(x, jnp.bfloat16), np.ones((5, 5, 48)), geometry, jnp.float32))
+    assert not np.isnan(y).any()
+    rows, columns, channels = np.nonzero(np.isinf(y[0]))
+    assert set(channels) == {3} and len(channels) == 25 and set(rows) == set(range(3, 8))
 
 
 def test_bfloat16_store_rounds_to_nearest_even_and_keeps_nan():

@@ -18,6 +18,8 @@ decoding step of :func:`jdw.causal_conv1d_update`, with the state operand aliase
 state, so that XLA updates it in place. Rows are shared out to XLA's intra-op
 thread pool. The loops are compiled for AVX-512 (with and without its bfloat16 conversions),
 AVX2 and the baseline, and the widest the CPU runs is picked at import (:func:`instruction_set`).
+With AVX512-BF16, a bfloat16 forward pass whose kernel holds bfloat16 values exactly multiplies
+pairs of 5x5 and 7x7 taps in one ``vdpbf16ps`` (which reads subnormals, below 1.2e-38, as zero).
 A destination larger than the last-level cache is written with non-temporal stores
 (:func:`stream_bytes`).
 
