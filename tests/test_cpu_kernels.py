@@ -5,7 +5,7 @@ eight and four outputs (borders included), the interior blocks and tap tables wh
 apply, the channels past the last full register, a strided input gradient (stride 2 in one pass
 along the row, other strides one phase at a time), the kernel gradient's taps swept together and
 one at a time, rows cut into segments (a batch-1 sequence) and tiles (long rows), the fused
-epilogues, bfloat16 loads and stores. The cases below reach each
+epilogues, bfloat16 loads and stores, bfloat16 kernels' paired taps. The cases below reach each
 one, and run again with the loops compiled for narrower instruction sets than this CPU's (AVX-512
 without its bfloat16 conversions, AVX2, the baseline), and with every destination written by
 non-temporal stores (which large ones are).
