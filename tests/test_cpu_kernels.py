@@ -70,6 +70,11 @@ CASES = {
     # bfloat16 kernels pair taps (5x5, 7x7): two blocks of 32 channels and 16 alone, interior blocks
     # of eight outputs between border blocks.
     "7x7-whole-rows": (1, (9, 30), 80, (7, 7), (1, 1), ((3, 3), (3, 3)), (1, 1)),
+    # Destination rows that no source row reaches, in whole rows: output rows of padding only
+    # (padding of 3 and 4 rows against a kernel of 3), and input-gradient rows between the
+    # strides (a kernel of 2 rows at stride 3). They hold zeros (or the epilogue of zero).
+    "3x3-rows-of-padding-only": (2, (5, 20), 32, (3, 3), (1, 1), ((3, 4), (1, 1)), (1, 1)),
+    "2x3-s3-rows-no-tap-reaches": (1, (8, 20), 48, (2, 3), (3, 1), ((0, 0), (1, 1)), (1, 1)),
 }
 
 
@@ -118,7 +123,9 @@ def test_silu_of_large_magnitudes_is_finite(rng):
 
 # Stride 1 takes the kernel gradient's window of bfloat16 source registers (rows of at least 2K
 # interior outputs; 5x5: one register of channels after two), stride 2 not.
-@pytest.mark.parametrize("case", ["3x3-s2", "3x3-s1", "5x5-whole-rows", "3x3-s2-channel-groups"])
+@pytest.mark.parametrize(
+    "case", ["3x3-s2", "3x3-s1", "5x5-whole-rows", "3x3-s2-channel-groups", "3x3-rows-of-padding-only"]
+)
 @pytest.mark.parametrize("out_dtype", [jnp.float32, jnp.bfloat16])
 def test_bfloat16_loads_and_stores(out_dtype, case, rng):
     strides, padding, dilation = CASES[case][4:]

@@ -129,6 +129,10 @@ def test_bias_gradient(implementation, rng):
 def test_large_padding_beyond_kernel(implementation, rng):
     x, k = _case(rng, 1, (4, 5), 2, (3, 3), 1)
     _check(x, k, implementation, strides=2, padding=((4, 5), (3, 6)), dilation=1)
+    # Output rows of padding only, with channels in whole registers and rows of 20 (the CPU
+    # backend's register blocks, which crashed here on a row that no input row reaches).
+    x, k = _case(rng, 1, (5, 20), 32, (3, 3), 1)
+    _check(x, k, implementation, strides=1, padding=((3, 4), (1, 1)), dilation=1)
 
 
 def test_input_smaller_than_kernel_window(implementation, rng):
