@@ -75,6 +75,10 @@ CASES = {
     # strides (a kernel of 2 rows at stride 3). They hold zeros (or the epilogue of zero).
     "3x3-rows-of-padding-only": (2, (5, 20), 32, (3, 3), (1, 1), ((3, 4), (1, 1)), (1, 1)),
     "2x3-s3-rows-no-tap-reaches": (1, (8, 20), 48, (2, 3), (3, 1), ((0, 0), (1, 1)), (1, 1)),
+    # The kernel gradient sweeps the kernel rows of an output row together (2 and 3 taps, more than
+    # 32 channels): 3x3-s1 (37 channels), 3x3-s2-channel-groups (240) and this 2x2 one (48: blocks
+    # of two registers and one; its first output row sees one kernel row, the others two).
+    "2x2-rows-together": (2, (7, 21), 48, (2, 2), (1, 1), ((1, 0), (0, 1)), (1, 1)),
 }
 
 
