@@ -5,7 +5,8 @@ eight and four outputs (borders included), the interior blocks and tap tables wh
 apply, the channels past the last full register, a strided input gradient (stride 2 in one pass
 along the row, other strides one phase at a time), the kernel gradient's taps swept together and
 one at a time, rows cut into segments (a batch-1 sequence) and tiles (long rows), the fused
-epilogues, bfloat16 loads and stores, bfloat16 kernels' paired taps. The cases below reach each
+epilogues, bfloat16 loads and stores (in order, and 32 channels split into even and odd ones),
+bfloat16 kernels' paired taps. The cases below reach each
 one, and run again with the loops compiled for narrower instruction sets than this CPU's (AVX-512
 without its bfloat16 conversions, AVX2, the baseline), and with every destination written by
 non-temporal stores (which large ones are).
@@ -79,6 +80,8 @@ CASES = {
     # 32 channels): 3x3-s1 (37 channels), 3x3-s2-channel-groups (240) and this 2x2 one (48: blocks
     # of two registers and one; its first output row sees one kernel row, the others two).
     "2x2-rows-together": (2, (7, 21), 48, (2, 2), (1, 1), ((1, 0), (0, 1)), (1, 1)),
+    # bfloat16 whole rows of 5x5 at stride 2 in two groups of 128 channels (even-odd loads).
+    "5x5-s2-channel-groups": (1, (7, 20), 256, (5, 5), (2, 2), ((2, 2), (2, 2)), (1, 1)),
 }
 
 
@@ -144,6 +147,40 @@ def test_bfloat16_loads_and_stores(out_dtype, case, rng):
     dk = cpu_depthwise.kernel_grad(xb, dyb, geometry)
     _, want_dk, _ = ref.depthwise_conv_vjp(np.asarray(xb, np.float32), k, np.asarray(dyb, np.float32), **conv)
     assert_close(dk, want_dk[..., 0, :])
+
+
+# bfloat16 sources in whole rows of channels in whole 32s (AVX-512) take two registers of channels
+# as one load, the even and the odd channels apart; the kernel and the bias are stored the same way,
+# and the sums go back in order before the store. Forward with a fused bias and activation, and the
+# input gradient (the transposed rows of stride 1; 3x3-s2's is the one-pass strided loop): 3x3, 7x7
+# wider than the image, rows of padding only, a 1-D sequence in segments, groups of channels; and
+# 48 channels, which keep a register at a time.
+@pytest.mark.parametrize(
+    "case",
+    [
+        "3x3-s2",
+        "7x7-image-narrower-than-kernel",
+        "3x3-rows-of-padding-only",
+        "1d-one-sequence-in-segments",
+        "5x5-s2-channel-groups",
+        "5x5-whole-rows",
+    ],
+)
+@pytest.mark.parametrize("out_dtype", [jnp.float32, jnp.bfloat16])
+def test_bfloat16_even_odd_channels(out_dtype, case, rng):
+    strides, padding, dilation = CASES[case][4:]
+    geometry, x, k, dy = _operands(rng, *CASES[case])
+    xb, dyb = jnp.asarray(3 * x, jnp.bfloat16), jnp.asarray(dy, jnp.bfloat16)
+    bias = rng.standard_normal(x.shape[-1]).astype(np.float32)
+    conv = dict(strides=strides, padding=padding, dilation=dilation)
+    tolerance = jnp.bfloat16 if out_dtype == jnp.bfloat16 else np.float32
+    y = cpu_depthwise.forward(xb, k, geometry, out_dtype, bias=bias, activation="hard_swish")
+    z = ref.depthwise_conv(np.asarray(xb, np.float32), k, bias, **conv)
+    assert_close(y, np.asarray(ACTIVATIONS["hard_swish"](jnp.asarray(z, jnp.float32))), tolerance)
+    dx = cpu_depthwise.transpose(dyb, k, geometry, out_dtype)
+    assert dx.dtype == out_dtype
+    want_dx, _, _ = ref.depthwise_conv_vjp(np.asarray(xb, np.float32), k, np.asarray(dyb, np.float32), **conv)
+    assert_close(dx, want_dx, tolerance)
 
 
 # Where the kernel's values are bfloat16 (as a bfloat16 model's are), 5x5 and 7x7 rows of stride 1
