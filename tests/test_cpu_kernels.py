@@ -6,8 +6,8 @@ apply, the channels past the last full register, a strided input gradient (strid
 along the row, other strides one phase at a time), the kernel gradient's taps swept together and
 one at a time, rows cut into segments (a batch-1 sequence) and tiles (long rows), the fused
 epilogues, bfloat16 loads and stores (in order, and 32 channels split into even and odd ones),
-bfloat16 kernels' paired taps. The cases below reach each
-one, and run again with the loops compiled for narrower instruction sets than this CPU's (AVX-512
+bfloat16 kernels' paired taps, the bfloat16 kernel gradient's paired outputs. The cases below
+reach each one, and run again with the loops compiled for narrower instruction sets than this CPU's (AVX-512
 without its bfloat16 conversions, AVX2, the baseline), and with every destination written by
 non-temporal stores (which large ones are).
 """
@@ -82,6 +82,10 @@ CASES = {
     "2x2-rows-together": (2, (7, 21), 48, (2, 2), (1, 1), ((1, 0), (0, 1)), (1, 1)),
     # bfloat16 whole rows of 5x5 at stride 2 in two groups of 128 channels (even-odd loads).
     "5x5-s2-channel-groups": (1, (7, 20), 256, (5, 5), (2, 2), ((2, 2), (2, 2)), (1, 1)),
+    # The bfloat16 kernel gradient of 3x3 and 2x2 kernels pairs outputs (AVX512-BF16): three blocks
+    # of 32 channels, rows of an odd number of outputs, narrow rows swept several at a time (the
+    # groups end at each image's last row), padding at the top and left only.
+    "3x3-bf16-output-pairs": (3, (6, 13), 96, (3, 3), (1, 1), ((2, 0), (1, 0)), (1, 1)),
 }
 
 
@@ -129,9 +133,20 @@ def test_silu_of_large_magnitudes_is_finite(rng):
 
 
 # Stride 1 takes the kernel gradient's window of bfloat16 source registers (rows of at least 2K
-# interior outputs; 5x5: one register of channels after two), stride 2 not.
+# interior outputs; 5x5: one register of channels after two), stride 2 not. With AVX512-BF16, the
+# kernel rows swept together (3x3, 2x2) take 32 channels at a time in pairs of outputs (vdpbf16ps),
+# narrow rows several at a time; the channels past the last 32 as before.
 @pytest.mark.parametrize(
-    "case", ["3x3-s2", "3x3-s1", "5x5-whole-rows", "3x3-s2-channel-groups", "3x3-rows-of-padding-only"]
+    "case",
+    [
+        "3x3-s2",
+        "3x3-s1",
+        "5x5-whole-rows",
+        "3x3-s2-channel-groups",
+        "3x3-rows-of-padding-only",
+        "2x2-rows-together",
+        "3x3-bf16-output-pairs",
+    ],
 )
 @pytest.mark.parametrize("out_dtype", [jnp.float32, jnp.bfloat16])
 def test_bfloat16_loads_and_stores(out_dtype, case, rng):

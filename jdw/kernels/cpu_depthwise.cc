@@ -321,13 +321,14 @@ struct Loops {
   CausalUpdateFn<bf16, bf16> causal_update_bf16_bf16;
 };
 
-// The loops of one instruction set; those that store bfloat16, and the gather from bfloat16, can
-// come from another (avx512_bf16 differs from avx512 only there: its conversion on store, and the
-// paired taps of PairSums; so only those are compiled twice).
+// The loops of one instruction set; those that store bfloat16, the gather from bfloat16 and the
+// bfloat16 kernel gradient can come from another (avx512_bf16 differs from avx512 only there: its
+// conversion on store, the paired taps of PairSums and the paired outputs of SweepRowsPairs; so
+// only those are compiled twice).
 #define JDW_LOOPS_WITH(name, isa, bf16_out)                                                                \
   Loops {                                                                                                  \
     name, isa::Gather<float, float>, bf16_out::Gather<float, bf16>, bf16_out::Gather<bf16, float>,        \
-        bf16_out::Gather<bf16, bf16>, isa::KernelGrad<float>, isa::KernelGrad<bf16>,                       \
+        bf16_out::Gather<bf16, bf16>, isa::KernelGrad<float>, bf16_out::KernelGrad<bf16>,                  \
         isa::CausalUpdate<float, float>, bf16_out::CausalUpdate<float, bf16>,                               \
         isa::CausalUpdate<bf16, float>, bf16_out::CausalUpdate<bf16, bf16>                                  \
   }
