@@ -86,6 +86,9 @@ CASES = {
     # of 32 channels, rows of an odd number of outputs, narrow rows swept several at a time (the
     # groups end at each image's last row), padding at the top and left only.
     "3x3-bf16-output-pairs": (3, (6, 13), 96, (3, 3), (1, 1), ((2, 0), (1, 0)), (1, 1)),
+    # ... and a group that goes on into the next image (2x2 at stride 2 without padding: the next
+    # image's rows continue at the same step).
+    "2x2-s2-rows-across-images": (3, (4, 10), 64, (2, 2), (2, 2), ((0, 0), (0, 0)), (1, 1)),
 }
 
 
@@ -146,6 +149,7 @@ def test_silu_of_large_magnitudes_is_finite(rng):
         "3x3-rows-of-padding-only",
         "2x2-rows-together",
         "3x3-bf16-output-pairs",
+        "2x2-s2-rows-across-images",
     ],
 )
 @pytest.mark.parametrize("out_dtype", [jnp.float32, jnp.bfloat16])
