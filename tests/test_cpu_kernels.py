@@ -71,6 +71,10 @@ CASES = {
     # bfloat16 kernels pair taps (5x5, 7x7): two blocks of 32 channels and 16 alone, interior blocks
     # of eight outputs between border blocks.
     "7x7-whole-rows": (1, (9, 30), 80, (7, 7), (1, 1), ((3, 3), (3, 3)), (1, 1)),
+    # ... in 3-D with a dilated middle dimension: a row's kernel rows are consecutive pairs except
+    # where the depth's taps change (then the rows go alone), and the source rows of a pair are two
+    # rows apart.
+    "3d-5x5-rows-not-consecutive": (1, (3, 9, 20), 64, (2, 5, 5), (1, 1, 1), ((1, 0), (4, 4), (2, 2)), (1, 2, 1)),
     # Destination rows that no source row reaches, in whole rows: output rows of padding only
     # (padding of 3 and 4 rows against a kernel of 3), and input-gradient rows between the
     # strides (a kernel of 2 rows at stride 3). They hold zeros (or the epilogue of zero).
@@ -203,10 +207,13 @@ def test_bfloat16_even_odd_channels(out_dtype, case, rng):
 
 
 # Where the kernel's values are bfloat16 (as a bfloat16 model's are), 5x5 and 7x7 rows of stride 1
-# pair taps: vdpbf16ps, two multiply-adds per lane (on CPUs with AVX512-BF16; elsewhere, and under
-# the narrower instruction sets' runs of this file, the float32 multiply-adds). With the fused
-# epilogue: the paired sums come back in channel order before the bias.
-@pytest.mark.parametrize("case", ["5x5-whole-rows", "7x7-whole-rows", "7x7-image-narrower-than-kernel"])
+# pair taps (of two kernel rows, and along a row left alone): vdpbf16ps, two multiply-adds per lane
+# (on CPUs with AVX512-BF16; elsewhere, and under the narrower instruction sets' runs of this file,
+# the float32 multiply-adds). With the fused epilogue: the paired sums come back in channel order
+# before the bias.
+@pytest.mark.parametrize(
+    "case", ["5x5-whole-rows", "7x7-whole-rows", "7x7-image-narrower-than-kernel", "3d-5x5-rows-not-consecutive"]
+)
 @pytest.mark.parametrize("out_dtype", [jnp.float32, jnp.bfloat16])
 def test_bfloat16_kernels_pair_taps(out_dtype, case, rng):
     strides, padding, dilation = CASES[case][4:]
@@ -221,7 +228,7 @@ def test_bfloat16_kernels_pair_taps(out_dtype, case, rng):
 
 
 def test_bfloat16_paired_taps_keep_an_infinity_in_its_channel():
-    """A pair's lane holds two positions of one channel: an infinity reaches only its own channel."""
+    """A pair's lane holds one channel at two taps: an infinity reaches only its own channel."""
     geometry = Geometry((12, 40), (5, 5), padding=((2, 2), (2, 2)))
     x = np.ones((1, 12, 40, 48), np.float32)
     x[0, 5, 20, 3] = np.inf
