@@ -343,8 +343,8 @@ def test_streaming_stores_match_numpy(instruction_set):
 
 
 def test_stream_threshold_is_a_cache_size():
-    """Without the environment variable the threshold is the last-level cache's size (at least 1 MiB,
-    at most 4 GiB on any CPU this runs on), so the layers that fit in the cache keep ordinary stores."""
+    """Without the environment variable the threshold is an eighth of the last-level cache's size
+    (at least 1 MiB, at most 4 GiB on any CPU this runs on), so small layers keep ordinary stores."""
     if "JDW_CPU_STREAM_BYTES" in os.environ:
         pytest.skip("JDW_CPU_STREAM_BYTES is set in this environment")
     assert 1 << 20 <= cpu_depthwise.stream_bytes() <= 4 << 30

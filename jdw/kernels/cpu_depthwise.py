@@ -20,7 +20,7 @@ thread pool. The loops are compiled for AVX-512 (with and without its bfloat16 c
 AVX2 and the baseline, and the widest the CPU runs is picked at import (:func:`instruction_set`).
 With AVX512-BF16, a bfloat16 forward pass whose kernel holds bfloat16 values exactly multiplies
 pairs of 5x5 and 7x7 taps in one ``vdpbf16ps`` (which reads subnormals, below 1.2e-38, as zero).
-A destination larger than the last-level cache is written with non-temporal stores
+A destination larger than an eighth of the last-level cache is written with non-temporal stores
 (:func:`stream_bytes`).
 
 The extension is built with the package (``setup.py``); where it could not be built,
@@ -85,10 +85,11 @@ def instruction_set() -> str | None:
 def stream_bytes() -> int | None:
     """The destination size in bytes from which the loops write it with non-temporal stores.
 
-    A destination at least this large (the last-level cache's size, or the environment variable
-    ``JDW_CPU_STREAM_BYTES``, read once) is written with streaming stores, which do not first
-    read each cache line as an ordinary store does: it would not be in the cache any more when the
-    next operation reads it. ``None`` where the extension is not built.
+    A destination at least this large (an eighth of the last-level cache's size and at least 1 MiB,
+    or the environment variable ``JDW_CPU_STREAM_BYTES``, read once) is written with streaming
+    stores, which do not first read each cache line as an ordinary store does: the cache is shared
+    with the other cores, and such a destination was measured to have left it before the next
+    operation reads it. ``None`` where the extension is not built.
 
     Examples:
       >>> from jdw.kernels import cpu_depthwise
