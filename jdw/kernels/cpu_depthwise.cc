@@ -393,7 +393,7 @@ int64_t LastLevelCacheBytes() {
 // 112x112x96 of stride 2 (154 MB) from 0.96-1.02x to 0.46-0.61x (two runs each, alternating
 // builds). The last-level cache is shared (here with other machines' cores too): destinations
 // from an eighth of it up were faster streamed. One core, batch 32, bfloat16 forward ms, ordinary
-// stores against streaming ones: 28x28x192 (7x7, 9.6 MB) 6.4-8.1 -> 3.5-3.7, 56x56x96 (7x7, 19
+// stores against streaming ones: 28x28x192 (7x7, 9.6 MB) 6.4-8.1 -> 3.5-4.9, 56x56x96 (7x7, 19
 // MB) 10.6-13.5 -> 6.5-6.7, 14x14x672 (5x5, 8.4 MB) 2.7-3.9 -> 1.9-2.1; at batch 16 (4.8 MB)
 // 28x28x192 2.43 -> 1.58. Against PyTorch on two cores, the 17 layers of MobileNetV2 (float32)
 // went from 0.67x its time to 0.58x forward and from 0.57x to 0.47x forward and backward (28x28x192
