@@ -386,16 +386,16 @@ int64_t LastLevelCacheBytes() {
 // The destination size from which the gather loops store it with non-temporal (streaming) stores:
 // an eighth of the last-level cache's (at least 1 MiB), or the environment variable
 // JDW_CPU_STREAM_BYTES, read once (the tests set 0: every destination streams). A destination that
-// has left the cache before the next operation reads it makes an ordinary store's read of each
-// line (to own it) traffic spent for nothing; a streaming store writes the line without reading
-// it. Against PyTorch, the forward pass of 112x112x32 (batch 32, 51 MB out) went from 1.13-1.35x
-// its time to 0.92-1.01x, of 56x56x144 from 0.92-0.94x to 0.69-0.71x, and the input gradient of
+// has left the cache before the next operation reads it makes an ordinary store's read of each line
+// (to own it) traffic spent for nothing; a streaming store writes the line without reading it.
+// Against PyTorch, the forward pass of 112x112x32 (batch 32, 51 MB out) went from 1.13-1.35x its
+// time to 0.92-1.01x, of 56x56x144 from 0.92-0.94x to 0.69-0.71x, and the input gradient of
 // 112x112x96 of stride 2 (154 MB) from 0.96-1.02x to 0.46-0.61x (two runs each, alternating
-// builds). The last-level cache is shared (here with other machines' cores too): destinations
-// from an eighth of it up were faster streamed. One core, batch 32, bfloat16 forward ms, ordinary
-// stores against streaming ones: 28x28x192 (7x7, 9.6 MB) 6.4-8.1 -> 3.5-4.9, 56x56x96 (7x7, 19
-// MB) 10.6-13.5 -> 6.5-6.7, 14x14x672 (5x5, 8.4 MB) 2.7-3.9 -> 1.9-2.1; at batch 16 (4.8 MB)
-// 28x28x192 2.43 -> 1.58. Against PyTorch on two cores, the 17 layers of MobileNetV2 (float32)
+// builds). The last-level cache is shared (here, by the figures, with more than our two cores):
+// destinations from an eighth of it up were faster streamed. One core, batch 32, bf16 forward ms,
+// ordinary stores against streaming ones: 28x28x192 (7x7, 9.6 MB) 6.4-8.1 -> 3.5-4.9, 56x56x96
+// (7x7, 19 MB) 10.6-13.5 -> 6.5-6.7, 14x14x672 (5x5, 8.4 MB) 2.7-3.9 -> 1.9-2.1; at batch 16 (4.8
+// MB) 28x28x192 2.43 -> 1.58. Against PyTorch on two cores, the 17 layers of MobileNetV2 (float32)
 // went from 0.67x its time to 0.58x forward and from 0.57x to 0.47x forward and backward (28x28x192
 // forward 0.63x -> 0.31x, 14x14x576 0.86x -> 0.54x), in bfloat16 from 0.87x to 0.75x forward.
 // Smaller destinations keep ordinary stores: the next operation finds them in the cache.
