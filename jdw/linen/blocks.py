@@ -16,6 +16,7 @@ from jax.typing import ArrayLike, DTypeLike
 
 from jdw import _layer_common as common
 from jdw.functional.activations import get_activation
+from jdw.functional.normalization import batch_norm_act
 from jdw.linen.conv import DepthwiseConv, PointwiseConv
 from jdw.typing import ActivationLike, PaddingLike
 
@@ -125,16 +126,44 @@ class ConvNormAct(nn.Module):
                 **params,
             )
         y = conv(x)
-        if self.use_norm:
-            y = nn.BatchNorm(
-                use_running_average=not train,
-                momentum=self.norm_momentum,
-                epsilon=self.norm_epsilon,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                name="norm",
-            )(y)
-        return get_activation(self.activation)(y)
+        if not self.use_norm:
+            return get_activation(self.activation)(y)
+        norm = dict(
+            momentum=self.norm_momentum, epsilon=self.norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype
+        )
+        if train:  # the same variables as nn.BatchNorm's, normalised by the fused function
+            return _BatchNormAct(activation=self.activation, name="norm", **norm)(y)
+        return get_activation(self.activation)(nn.BatchNorm(use_running_average=True, name="norm", **norm)(y))
+
+
+class _BatchNormAct(nn.Module):
+    """``nn.BatchNorm`` with batch statistics, then an activation, by :func:`jdw.functional.batch_norm_act`.
+
+    Its variables are ``nn.BatchNorm``'s (``params``: ``scale``, ``bias``; ``batch_stats``:
+    ``mean``, ``var``), initialised and updated as ``nn.BatchNorm`` does them.
+    """
+
+    activation: ActivationLike
+    momentum: float
+    epsilon: float
+    dtype: DTypeLike | None
+    param_dtype: DTypeLike
+
+    @nn.compact
+    def __call__(self, y: jax.Array) -> jax.Array:
+        features = (y.shape[-1],)
+        initializing = self.is_initializing()
+        ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), features)
+        ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), features)
+        scale = self.param("scale", initializers.ones, features, self.param_dtype)
+        bias = self.param("bias", initializers.zeros, features, self.param_dtype)
+        with jax.numpy_dtype_promotion("standard"):  # bf16 with f32 parameters gives f32, as in nn.BatchNorm
+            dtype = self.dtype or jnp.result_type(y.dtype, scale.dtype, bias.dtype)
+        out, mean, var = batch_norm_act(y, scale, bias, epsilon=self.epsilon, activation=self.activation, dtype=dtype)
+        if not initializing:
+            ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+            ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+        return out
 
 
 class SqueezeExcite(nn.Module):

@@ -15,6 +15,7 @@ from jax.typing import ArrayLike, DTypeLike
 
 from jdw import _layer_common as common
 from jdw.functional.activations import get_activation
+from jdw.functional.normalization import batch_norm_act
 from jdw.nnx.conv import DepthwiseConv, PointwiseConv
 from jdw.typing import ActivationLike, PaddingLike
 
@@ -143,9 +144,36 @@ class ConvNormAct(nnx.Module):
         if self.kind == "standard":  # nnx.Conv's own message would not name in_features
             common.check_input("ConvNormAct", x, len(self.conv.kernel_size), "channels_last", self.in_features)
         y = self.conv(x)
-        if self.norm is not None:
-            y = self.norm(y)
-        return get_activation(self.activation)(y)
+        if self.norm is None:
+            return get_activation(self.activation)(y)
+        return _norm_act(self.norm, y, self.activation)
+
+
+def _norm_act(norm: nnx.BatchNorm, y: jax.Array, activation: ActivationLike) -> jax.Array:
+    """``activation(norm(y))``; with batch statistics, by the fused :func:`jdw.functional.batch_norm_act`.
+
+    It updates ``norm``'s running averages as ``nnx.BatchNorm`` does. Options the fused function
+    does not cover (statistics across devices by ``axis_name``, a channel axis other than the last,
+    Flax's two-pass variance) and running averages take ``norm`` itself.
+    """
+    fused = (
+        norm.use_running_average is False
+        and norm.axis in (-1, y.ndim - 1)
+        and norm.axis_name is None
+        and norm.use_fast_variance
+    )
+    if not fused:
+        return get_activation(activation)(norm(y))
+    scale = norm.scale[...] if norm.scale is not None else None
+    bias = norm.bias[...] if norm.bias is not None else None
+    operands = (y, norm.mean[...], scale, bias)  # promoted as nnx.BatchNorm promotes them
+    with jax.numpy_dtype_promotion("standard"):
+        dtype = norm.dtype or jnp.result_type(*(v.dtype for v in operands if v is not None))
+    out, mean, var = batch_norm_act(y, scale, bias, epsilon=norm.epsilon, activation=activation, dtype=dtype)
+    momentum = norm.momentum
+    norm.mean[...] = jax.lax.stop_gradient(momentum * norm.mean[...] + (1 - momentum) * mean)
+    norm.var[...] = jax.lax.stop_gradient(momentum * norm.var[...] + (1 - momentum) * var)
+    return out
 
 
 class SqueezeExcite(nnx.Module):
