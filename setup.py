@@ -1,8 +1,8 @@
-"""Builds jdw's one compiled part: the depthwise-convolution loops for XLA:CPU (jdw/kernels/cpu_depthwise.cc).
+"""Builds jdw's compiled parts for XLA:CPU: the depthwise-convolution loops and the batch-norm sums (jdw/kernels/*.cc).
 
-Everything else is in pyproject.toml. The extension is optional: where it cannot be built (no C++17
-compiler, a compiler without GCC's vector extensions), the package installs without it and the
-``"cpu"`` backend is not registered (``"taps"`` serves CPU instead).
+Everything else is in pyproject.toml. The extensions are optional: where they cannot be built (no C++17
+compiler, a compiler without GCC's vector extensions), the package installs without them: the
+``"cpu"`` backend is not registered (``"taps"`` serves CPU instead) and batch norm sums with XLA.
 """
 
 import os
@@ -28,13 +28,14 @@ setup(
     if include is None
     else [
         Extension(
-            "jdw.kernels._cpu_depthwise",
-            sources=["jdw/kernels/cpu_depthwise.cc"],
-            depends=["jdw/kernels/cpu_depthwise_loops.inc"],
+            f"jdw.kernels._cpu_{name}",
+            sources=[f"jdw/kernels/cpu_{name}.cc"],
+            depends=["jdw/kernels/cpu_parallel.h", *depends],
             include_dirs=[include],
             language="c++",
             extra_compile_args=["-std=c++17", "-O3", "-fvisibility=hidden", "-Wno-attributes", "-Wno-psabi"],
             optional=True,
         )
+        for name, depends in (("depthwise", ["jdw/kernels/cpu_depthwise_loops.inc"]), ("batch_norm", []))
     ]
 )

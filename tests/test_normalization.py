@@ -11,6 +11,7 @@ from flax import nnx
 
 import jdw
 from jdw.functional import batch_norm_act
+from jdw.kernels import cpu_batch_norm
 
 # Activations and their derivatives in NumPy, with jax.nn's values at the kinks (relu6's is 0 at 0 and 6).
 NUMPY_ACTIVATIONS = {
@@ -177,3 +178,59 @@ def test_linen_conv_norm_act_trains_as_flax_batchnorm(rng):
         np.testing.assert_allclose(
             updates["batch_stats"]["norm"][key], want_updates["batch_stats"]["norm"][key], atol=1e-6
         )
+
+
+needs_cpu_sums = pytest.mark.skipif(not cpu_batch_norm.AVAILABLE, reason="the C++ extension was not built")
+
+
+@needs_cpu_sums
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("shape", [(1, 1), (5, 3), (130, 17), (2, 9, 7, 96), (3, 200, 8)])
+def test_cpu_sums_match_numpy(rng, dtype, shape):
+    x = jnp.asarray(rng.standard_normal(shape) * 2 + 1, dtype)
+    xf = np.asarray(x, np.float64).reshape(-1, shape[-1])
+    s, q = cpu_batch_norm.sums(x)
+    assert (s.dtype, s.shape) == (jnp.float32, (shape[-1],))
+    np.testing.assert_allclose(s, xf.sum(0), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(q, (xf * xf).sum(0), rtol=1e-5, atol=1e-4)
+
+
+@needs_cpu_sums
+@pytest.mark.parametrize("activation", list(cpu_batch_norm.ACTIVATIONS))
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_cpu_grad_sums_match_numpy(rng, activation, dtype):
+    shape = (3, 70, 19)
+    x, dy = (jnp.asarray(rng.standard_normal(shape) * 4, dtype) for _ in range(2))
+    a, b = jnp.asarray(rng.uniform(0.5, 2, 19), jnp.float32), jnp.asarray(rng.standard_normal(19), jnp.float32)
+    xf, dyf = (np.asarray(v, np.float64).reshape(-1, 19) for v in (x, dy))
+    u = np.asarray(x, np.float32).reshape(-1, 19) * np.asarray(a) + np.asarray(b)
+    g = dyf * NUMPY_ACTIVATIONS[None if activation == "identity" else activation][1](u)
+    s, q = cpu_batch_norm.grad_sums(x, dy, a, b, activation)
+    np.testing.assert_allclose(s, g.sum(0), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(q, (g * xf).sum(0), rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="activation 'swish' has no derivative in the C"):
+        cpu_batch_norm.grad_sums(x, dy, a, b, "swish")
+
+
+@needs_cpu_sums
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_cpu_sums_serve_batch_norm_act_on_cpu(rng, dtype, monkeypatch):
+    """On CPU the fused function sums with the C++ calls, and gives what XLA's sums give."""
+    x = jnp.asarray(rng.standard_normal((4, 6, 6, 24)) * 3, dtype)
+
+    def loss(x, scale, bias):
+        y, mean, var = batch_norm_act(x, scale, bias, activation="relu6", dtype=dtype)
+        return jnp.sum(y.astype(jnp.float32) * jnp.arange(24.0)[None, None, None]) + jnp.sum(mean * var)
+
+    params = (x, jnp.linspace(0.5, 2, 24), jnp.linspace(-1, 1, 24))
+    grad = jax.jit(jax.grad(loss, (0, 1, 2)))
+    hlo = grad.lower(*params).compile().as_text()
+    assert "jdw_batch_norm_sums" in hlo and "jdw_batch_norm_grad_sums" in hlo
+    got = grad(*params)
+    monkeypatch.setattr(cpu_batch_norm, "supports", lambda *dtypes: False)
+    want = jax.jit(jax.grad(loss, (0, 1, 2)))(*params)
+    assert "jdw_batch_norm" not in jax.jit(jax.grad(loss, (0, 1, 2))).lower(*params).as_text()
+    tolerance = 1e-4 if dtype == "float32" else 3e-2
+    for g, w in zip(got, want):
+        g, w = np.asarray(g, np.float32), np.asarray(w, np.float32)
+        np.testing.assert_allclose(g, w, atol=tolerance * max(1, np.abs(w).max()), rtol=0)

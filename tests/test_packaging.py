@@ -59,4 +59,5 @@ def test_the_cpu_extension_builds_from_the_sdist():
     assert any(r.startswith("jaxlib") for r in PYPROJECT["build-system"]["requires"])
     manifest = (ROOT / "MANIFEST.in").read_text()
     assert "jdw/kernels/cpu_depthwise.cc" in manifest and "jdw/kernels/cpu_depthwise_loops.inc" in manifest
-    assert "jdw.kernels._cpu_depthwise" in (ROOT / "setup.py").read_text()
+    assert "jdw/kernels/cpu_parallel.h" in manifest and "jdw/kernels/cpu_batch_norm.cc" in manifest
+    assert "jdw.kernels._cpu_{name}" in (ROOT / "setup.py").read_text()

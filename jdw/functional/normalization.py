@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike, DTypeLike
 
 from jdw.functional.activations import get_activation
+from jdw.kernels import cpu_batch_norm
 from jdw.typing import ActivationLike
 
 
@@ -102,8 +103,16 @@ def _forward(x, scale, bias, epsilon, activation, dtype):
     axes = tuple(range(x.ndim - 1))
     count = x.size // x.shape[-1]
     xf = x.astype(_compute_dtype(x))
-    mean = jnp.sum(xf, axes) / count
-    var = jnp.maximum(jnp.sum(xf * xf, axes) / count - mean * mean, 0.0)
+
+    def xla_sums(x):
+        return jnp.sum(xf, axes), jnp.sum(xf * xf, axes)
+
+    if cpu_batch_norm.supports(x.dtype):  # one pass where XLA:CPU makes two
+        x_sum, x2_sum = jax.lax.platform_dependent(x, cpu=cpu_batch_norm.sums, default=xla_sums)
+    else:
+        x_sum, x2_sum = xla_sums(x)
+    mean = x_sum / count
+    var = jnp.maximum(x2_sum / count - mean * mean, 0.0)
     rstd = jax.lax.rsqrt(var + epsilon)
     a = scale.astype(xf.dtype) * rstd  # y = activation(a x + b)
     b = bias.astype(xf.dtype) - mean * a
@@ -122,13 +131,25 @@ def _backward(epsilon, activation, dtype, residuals, cotangents):
     _, activation_vjp = jax.vjp(activation, xf * a_ + _per_channel(b, x))
     (g,) = activation_vjp(dy.astype(xf.dtype))  # the cotangent before the activation
     # Pass one: the two per-channel sums. sum(g * xhat) = rstd * (sum(g x) - mean sum(g)).
-    g_sum = jnp.sum(g, axes)
-    g_xhat = rstd * (jnp.sum(g * xf, axes) - mean * g_sum)
+    def xla_sums(x, dy):
+        return jnp.sum(g, axes), jnp.sum(g * xf, axes)
+
+    name = _CPU_DERIVATIVES.get(activation)
+    if name is not None and cpu_batch_norm.supports(x.dtype, dy.dtype):  # one pass, g not written out
+        cpu_sums = functools.partial(cpu_batch_norm.grad_sums, a=a, b=b, activation=name)
+        g_sum, gx_sum = jax.lax.platform_dependent(x, dy, cpu=cpu_sums, default=xla_sums)
+    else:
+        g_sum, gx_sum = xla_sums(x, dy)
+    g_xhat = rstd * (gx_sum - mean * g_sum)
     # Pass two: dx = a (g - mean(g) - xhat mean(g xhat)), plus the statistics' own cotangents.
     centred = xf - mean_
     dx = a_ * (g - (_per_channel(g_sum, x) + centred * _per_channel(rstd * g_xhat, x)) / count)
     dx = dx + (_per_channel(dmean, x) + centred * _per_channel(2.0 * dvar, x)) / count
     return dx.astype(x.dtype), g_xhat.astype(scale.dtype), g_sum.astype(bias.dtype)
+
+
+# The activations whose derivative the C++ backward sums apply, by function.
+_CPU_DERIVATIVES = {get_activation(name): name for name in cpu_batch_norm.ACTIVATIONS}
 
 
 def _compute_dtype(x):
