@@ -19,14 +19,14 @@ def test_registry():
 
 def test_cpu_extension_is_built_where_ci_runs():
     """The package builds its C++ loops on Linux x86-64 (CI's platform): a build that failed quietly
-    (the extension is optional) would leave CPU on the slower "taps" path."""
+    (the extensions are optional) would leave CPU on the slower "taps" path and XLA's batch-norm sums."""
     import platform
 
-    from jdw.kernels import cpu_depthwise
+    from jdw.kernels import cpu_batch_norm, cpu_depthwise
 
     if platform.system() != "Linux" or platform.machine() != "x86_64":
         pytest.skip("the extension is only required on Linux x86-64")
-    assert cpu_depthwise.AVAILABLE
+    assert cpu_depthwise.AVAILABLE and cpu_batch_norm.AVAILABLE
     assert "cpu" in backends.available()
     assert cpu_depthwise.instruction_set() in ("avx512_bf16", "avx512", "avx2", "baseline")
 
