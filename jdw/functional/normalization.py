@@ -6,7 +6,7 @@ the passes over the activation that the backward pass needs: the gradient flows 
 the normalisation, the mean and the variance, and each path is its own elementwise pass and
 reduction. :func:`batch_norm_act` gives the same values and gradients with a custom VJP that reads
 the input and the cotangent twice each: once for the two per-channel sums, once for the input's
-gradient (docs/performance.md measures it).
+gradient (docs/guides/training.md measures it).
 """
 
 from __future__ import annotations

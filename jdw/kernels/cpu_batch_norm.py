@@ -10,7 +10,7 @@ that returns two float32 vectors of shape ``(C,)``:
 
 XLA:CPU computes each pair as two reductions, and the backward pair from a ``g`` it first
 writes out, so the C++ passes read each operand once where XLA reads it two or three times
-(``cpu_batch_norm.cc``; docs/performance.md measures the training step). The activations of
+(``cpu_batch_norm.cc``; docs/guides/training.md measures the training step). The activations of
 :func:`grad_sums` are those in :data:`ACTIVATIONS`. Rows are summed in float32 blocks of 64 and
 the blocks in float64, shared out to XLA's intra-op thread pool.
 
