@@ -234,3 +234,36 @@ def test_cpu_sums_serve_batch_norm_act_on_cpu(rng, dtype, monkeypatch):
     for g, w in zip(got, want):
         g, w = np.asarray(g, np.float32), np.asarray(w, np.float32)
         np.testing.assert_allclose(g, w, atol=tolerance * max(1, np.abs(w).max()), rtol=0)
+
+
+@needs_cpu_sums
+def test_grad_of_grad_through_the_cpu_sums(rng, monkeypatch):
+    """The C++ sums have JAX derivatives, so second-order reverse mode (a gradient penalty) runs and
+    agrees with XLA's sums."""
+    x = jnp.asarray(rng.standard_normal((3, 5, 4, 6)) * 2, jnp.float32)
+    w = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
+
+    def penalty(x):
+        grad = jax.grad(lambda x: jnp.sum(batch_norm_act(x, activation="relu6")[0] * w))(x)
+        return jnp.sum(grad**2)
+
+    got = jax.grad(penalty)(x)
+    monkeypatch.setattr(cpu_batch_norm, "supports", lambda *dtypes: False)
+    want = jax.grad(penalty)(x)
+    np.testing.assert_allclose(got, want, atol=1e-4 * max(1, float(jnp.abs(want).max())), rtol=0)
+
+
+def test_forward_mode_through_a_training_block_takes_flax_batchnorm(rng):
+    """The fused function is reverse-mode only; use_fast_variance=False (as documented) gives jvp back."""
+    block = jdw.nnx.ConvNormAct(4, 8, 3, groups=4, activation="relu6", rngs=nnx.Rngs(0))
+    x = jnp.asarray(rng.standard_normal((2, 5, 5, 4)), jnp.float32)
+
+    def jvp(block):
+        graphdef, state = nnx.split(block)
+        f = lambda x, state: nnx.merge(graphdef, state)(x)  # noqa: E731
+        return jax.jvp(f, (x, state), (x, jax.tree.map(jnp.zeros_like, state)))[1]
+
+    with pytest.raises(TypeError, match="forward-mode autodiff"):
+        jvp(block)
+    block.norm.use_fast_variance = False
+    assert jvp(block).shape == (2, 5, 5, 8)

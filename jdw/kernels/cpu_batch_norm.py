@@ -20,6 +20,8 @@ The extension is built with the package (``setup.py``); where it could not be bu
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -77,8 +79,19 @@ def sums(x: jax.Array) -> tuple[jax.Array, jax.Array]:
       ...     print(cpu_batch_norm.sums(jnp.arange(6.0).reshape(3, 2)))
       (Array([6., 9.], dtype=float32), Array([20., 35.], dtype=float32))
     """
-    call = jax.ffi.ffi_call(_TARGETS["sums"], (_channels(x), _channels(x)), vmap_method="sequential")
-    return call(x)
+    return _sums(x)
+
+
+@jax.custom_jvp
+def _sums(x):
+    return jax.ffi.ffi_call(_TARGETS["sums"], (_channels(x), _channels(x)), vmap_method="sequential")(x)
+
+
+@_sums.defjvp
+def _sums_jvp(primals, tangents):  # in JAX, so that the sums can be differentiated (grad of grad)
+    (x,), (dx,) = primals, tangents
+    xf, dxf, axes = x.astype(jnp.float32), dx.astype(jnp.float32), _reduced(x)
+    return _sums(x), (jnp.sum(dxf, axes), jnp.sum(2.0 * xf * dxf, axes))
 
 
 def grad_sums(
@@ -104,6 +117,28 @@ def grad_sums(
     if activation not in ACTIVATIONS:
         known = sorted(ACTIVATIONS)
         raise ValueError(f"activation {activation!r} has no derivative in the C++ sums; they have {known}")
+    return _grad_sums(activation, x, dy, a.astype(jnp.float32), b.astype(jnp.float32))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _grad_sums(activation, x, dy, a, b):
     call = jax.ffi.ffi_call(_TARGETS["grad_sums"], (_channels(x), _channels(x)), vmap_method="sequential")
-    f32 = jnp.float32
-    return call(x, dy, a.astype(f32), b.astype(f32), activation=np.int64(ACTIVATIONS[activation]))
+    return call(x, dy, a, b, activation=np.int64(ACTIVATIONS[activation]))
+
+
+@_grad_sums.defjvp
+def _grad_sums_jvp(activation, primals, tangents):
+    # act' is piecewise constant for these activations: the mask's tangent is zero almost everywhere.
+    x, dy, a, b = primals
+    dx, ddy, _, _ = tangents
+    xf, axes = x.astype(jnp.float32), _reduced(x)
+    u = xf * a.reshape((1,) * (x.ndim - 1) + a.shape) + b.reshape((1,) * (x.ndim - 1) + b.shape)
+    live = {"identity": jnp.ones_like(u, bool), "relu": u > 0, "relu6": (u > 0) & (u < 6)}[activation]
+    g = jnp.where(live, dy.astype(jnp.float32), 0.0)
+    dg = jnp.where(live, ddy.astype(jnp.float32), 0.0)
+    tangent = (jnp.sum(dg, axes), jnp.sum(dg * xf + g * dx.astype(jnp.float32), axes))
+    return _grad_sums(activation, x, dy, a, b), tangent
+
+
+def _reduced(x: jax.Array) -> tuple[int, ...]:
+    return tuple(range(x.ndim - 1))

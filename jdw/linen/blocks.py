@@ -28,7 +28,9 @@ class ConvNormAct(nn.Module):
     """Convolution, batch norm, activation (Flax Linen); see :class:`jdw.nnx.ConvNormAct`.
 
     ``groups`` equal to the input channels gives a :class:`DepthwiseConv`, a 1x1 stride-1
-    kernel with ``groups=1`` a :class:`PointwiseConv`, anything else ``nn.Conv``.
+    kernel with ``groups=1`` a :class:`PointwiseConv`, anything else ``nn.Conv``. With
+    ``train=True`` the norm and activation run as :func:`jdw.functional.batch_norm_act` on
+    ``nn.BatchNorm``'s variables (reverse-mode differentiation only).
     Submodules ``conv`` and ``norm``.
 
     Attributes:

@@ -32,6 +32,12 @@ class ConvNormAct(nnx.Module):
     ``groups=1`` a :class:`PointwiseConv`; anything else Flax's ``nnx.Conv`` with
     ``feature_group_count=groups``. Submodules: ``conv`` and ``norm`` (``None`` without norm).
 
+    In training mode (batch statistics) the norm and the activation run as
+    :func:`jdw.functional.batch_norm_act`, with ``norm``'s parameters and running averages: the
+    same values and gradients as ``norm`` then the activation, with fewer passes over the
+    activations in the backward pass. Its derivative is reverse-mode only: for ``jax.jvp`` through
+    a training-mode block, set ``norm.use_fast_variance = False`` (Flax's own batch norm then runs).
+
     Args:
       in_features: input channels.
       out_features: output channels.
