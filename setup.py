@@ -30,7 +30,7 @@ setup(
         Extension(
             f"jdw.kernels._cpu_{name}",
             sources=[f"jdw/kernels/cpu_{name}.cc"],
-            depends=["jdw/kernels/cpu_parallel.h", *depends],
+            depends=["jdw/kernels/cpu_parallel.h", "jdw/kernels/cpu_python.h", *depends],
             include_dirs=[include],
             language="c++",
             extra_compile_args=["-std=c++17", "-O3", "-fvisibility=hidden", "-Wno-attributes", "-Wno-psabi"],

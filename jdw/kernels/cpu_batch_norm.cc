@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "cpu_parallel.h"
+#include "cpu_python.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -195,25 +196,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JdwBatchNormGradSums, jdw::GradSumsImpl,
 // --- Python module: the handlers as capsules ----------------------------------------------------
 
 static PyObject* Handlers(PyObject*, PyObject*) {
-  PyObject* dict = PyDict_New();
-  if (dict == nullptr) return nullptr;
-  const struct {
-    const char* name;
-    void* fn;
-  } handlers[] = {
+  return jdw::HandlerDict({
       {"sums", reinterpret_cast<void*>(JdwBatchNormSums)},
       {"grad_sums", reinterpret_cast<void*>(JdwBatchNormGradSums)},
-  };
-  for (const auto& h : handlers) {
-    PyObject* capsule = PyCapsule_New(h.fn, nullptr, nullptr);
-    if (capsule == nullptr || PyDict_SetItemString(dict, h.name, capsule) != 0) {
-      Py_XDECREF(capsule);
-      Py_DECREF(dict);
-      return nullptr;
-    }
-    Py_DECREF(capsule);
-  }
-  return dict;
+  });
 }
 
 static PyMethodDef kMethods[] = {

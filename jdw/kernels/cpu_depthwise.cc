@@ -57,6 +57,7 @@
 
 #include "xla/ffi/api/ffi.h"
 #include "cpu_parallel.h"
+#include "cpu_python.h"
 
 namespace ffi = xla::ffi;
 
@@ -558,27 +559,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JdwCausalUpdate, jdw::CausalUpdateImpl,
 // --- Python module: the handlers as capsules, and the instruction set chosen ----------------------
 
 static PyObject* Handlers(PyObject*, PyObject*) {
-  PyObject* dict = PyDict_New();
-  if (dict == nullptr) return nullptr;
-  const struct {
-    const char* name;
-    void* fn;
-  } handlers[] = {
+  return jdw::HandlerDict({
       {"forward", reinterpret_cast<void*>(JdwDepthwiseForward)},
       {"transpose", reinterpret_cast<void*>(JdwDepthwiseTranspose)},
       {"kernel_grad", reinterpret_cast<void*>(JdwDepthwiseKernelGrad)},
       {"causal_update", reinterpret_cast<void*>(JdwCausalUpdate)},
-  };
-  for (const auto& h : handlers) {
-    PyObject* capsule = PyCapsule_New(h.fn, nullptr, nullptr);
-    if (capsule == nullptr || PyDict_SetItemString(dict, h.name, capsule) != 0) {
-      Py_XDECREF(capsule);
-      Py_DECREF(dict);
-      return nullptr;
-    }
-    Py_DECREF(capsule);
-  }
-  return dict;
+  });
 }
 
 static PyObject* InstructionSet(PyObject*, PyObject*) { return PyUnicode_FromString(jdw::Chosen().name); }
