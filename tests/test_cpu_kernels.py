@@ -68,6 +68,9 @@ CASES = {
     # Whole rows in several groups of channels, shared evenly: 96 + 96 + 48 in float32, 128 + 112
     # in bfloat16 (the last group's last register alone).
     "3x3-s2-channel-groups": (1, (6, 20), 240, (3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1)),
+    # 3x3 at stride 2 over rows of 56 positions and more: with AVX2 one register of channels at a
+    # time (ReuseChannels' one_register), elsewhere two and then one (48 channels).
+    "3x3-s2-wide-rows": (1, (5, 61), 48, (3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1)),
     # bfloat16 kernels pair taps (5x5, 7x7): two blocks of 32 channels and 16 alone, interior blocks
     # of eight outputs between border blocks.
     "7x7-whole-rows": (1, (9, 30), 80, (7, 7), (1, 1), ((3, 3), (3, 3)), (1, 1)),
