@@ -65,8 +65,9 @@ CASES = {
     # channels past the last register, and 7 + 6 with stride and dilation.
     "1d-k15-tap-groups": (2, (64,), 24, (15,), (1,), ((7, 7),), (1,)),
     "1d-k13-s2-dilated-tap-groups": (1, (90,), 16, (13,), (2,), ((6, 6),), (2,)),
-    # Whole rows in several groups of channels, shared evenly: 96 + 96 + 48 in float32, 128 + 112
-    # in bfloat16 (the last group's last register alone).
+    # Whole rows in several groups of channels, shared evenly: 96 + 96 + 48 in float32 with AVX-512,
+    # 128 + 112 in bfloat16 with AVX-512 (the last group's last register alone) and in float32 with
+    # AVX2.
     "3x3-s2-channel-groups": (1, (6, 20), 240, (3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1)),
     # 3x3 at stride 2 over rows of 56 positions and more: with AVX2 one register of channels at a
     # time (ReuseChannels' one_register), elsewhere two and then one (48 channels).

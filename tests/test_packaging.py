@@ -54,17 +54,24 @@ def test_the_ci_script_builds_checks_and_tests_the_wheel_at_the_floors():
 
 
 def test_the_cpu_extension_builds_from_the_sdist():
-    """setup.py compiles jdw/kernels/cpu_depthwise.cc against the XLA FFI headers that ship with jaxlib: jaxlib is
-    a build requirement, and the C++ sources are in the sdist (MANIFEST.in), which the wheel is built from."""
+    """setup.py compiles jdw/kernels/cpu_depthwise.cc (and its loops, one translation unit per instruction set)
+    against the XLA FFI headers that ship with jaxlib: jaxlib is a build requirement, and the C++ sources are in
+    the sdist (MANIFEST.in), which the wheel is built from."""
     assert any(r.startswith("jaxlib") for r in PYPROJECT["build-system"]["requires"])
     manifest = (ROOT / "MANIFEST.in").read_text()
+    setup = (ROOT / "setup.py").read_text()
     assert "jdw/kernels/cpu_depthwise.cc" in manifest and "jdw/kernels/cpu_depthwise_loops.inc" in manifest
     assert "jdw/kernels/cpu_parallel.h" in manifest and "jdw/kernels/cpu_batch_norm.cc" in manifest
-    assert "jdw/kernels/cpu_python.h" in manifest
-    # Every header or loop file a source includes by a quoted name (the XLA FFI headers come from jaxlib). The
-    # floors' run (.ci/check_package) copies the checkout without jdw/: the sources are read where they are here.
-    sources = sorted((ROOT / "jdw" / "kernels").glob("cpu_*.cc"))
+    assert "jdw/kernels/cpu_python.h" in manifest and "jdw/kernels/cpu_depthwise.h" in manifest
+    isas = ("avx512_bf16", "avx512", "avx2", "baseline")
+    assert all(f"jdw/kernels/cpu_depthwise_{isa}.cc" in manifest and f'"{isa}"' in setup for isa in isas)
+    # Every source is in the sdist and every header or loop file a source includes by a quoted name (the XLA FFI
+    # headers come from jaxlib). The floors' run (.ci/check_package) copies the checkout without jdw/: the sources
+    # are read where they are here.
+    kernels = ROOT / "jdw" / "kernels"
+    sources = sorted([*kernels.glob("cpu_*.cc"), *kernels.glob("cpu_*.h"), *kernels.glob("cpu_*.inc")])
     local = {name for source in sources for name in re.findall(r'#include "([^"/]+)"', source.read_text())}
-    assert not sources or {"cpu_parallel.h", "cpu_python.h", "cpu_depthwise_loops.inc"} <= local
+    assert not sources or {"cpu_parallel.h", "cpu_python.h", "cpu_depthwise.h", "cpu_depthwise_loops.inc"} <= local
     assert all(f"jdw/kernels/{name}" in manifest for name in local), local
+    assert all(f"jdw/kernels/{source.name}" in manifest for source in sources), sources
     assert "jdw.kernels._cpu_{name}" in (ROOT / "setup.py").read_text()

@@ -27,36 +27,26 @@
 // bfloat16 operands are widened to float32 on load and rounded (to nearest even) on store; sums
 // are float32.
 //
-// The loops (cpu_depthwise_loops.inc) are compiled three times, for AVX-512, AVX2 + FMA and the
-// baseline, and the widest one the CPU runs is chosen when the module loads (GCC and Clang on
-// x86-64; elsewhere only the baseline copy exists). They use GCC's vector extensions (also in
-// Clang), not intrinsics, so the same source serves every width.
+// The loops (cpu_depthwise_loops.inc) are compiled once per instruction set, for AVX512-BF16,
+// AVX-512, AVX2 + FMA and the baseline, each in its own translation unit (cpu_depthwise_<isa>.cc,
+// which setup.py compiles in parallel), and the widest one the CPU runs is chosen when the module
+// loads (GCC and Clang on x86-64; elsewhere only the baseline copy exists). They use GCC's vector
+// extensions (also in Clang), not intrinsics, so the same source serves every width. This file
+// holds the tap tables, that choice and the XLA FFI handlers; cpu_depthwise.h what they share.
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-#include <algorithm>
-#include <atomic>
-#include <chrono>
-#include <condition_variable>
-#include <cstdint>
-#include <cmath>
 #include <cstdlib>
-#include <cstring>
 #include <fstream>
-#include <memory>
-#include <mutex>
 #include <string>
-#include <thread>
-#include <vector>
 
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
 #include <cpuid.h>
-#include <immintrin.h>
 #endif
 
 #include "xla/ffi/api/ffi.h"
-#include "cpu_parallel.h"
+#include "cpu_depthwise.h"
 #include "cpu_python.h"
 
 namespace ffi = xla::ffi;
@@ -64,23 +54,7 @@ namespace ffi = xla::ffi;
 namespace jdw {
 namespace {
 
-// --- geometry ---------------------------------------------------------------------------------
-
-struct Geometry {
-  int64_t batch, channels;
-  int64_t in[3], out[3], kernel[3], stride[3], pad[3], dilation[3];
-
-  int64_t taps() const { return kernel[0] * kernel[1] * kernel[2]; }
-};
-
-// The (source position, tap) pairs that reach each destination position along one dimension,
-// in compressed rows: pairs[begin[p] .. begin[p + 1]).
-struct Table {
-  std::vector<int64_t> begin;
-  std::vector<int64_t> source, tap;
-
-  int64_t count(int64_t p) const { return begin[p + 1] - begin[p]; }
-};
+// --- tap tables ------------------------------------------------------------------------------
 
 Table ForwardTable(const Geometry& g, int dim) {
   Table t;
@@ -114,173 +88,28 @@ Table TransposeTable(const Geometry& g, int dim) {
   return t;
 }
 
-// --- work sharing (ParallelFor and Workers: cpu_parallel.h) ----------------------------------
-
-// The destination as work items: every row, each cut into `segments` runs of positions along its
-// last dimension when there are fewer rows than chunks (one long sequence: a 1-D convolution of
-// batch 1 is one row).
-struct Split {
-  int64_t rows, segments, width;
-
-  static Split Of(ffi::ThreadPool& pool, int64_t rows, int64_t width) {
-    const int64_t wanted = (Workers(pool) + rows - 1) / rows;
-    return {rows, std::max<int64_t>(1, std::min(wanted, width / 16)), width};
-  }
-  int64_t items() const { return rows * segments; }
-  int64_t begin(int64_t item) const { return width * (item % segments) / segments; }
-  int64_t end(int64_t item) const { return width * (item % segments + 1) / segments; }
-};
-
-// --- the fused epilogue: activation(y + bias), then the store ------------------------------------
-
-enum class Activation : int64_t { kIdentity = 0, kRelu, kRelu6, kHardSigmoid, kHardSwish, kSilu };
-
-struct Epilogue {
-  const float* bias;  // nullptr: none
-  Activation activation;
-  // Non-temporal stores of the destination's whole registers (where aligned; see StreamBytes).
-  bool stream = false;
-};
-
-// --- element access --------------------------------------------------------------------------
-
-using bf16 = uint16_t;  // bfloat16 bits
-
-inline float Load(const float* p) { return *p; }
-inline float Load(const bf16* p) {
-  const uint32_t bits = static_cast<uint32_t>(*p) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-inline void Store(float* p, float v) { *p = v; }
-inline void Store(bf16* p, float v) {
-  uint32_t bits;
-  std::memcpy(&bits, &v, sizeof bits);
-  const uint32_t rounded = bits + 0x7FFFu + ((bits >> 16) & 1u);
-  *p = static_cast<bf16>(v != v ? ((bits >> 16) | 0x40u) : (rounded >> 16));  // NaN stays NaN
-}
-
-
-inline float ApplyOne(const Epilogue& e, float z, int64_t c) {
-  if (e.bias != nullptr) z += e.bias[c];
-  switch (e.activation) {
-    case Activation::kIdentity:
-      return z;
-    case Activation::kRelu:
-      return std::max(z, 0.0f);
-    case Activation::kRelu6:
-      return std::min(std::max(z, 0.0f), 6.0f);
-    case Activation::kHardSigmoid:
-      return std::min(std::max(z + 3.0f, 0.0f), 6.0f) / 6.0f;
-    case Activation::kHardSwish:
-      return z * std::min(std::max(z + 3.0f, 0.0f), 6.0f) / 6.0f;
-    case Activation::kSilu:
-      return z / (1.0f + std::exp(-z));
-  }
-  return z;
-}
-
-}  // namespace
-}  // namespace jdw
-
-// JDW_INLINE: inlined where GCC would call (a call per register block costs its prologue).
-// JDW_IN_REGISTER(v): v is held in a register from here on; GCC would otherwise fold its load
-// into every instruction that uses it, a load each.
-#if defined(__GNUC__) || defined(__clang__)
-#define JDW_INLINE inline __attribute__((always_inline))
-#else
-#define JDW_INLINE inline
-#endif
-#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
-#define JDW_IN_REGISTER(v) asm("" : "+v"(v))
-#else
-#define JDW_IN_REGISTER(v) (void)0
-#endif
-
-// The loops, once per instruction set (see the header comment).
-#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
-#define JDW_MULTIVERSION 1
-#endif
-
-#ifdef JDW_MULTIVERSION
-#define JDW_ISA avx512_bf16
-#define JDW_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma")))
-#define JDW_VECTOR_BYTES 64
-#define JDW_AVX512_BF16 1
-#include "cpu_depthwise_loops.inc"
-#undef JDW_ISA
-#undef JDW_TARGET
-#undef JDW_VECTOR_BYTES
-#undef JDW_AVX512_BF16
-#define JDW_ISA avx512
-#define JDW_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
-#define JDW_VECTOR_BYTES 64
-#include "cpu_depthwise_loops.inc"
-#undef JDW_ISA
-#undef JDW_TARGET
-#undef JDW_VECTOR_BYTES
-#define JDW_ISA avx2
-#define JDW_TARGET __attribute__((target("avx2,fma")))
-#define JDW_VECTOR_BYTES 32
-#include "cpu_depthwise_loops.inc"
-#undef JDW_ISA
-#undef JDW_TARGET
-#undef JDW_VECTOR_BYTES
-#endif
-#define JDW_ISA baseline
-#define JDW_TARGET
-#define JDW_VECTOR_BYTES 16
-#include "cpu_depthwise_loops.inc"
-#undef JDW_ISA
-#undef JDW_TARGET
-#undef JDW_VECTOR_BYTES
-
-namespace jdw {
-namespace {
-
-// The decoding step's loops (see CausalUpdateImpl): x, state in, state out, kernels, bias, positions, y,
-// then N rows, G kernels, S, W, dilation, D channels.
-template <typename T, typename Y>
-using CausalUpdateFn = void (*)(const T*, const T*, T*, const float*, const float*, const int32_t*, Y*, int64_t,
-                                int64_t, int64_t, int64_t, int64_t, int64_t, Activation, ffi::ThreadPool&);
-
-struct Loops {
-  const char* name;
-  void (*gather_f32_f32)(const float*, const float*, float*, const Geometry&, const Table*, bool, const Epilogue&,
-                         ffi::ThreadPool&);
-  void (*gather_f32_bf16)(const float*, const float*, bf16*, const Geometry&, const Table*, bool, const Epilogue&,
-                          ffi::ThreadPool&);
-  void (*gather_bf16_f32)(const bf16*, const float*, float*, const Geometry&, const Table*, bool, const Epilogue&,
-                          ffi::ThreadPool&);
-  void (*gather_bf16_bf16)(const bf16*, const float*, bf16*, const Geometry&, const Table*, bool, const Epilogue&,
-                           ffi::ThreadPool&);
-  void (*kernel_grad_f32)(const float*, const float*, float*, const Geometry&, const Table*, ffi::ThreadPool&);
-  void (*kernel_grad_bf16)(const bf16*, const bf16*, float*, const Geometry&, const Table*, ffi::ThreadPool&);
-  CausalUpdateFn<float, float> causal_update_f32_f32;
-  CausalUpdateFn<float, bf16> causal_update_f32_bf16;
-  CausalUpdateFn<bf16, float> causal_update_bf16_f32;
-  CausalUpdateFn<bf16, bf16> causal_update_bf16_bf16;
-};
-
-// The loops of one instruction set; those that store bfloat16, the gather from bfloat16 and the
-// bfloat16 kernel gradient can come from another (avx512_bf16 differs from avx512 only there: its
-// conversion on store, the paired taps of PairSums and the paired outputs of SweepRowsPairs; so
-// only those are compiled twice).
-#define JDW_LOOPS_WITH(name, isa, bf16_out)                                                                \
-  Loops {                                                                                                  \
-    name, isa::Gather<float, float>, bf16_out::Gather<float, bf16>, bf16_out::Gather<bf16, float>,        \
-        bf16_out::Gather<bf16, bf16>, isa::KernelGrad<float>, bf16_out::KernelGrad<bf16>,                  \
-        isa::CausalUpdate<float, float>, bf16_out::CausalUpdate<float, bf16>,                               \
-        isa::CausalUpdate<bf16, float>, bf16_out::CausalUpdate<bf16, bf16>                                  \
-  }
-#define JDW_LOOPS(isa) JDW_LOOPS_WITH(#isa, isa, isa)
-
 #ifdef JDW_MULTIVERSION
 // AVX512-BF16 (CPUID leaf 7, sub-leaf 1, EAX bit 5): Cooper Lake, Sapphire Rapids and later, Zen 4.
 bool HasAvx512Bf16() {
   unsigned a = 0, b = 0, c = 0, d = 0;
   return __get_cpuid_count(7, 1, &a, &b, &c, &d) != 0 && (a >> 5 & 1u) != 0;
+}
+
+// AVX512-BF16's loops: avx512's, with those that store bfloat16, the gather from bfloat16 and the
+// bfloat16 kernel gradient taken from the copy that converts with AVX512-BF16 (it differs from
+// avx512 only there: its conversion on store, the paired taps of PairSums and the paired outputs of
+// SweepRowsPairs; so only those are compiled twice).
+Loops Avx512Bf16() {
+  Loops loops = kAvx512Loops;
+  const Loops& bf16 = kAvx512Bf16Loops;
+  loops.name = bf16.name;
+  loops.gather_f32_bf16 = bf16.gather_f32_bf16;
+  loops.gather_bf16_f32 = bf16.gather_bf16_f32;
+  loops.gather_bf16_bf16 = bf16.gather_bf16_bf16;
+  loops.kernel_grad_bf16 = bf16.kernel_grad_bf16;
+  loops.causal_update_f32_bf16 = bf16.causal_update_f32_bf16;
+  loops.causal_update_bf16_bf16 = bf16.causal_update_bf16_bf16;
+  return loops;
 }
 #endif
 
@@ -295,15 +124,11 @@ const Loops& Chosen() {
     __builtin_cpu_init();
     const bool has_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-    if (most == "avx512_bf16" && has_avx512 && HasAvx512Bf16()) {
-      return JDW_LOOPS_WITH("avx512_bf16", avx512, avx512_bf16);
-    }
-    if ((most == "avx512_bf16" || most == "avx512") && has_avx512) return JDW_LOOPS(avx512);
-    if (most != "baseline" && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-      return JDW_LOOPS(avx2);
-    }
+    if (most == "avx512_bf16" && has_avx512 && HasAvx512Bf16()) return Avx512Bf16();
+    if ((most == "avx512_bf16" || most == "avx512") && has_avx512) return kAvx512Loops;
+    if (most != "baseline" && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return kAvx2Loops;
 #endif
-    return JDW_LOOPS(baseline);
+    return kBaselineLoops;
   }();
   return loops;
 }
