@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -234,6 +238,23 @@ def test_cpu_sums_serve_batch_norm_act_on_cpu(rng, dtype, monkeypatch):
     for g, w in zip(got, want):
         g, w = np.asarray(g, np.float32), np.asarray(w, np.float32)
         np.testing.assert_allclose(g, w, atol=tolerance * max(1, np.abs(w).max()), rtol=0)
+
+
+@needs_cpu_sums
+def test_baseline_sums_match_numpy():
+    """The baseline copy of the C++ sums (``JDW_CPU_INSTRUCTION_SET=baseline``) passes this file's
+    sums tests too, where the CPU runs the AVX2 copy by default."""
+    if cpu_batch_norm.instruction_set() == "baseline":
+        pytest.skip("this CPU runs the baseline sums: the other tests run them")
+    # (Without this run's pytest variables: an xdist worker's would make the inner pytest a worker too.)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "XDIST"))}
+    env["JDW_CPU_INSTRUCTION_SET"] = "baseline"
+    chosen = [sys.executable, "-c", "from jdw.kernels import cpu_batch_norm; print(cpu_batch_norm.instruction_set())"]
+    assert subprocess.run(chosen, env=env, capture_output=True, text=True, check=True).stdout.strip() == "baseline"
+    tests = ["-k", "cpu_sums or cpu_grad_sums", "-p", "no:cacheprovider", "-q", __file__]
+    run = subprocess.run([sys.executable, "-m", "pytest", *tests], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert " passed" in run.stdout
 
 
 @needs_cpu_sums

@@ -12,7 +12,8 @@ XLA:CPU computes each pair as two reductions, and the backward pair from a ``g``
 writes out, so the C++ passes read each operand once where XLA reads it two or three times
 (``cpu_batch_norm.cc``; docs/guides/training.md measures the training step). The activations of
 :func:`grad_sums` are those in :data:`ACTIVATIONS`. Rows are summed in float32 blocks of 64 and
-the blocks in float64, shared out to XLA's intra-op thread pool.
+the blocks in float64, shared out to XLA's intra-op thread pool, with AVX2 where the CPU has it
+(:func:`instruction_set`).
 
 The extension is built with the package (``setup.py``); where it could not be built,
 :data:`AVAILABLE` is ``False`` and :func:`jdw.functional.batch_norm_act` sums with XLA.
@@ -49,6 +50,21 @@ EXPORT_CHECKS = tuple(jax.export.DisabledSafetyCheck.custom_call(target) for tar
 if AVAILABLE:
     for _name, _capsule in _cpu_batch_norm.handlers().items():
         jax.ffi.register_ffi_target(_TARGETS[_name], _capsule, platform="cpu")
+
+
+def instruction_set() -> str | None:
+    """The instruction set the sums run with on this CPU, or ``None`` where the extension is not built.
+
+    ``"avx2"`` (AVX2 and FMA) where the CPU has it, else ``"baseline"``; the environment variable
+    ``JDW_CPU_INSTRUCTION_SET=baseline`` (read at import, as for
+    :func:`jdw.kernels.cpu_depthwise.instruction_set`) keeps the baseline.
+
+    Examples:
+      >>> from jdw.kernels import cpu_batch_norm
+      >>> cpu_batch_norm.instruction_set() in ("avx2", "baseline", None)
+      True
+    """
+    return _cpu_batch_norm.instruction_set() if AVAILABLE else None
 
 
 def supports(*dtypes) -> bool:
