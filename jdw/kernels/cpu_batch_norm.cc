@@ -100,8 +100,9 @@ JDW_BN_INLINE void SumRowsBody(const T* x, const T* dy, const float* a, const fl
 // 65536x96 1474-1881 -> 1045-1248, 16384x144 538-764 -> 250-288, 4096x384 334-700 -> 175-283,
 // 1024x960 269-474 -> 129-139, and the sums of 65536x96 691-1122 -> 534-756, 1024x960 134-211 ->
 // 79-82; only the sums of 16 channels were slower (158-159 -> 181-189, where the gradient sums of
-// the same went 295-459 -> 208-282). In the README's MobileNetV2 training step (batch 64, 32x32)
-// the sums were 14% of the CPU time on the baseline copy.
+// the same went 295-459 -> 208-282). In the training benchmark's MobileNetV2 step
+// (examples/bench_training.py: batch 64, 32x32) the sums took 14% of the CPU samples (perf) with
+// the baseline copy and 11% with AVX2's.
 template <typename T, bool kGrad, Derivative kD>
 void SumRowsBaseline(const T* x, const T* dy, const float* a, const float* b, int64_t r0, int64_t r1, int64_t C,
                      double* s_out, double* q_out, float* s, float* q) {
