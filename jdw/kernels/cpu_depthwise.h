@@ -1,5 +1,5 @@
 // What the translation units of jdw.kernels._cpu_depthwise share: the geometry of a convolution,
-// the tap tables, the fused epilogue and the table of loops each instruction set provides
+// the tap tables' type, the fused epilogue and the table of loops each instruction set provides
 // (cpu_depthwise_<isa>.cc compiles cpu_depthwise_loops.inc for one instruction set; cpu_depthwise.cc
 // chooses among them and holds the XLA FFI handlers). One translation unit per instruction set lets
 // the build compile them in parallel (setup.py).
