@@ -58,8 +58,8 @@ constexpr int64_t kBlockRows = 64;
 // Adds the sums of rows [r0, r1) to s_out and q_out (double, C each); s and q are float32 scratch.
 // Always inlined into SumRowsAvx2 and SumRowsBaseline, which GCC vectorises for their targets.
 template <typename T, bool kGrad, Derivative kD>
-JDW_BN_INLINE void SumRowsBody(const T* x, const T* dy, const float* a, const float* b, int64_t r0, int64_t r1, int64_t C, double* s_out,
-             double* q_out, float* s, float* q) {
+JDW_BN_INLINE void SumRowsBody(const T* x, const T* dy, const float* a, const float* b, int64_t r0, int64_t r1,
+                               int64_t C, double* s_out, double* q_out, float* s, float* q) {
   for (int64_t r = r0; r < r1; r += kBlockRows) {
     std::fill(s, s + C, 0.0f);
     std::fill(q, q + C, 0.0f);

@@ -85,6 +85,15 @@ struct Loops {
 extern const Loops kAvx512Bf16Loops, kAvx512Loops, kAvx2Loops;
 extern const Loops kBaselineLoops;
 
+// The whole table of one instruction set's namespace (cpu_depthwise_<isa>.cc, after the loops).
+#define JDW_LOOPS_OF(isa)                                                                               \
+  Loops {                                                                                               \
+    #isa, isa::Gather<float, float>, isa::Gather<float, bf16>, isa::Gather<bf16, float>,                \
+        isa::Gather<bf16, bf16>, isa::KernelGrad<float>, isa::KernelGrad<bf16>,                         \
+        isa::CausalUpdate<float, float>, isa::CausalUpdate<float, bf16>, isa::CausalUpdate<bf16, float>, \
+        isa::CausalUpdate<bf16, bf16>                                                                   \
+  }
+
 namespace {
 
 // --- work sharing (ParallelFor and Workers: cpu_parallel.h) ----------------------------------

@@ -10,16 +10,6 @@
 #include "cpu_depthwise_loops.inc"
 
 namespace jdw {
-const Loops kAvx2Loops = {"avx2",
-                          avx2::Gather<float, float>,
-                          avx2::Gather<float, bf16>,
-                          avx2::Gather<bf16, float>,
-                          avx2::Gather<bf16, bf16>,
-                          avx2::KernelGrad<float>,
-                          avx2::KernelGrad<bf16>,
-                          avx2::CausalUpdate<float, float>,
-                          avx2::CausalUpdate<float, bf16>,
-                          avx2::CausalUpdate<bf16, float>,
-                          avx2::CausalUpdate<bf16, bf16>};
+const Loops kAvx2Loops = JDW_LOOPS_OF(avx2);
 }  // namespace jdw
 #endif  // JDW_MULTIVERSION

@@ -10,16 +10,6 @@
 #include "cpu_depthwise_loops.inc"
 
 namespace jdw {
-const Loops kAvx512Loops = {"avx512",
-                            avx512::Gather<float, float>,
-                            avx512::Gather<float, bf16>,
-                            avx512::Gather<bf16, float>,
-                            avx512::Gather<bf16, bf16>,
-                            avx512::KernelGrad<float>,
-                            avx512::KernelGrad<bf16>,
-                            avx512::CausalUpdate<float, float>,
-                            avx512::CausalUpdate<float, bf16>,
-                            avx512::CausalUpdate<bf16, float>,
-                            avx512::CausalUpdate<bf16, bf16>};
+const Loops kAvx512Loops = JDW_LOOPS_OF(avx512);
 }  // namespace jdw
 #endif  // JDW_MULTIVERSION

@@ -10,15 +10,5 @@
 #include "cpu_depthwise_loops.inc"
 
 namespace jdw {
-const Loops kBaselineLoops = {"baseline",
-                              baseline::Gather<float, float>,
-                              baseline::Gather<float, bf16>,
-                              baseline::Gather<bf16, float>,
-                              baseline::Gather<bf16, bf16>,
-                              baseline::KernelGrad<float>,
-                              baseline::KernelGrad<bf16>,
-                              baseline::CausalUpdate<float, float>,
-                              baseline::CausalUpdate<float, bf16>,
-                              baseline::CausalUpdate<bf16, float>,
-                              baseline::CausalUpdate<bf16, bf16>};
+const Loops kBaselineLoops = JDW_LOOPS_OF(baseline);
 }  // namespace jdw
