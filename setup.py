@@ -54,7 +54,7 @@ setup(
         Extension(
             f"jdw.kernels._cpu_{name}",
             sources=[f"jdw/kernels/cpu_{name}.cc", *extra_sources],
-            depends=["jdw/kernels/cpu_parallel.h", "jdw/kernels/cpu_python.h", *depends],
+            depends=["jdw/kernels/cpu_parallel.h", "jdw/kernels/cpu_python.h", "jdw/kernels/cpu_target.h", *depends],
             include_dirs=[include],
             language="c++",
             # -g0: without Python's -g, which made the loops' module 112 MB (18 MB without) and its compile slower.

@@ -28,7 +28,7 @@ from helpers import assert_close
 import jdw
 from jdw.functional.activations import ACTIVATIONS
 from jdw.geometry import Geometry
-from jdw.kernels import cpu_depthwise
+from jdw.kernels import cpu_batch_norm, cpu_depthwise, cpu_target
 
 pytestmark = pytest.mark.skipif(not cpu_depthwise.AVAILABLE, reason="the C++ extension is not built here")
 
@@ -300,7 +300,7 @@ def test_float64_with_a_fused_activation_stays_float64(rng):
         assert_close(got, want, np.float64)
 
 
-_INSTRUCTION_SETS = ("baseline", "avx2", "avx512", "avx512_bf16")  # narrowest first
+_INSTRUCTION_SETS = tuple(reversed(cpu_target.INSTRUCTION_SETS))  # narrowest first
 
 
 def _run_this_file_with(env_update: dict[str, str], check: str, want: str) -> None:
@@ -329,6 +329,23 @@ def test_narrower_instruction_sets_match_numpy(instruction_set):
         pytest.skip(f"this CPU's widest instruction set is {widest}: the other tests run it")
     env = {"JDW_CPU_INSTRUCTION_SET": instruction_set}
     _run_this_file_with(env, "cpu_depthwise.instruction_set()", instruction_set)
+
+
+def test_an_unknown_instruction_set_warns_and_is_ignored():
+    """``JDW_CPU_INSTRUCTION_SET`` naming no instruction set warns once, naming the value and the
+    known sets, and both extensions run the widest set the CPU has, as without the variable."""
+    env = {k: v for k, v in os.environ.items() if k != "JDW_CPU_INSTRUCTION_SET"}
+    env["JDW_CPU_INSTRUCTION_SET"] = "avx3"
+    code = (
+        "import warnings; warnings.simplefilter('always')\n"
+        "from jdw.kernels import cpu_batch_norm, cpu_depthwise\n"
+        "print(cpu_depthwise.instruction_set(), cpu_batch_norm.instruction_set())"
+    )
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert run.stdout.split() == [cpu_depthwise.instruction_set(), cpu_batch_norm.instruction_set()]
+    warned = [line for line in run.stderr.splitlines() if "RuntimeWarning" in line]
+    assert len(warned) == 1, run.stderr
+    assert "JDW_CPU_INSTRUCTION_SET='avx3'" in warned[0] and "avx512_bf16, avx512, avx2, baseline" in warned[0]
 
 
 @pytest.mark.parametrize("instruction_set", ["widest", "avx2"])

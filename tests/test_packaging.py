@@ -71,7 +71,8 @@ def test_the_cpu_extension_builds_from_the_sdist():
     kernels = ROOT / "jdw" / "kernels"
     sources = sorted([*kernels.glob("cpu_*.cc"), *kernels.glob("cpu_*.h"), *kernels.glob("cpu_*.inc")])
     local = {name for source in sources for name in re.findall(r'#include "([^"/]+)"', source.read_text())}
-    assert not sources or {"cpu_parallel.h", "cpu_python.h", "cpu_depthwise.h", "cpu_depthwise_loops.inc"} <= local
+    shared = {"cpu_parallel.h", "cpu_python.h", "cpu_target.h", "cpu_depthwise.h", "cpu_depthwise_loops.inc"}
+    assert not sources or shared <= local
     assert all(f"jdw/kernels/{name}" in manifest for name in local), local
     assert all(f"jdw/kernels/{source.name}" in manifest for source in sources), sources
     assert "jdw.kernels._cpu_{name}" in (ROOT / "setup.py").read_text()

@@ -1,1 +1,2 @@
-"""Hand-written kernels (Pallas) behind the ``"pallas"`` backend."""
+"""Hand-written kernels: the C++ loops for XLA:CPU behind the ``"cpu"`` backend and batch norm's sums
+(``cpu_*``), and the Pallas kernels behind the ``"pallas"`` backend (``pallas_*``)."""

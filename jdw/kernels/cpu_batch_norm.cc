@@ -24,18 +24,10 @@
 
 #include "cpu_parallel.h"
 #include "cpu_python.h"
+#include "cpu_target.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
-
-#if defined(__GNUC__) || defined(__clang__)
-#define JDW_BN_INLINE inline __attribute__((always_inline))
-#else
-#define JDW_BN_INLINE inline
-#endif
-#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
-#define JDW_BN_AVX2 1
-#endif
 
 namespace jdw {
 namespace {
@@ -58,7 +50,7 @@ constexpr int64_t kBlockRows = 64;
 // Adds the sums of rows [r0, r1) to s_out and q_out (double, C each); s and q are float32 scratch.
 // Always inlined into SumRowsAvx2 and SumRowsBaseline, which GCC vectorises for their targets.
 template <typename T, bool kGrad, Derivative kD>
-JDW_BN_INLINE void SumRowsBody(const T* x, const T* dy, const float* a, const float* b, int64_t r0, int64_t r1,
+JDW_INLINE void SumRowsBody(const T* x, const T* dy, const float* a, const float* b, int64_t r0, int64_t r1,
                                int64_t C, double* s_out, double* q_out, float* s, float* q) {
   for (int64_t r = r0; r < r1; r += kBlockRows) {
     std::fill(s, s + C, 0.0f);
@@ -109,7 +101,7 @@ void SumRowsBaseline(const T* x, const T* dy, const float* a, const float* b, in
   SumRowsBody<T, kGrad, kD>(x, dy, a, b, r0, r1, C, s_out, q_out, s, q);
 }
 
-#ifdef JDW_BN_AVX2
+#ifdef JDW_MULTIVERSION
 template <typename T, bool kGrad, Derivative kD>
 __attribute__((target("avx2,fma"))) void SumRowsAvx2(const T* x, const T* dy, const float* a, const float* b,
                                                      int64_t r0, int64_t r1, int64_t C, double* s_out,
@@ -119,26 +111,14 @@ __attribute__((target("avx2,fma"))) void SumRowsAvx2(const T* x, const T* dy, co
 #endif
 
 // Whether the sums run the AVX2 copy: where the CPU has AVX2 and FMA, unless the environment
-// variable JDW_CPU_INSTRUCTION_SET is "baseline" (read once; as for the depthwise loops, the tests
-// run the baseline copy that way).
-bool UseAvx2() {
-#ifdef JDW_BN_AVX2
-  static const bool avx2 = [] {
-    const char* cap = std::getenv("JDW_CPU_INSTRUCTION_SET");
-    if (cap != nullptr && std::strcmp(cap, "baseline") == 0) return false;
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return avx2;
-#else
-  return false;
-#endif
-}
+// variable JDW_CPU_INSTRUCTION_SET caps the choice below it (CpuInstructionSet in cpu_target.h; the
+// tests run the baseline copy that way).
+bool UseAvx2() { return static_cast<int>(CpuInstructionSet()) >= static_cast<int>(InstructionSet::kAvx2); }
 
 template <typename T, bool kGrad, Derivative kD>
 void SumRows(const T* x, const T* dy, const float* a, const float* b, int64_t r0, int64_t r1, int64_t C,
              double* s_out, double* q_out, float* s, float* q) {
-#ifdef JDW_BN_AVX2
+#ifdef JDW_MULTIVERSION
   if (UseAvx2()) return SumRowsAvx2<T, kGrad, kD>(x, dy, a, b, r0, r1, C, s_out, q_out, s, q);
 #endif
   SumRowsBaseline<T, kGrad, kD>(x, dy, a, b, r0, r1, C, s_out, q_out, s, q);

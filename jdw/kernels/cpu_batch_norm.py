@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jdw.kernels import cpu_target
+
 try:
     from jdw.kernels import _cpu_batch_norm
 except ImportError:  # built without a C++ compiler, or on a platform the extension does not support
@@ -48,6 +50,7 @@ _TARGETS = {name: f"jdw_batch_norm_{name}" for name in ("sums", "grad_sums")}
 EXPORT_CHECKS = tuple(jax.export.DisabledSafetyCheck.custom_call(target) for target in _TARGETS.values())
 
 if AVAILABLE:
+    cpu_target.check_environment()
     for _name, _capsule in _cpu_batch_norm.handlers().items():
         jax.ffi.register_ffi_target(_TARGETS[_name], _capsule, platform="cpu")
 
@@ -57,7 +60,8 @@ def instruction_set() -> str | None:
 
     ``"avx2"`` (AVX2 and FMA) where the CPU has it, else ``"baseline"``; the environment variable
     ``JDW_CPU_INSTRUCTION_SET=baseline`` (read at import, as for
-    :func:`jdw.kernels.cpu_depthwise.instruction_set`) keeps the baseline.
+    :func:`jdw.kernels.cpu_depthwise.instruction_set`; see :mod:`jdw.kernels.cpu_target`) keeps the
+    baseline.
 
     Examples:
       >>> from jdw.kernels import cpu_batch_norm

@@ -41,10 +41,6 @@
 #include <fstream>
 #include <string>
 
-#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
-#include <cpuid.h>
-#endif
-
 #include "xla/ffi/api/ffi.h"
 #include "cpu_depthwise.h"
 #include "cpu_python.h"
@@ -89,12 +85,6 @@ Table TransposeTable(const Geometry& g, int dim) {
 }
 
 #ifdef JDW_MULTIVERSION
-// AVX512-BF16 (CPUID leaf 7, sub-leaf 1, EAX bit 5): Cooper Lake, Sapphire Rapids and later, Zen 4.
-bool HasAvx512Bf16() {
-  unsigned a = 0, b = 0, c = 0, d = 0;
-  return __get_cpuid_count(7, 1, &a, &b, &c, &d) != 0 && (a >> 5 & 1u) != 0;
-}
-
 // AVX512-BF16's loops: avx512's, with those that store bfloat16, the gather from bfloat16 and the
 // bfloat16 kernel gradient taken from the copy that converts with AVX512-BF16 (it differs from
 // avx512 only there: its conversion on store, the paired taps of PairSums and the paired outputs of
@@ -113,22 +103,22 @@ Loops Avx512Bf16() {
 }
 #endif
 
-// The widest instruction set this CPU has, or a narrower one named by the environment variable
-// JDW_CPU_INSTRUCTION_SET ("avx512", "avx2" or "baseline"), read once: the tests run every loop
-// that way.
+// The loops of the widest instruction set this CPU runs, at most the one named by the environment
+// variable JDW_CPU_INSTRUCTION_SET (CpuInstructionSet in cpu_target.h), chosen once.
 const Loops& Chosen() {
   static const Loops loops = [] {
+    switch (CpuInstructionSet()) {
 #ifdef JDW_MULTIVERSION
-    const char* cap = std::getenv("JDW_CPU_INSTRUCTION_SET");
-    const std::string most = cap == nullptr ? "avx512_bf16" : cap;
-    __builtin_cpu_init();
-    const bool has_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-    if (most == "avx512_bf16" && has_avx512 && HasAvx512Bf16()) return Avx512Bf16();
-    if ((most == "avx512_bf16" || most == "avx512") && has_avx512) return kAvx512Loops;
-    if (most != "baseline" && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return kAvx2Loops;
+      case InstructionSet::kAvx512Bf16:
+        return Avx512Bf16();
+      case InstructionSet::kAvx512:
+        return kAvx512Loops;
+      case InstructionSet::kAvx2:
+        return kAvx2Loops;
 #endif
-    return kBaselineLoops;
+      default:
+        return kBaselineLoops;
+    }
   }();
   return loops;
 }
@@ -392,13 +382,13 @@ static PyObject* Handlers(PyObject*, PyObject*) {
   });
 }
 
-static PyObject* InstructionSet(PyObject*, PyObject*) { return PyUnicode_FromString(jdw::Chosen().name); }
+static PyObject* PyInstructionSet(PyObject*, PyObject*) { return PyUnicode_FromString(jdw::Chosen().name); }
 
 static PyObject* StreamBytes(PyObject*, PyObject*) { return PyLong_FromLongLong(jdw::StreamBytes()); }
 
 static PyMethodDef kMethods[] = {
     {"handlers", Handlers, METH_NOARGS, "The XLA FFI handlers, by name, as PyCapsules."},
-    {"instruction_set", InstructionSet, METH_NOARGS, "The instruction set the loops run with on this CPU."},
+    {"instruction_set", PyInstructionSet, METH_NOARGS, "The instruction set the loops run with on this CPU."},
     {"stream_bytes", StreamBytes, METH_NOARGS, "The destination size from which the loops store non-temporally."},
     {nullptr, nullptr, 0, nullptr},
 };

@@ -19,6 +19,7 @@
 
 #include "xla/ffi/api/ffi.h"
 #include "cpu_parallel.h"
+#include "cpu_target.h"
 
 namespace jdw {
 
@@ -153,25 +154,5 @@ inline float ApplyOne(const Epilogue& e, float z, int64_t c) {
 
 }  // namespace
 }  // namespace jdw
-
-// JDW_INLINE: inlined where GCC would call (a call per register block costs its prologue).
-// JDW_IN_REGISTER(v): v is held in a register from here on; GCC would otherwise fold its load
-// into every instruction that uses it, a load each.
-#if defined(__GNUC__) || defined(__clang__)
-#define JDW_INLINE inline __attribute__((always_inline))
-#else
-#define JDW_INLINE inline
-#endif
-#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
-#define JDW_IN_REGISTER(v) asm("" : "+v"(v))
-#else
-#define JDW_IN_REGISTER(v) (void)0
-#endif
-
-// JDW_MULTIVERSION: the loops are compiled once per instruction set (cpu_depthwise_<isa>.cc), with
-// GCC and Clang on x86-64; elsewhere only the baseline copy exists.
-#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
-#define JDW_MULTIVERSION 1
-#endif
 
 #endif  // JDW_KERNELS_CPU_DEPTHWISE_H_

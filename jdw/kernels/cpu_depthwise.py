@@ -35,6 +35,7 @@ import numpy as np
 from jax.typing import DTypeLike
 
 from jdw.geometry import Geometry
+from jdw.kernels import cpu_target
 
 try:
     from jdw.kernels import _cpu_depthwise
@@ -63,6 +64,7 @@ _TARGETS = {name: f"jdw_depthwise_{name}" for name in ("forward", "transpose", "
 EXPORT_CHECKS = tuple(jax.export.DisabledSafetyCheck.custom_call(target) for target in _TARGETS.values())
 
 if AVAILABLE:
+    cpu_target.check_environment()
     for _name, _capsule in _cpu_depthwise.handlers().items():
         jax.ffi.register_ffi_target(_TARGETS[_name], _capsule, platform="cpu")
 
@@ -72,7 +74,8 @@ def instruction_set() -> str | None:
 
     The widest of ``"avx512_bf16"`` (AVX-512 with the bfloat16 conversions: Cooper Lake, Sapphire
     Rapids, Zen 4), ``"avx512"``, ``"avx2"`` and ``"baseline"`` that the CPU runs, or a narrower one
-    named by the environment variable ``JDW_CPU_INSTRUCTION_SET`` (read at import).
+    named by the environment variable ``JDW_CPU_INSTRUCTION_SET`` (read at import; another value
+    warns and is ignored, see :mod:`jdw.kernels.cpu_target`).
 
     Examples:
       >>> from jdw.kernels import cpu_depthwise
