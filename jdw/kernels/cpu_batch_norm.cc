@@ -51,7 +51,7 @@ constexpr int64_t kBlockRows = 64;
 // Always inlined into SumRowsAvx2 and SumRowsBaseline, which GCC vectorises for their targets.
 template <typename T, bool kGrad, Derivative kD>
 JDW_INLINE void SumRowsBody(const T* x, const T* dy, const float* a, const float* b, int64_t r0, int64_t r1,
-                               int64_t C, double* s_out, double* q_out, float* s, float* q) {
+                            int64_t C, double* s_out, double* q_out, float* s, float* q) {
   for (int64_t r = r0; r < r1; r += kBlockRows) {
     std::fill(s, s + C, 0.0f);
     std::fill(q, q + C, 0.0f);

@@ -64,6 +64,7 @@ inline InstructionSet CpuInstructionSet() {
     InstructionSet widest = InstructionSet::kBaseline;
 #ifdef JDW_MULTIVERSION
     __builtin_cpu_init();
+    // AVX512-BF16: CPUID leaf 7, sub-leaf 1, EAX bit 5 (Cooper Lake, Sapphire Rapids and later, Zen 4).
     unsigned a = 0, b = 0, c = 0, d = 0;
     const bool bf16 = __get_cpuid_count(7, 1, &a, &b, &c, &d) != 0 && (a >> 5 & 1u) != 0;
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
