@@ -18,7 +18,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -245,13 +244,14 @@ static PyObject* Handlers(PyObject*, PyObject*) {
   });
 }
 
-static PyObject* InstructionSet(PyObject*, PyObject*) {
-  return PyUnicode_FromString(jdw::UseAvx2() ? "avx2" : "baseline");
+static PyObject* PyInstructionSet(PyObject*, PyObject*) {
+  return PyUnicode_FromString(
+      jdw::InstructionSetName(jdw::UseAvx2() ? jdw::InstructionSet::kAvx2 : jdw::InstructionSet::kBaseline));
 }
 
 static PyMethodDef kMethods[] = {
     {"handlers", Handlers, METH_NOARGS, "The XLA FFI handlers, by name, as PyCapsules."},
-    {"instruction_set", InstructionSet, METH_NOARGS, "The instruction set the sums run with on this CPU."},
+    {"instruction_set", PyInstructionSet, METH_NOARGS, "The instruction set the sums run with on this CPU."},
     {nullptr, nullptr, 0, nullptr},
 };
 

@@ -38,7 +38,7 @@ namespace jdw {
 enum class InstructionSet : int { kBaseline = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3 };
 
 // Their names, as JDW_CPU_INSTRUCTION_SET and the Python modules' instruction_set() spell them.
-inline const char* Name(InstructionSet set) {
+inline const char* InstructionSetName(InstructionSet set) {
   switch (set) {
     case InstructionSet::kAvx512Bf16:
       return "avx512_bf16";
@@ -58,7 +58,8 @@ inline InstructionSet CpuInstructionSet() {
     InstructionSet cap = InstructionSet::kAvx512Bf16;
     if (const char* named = std::getenv("JDW_CPU_INSTRUCTION_SET"); named != nullptr) {
       for (int s = 0; s <= static_cast<int>(InstructionSet::kAvx512Bf16); ++s) {
-        if (std::strcmp(named, Name(static_cast<InstructionSet>(s))) == 0) cap = static_cast<InstructionSet>(s);
+        const auto set = static_cast<InstructionSet>(s);
+        if (std::strcmp(named, InstructionSetName(set)) == 0) cap = set;
       }
     }
     InstructionSet widest = InstructionSet::kBaseline;
