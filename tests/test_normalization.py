@@ -189,7 +189,9 @@ needs_cpu_sums = pytest.mark.skipif(not cpu_batch_norm.AVAILABLE, reason="the C+
 
 @needs_cpu_sums
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("shape", [(1, 1), (5, 3), (130, 17), (2, 9, 7, 96), (3, 200, 8)])
+# Rows of at most 32 channels go four at a time (cpu_batch_norm.cc's kUnrolledFloats), with rows
+# left over in (5, 3) and (130, 17); 96 channels one row at a time.
+@pytest.mark.parametrize("shape", [(1, 1), (5, 3), (130, 17), (2, 9, 7, 96), (3, 200, 8), (2, 33, 32)])
 def test_cpu_sums_match_numpy(rng, dtype, shape):
     x = jnp.asarray(rng.standard_normal(shape) * 2 + 1, dtype)
     xf = np.asarray(x, np.float64).reshape(-1, shape[-1])
@@ -202,12 +204,14 @@ def test_cpu_sums_match_numpy(rng, dtype, shape):
 @needs_cpu_sums
 @pytest.mark.parametrize("activation", list(cpu_batch_norm.ACTIVATIONS))
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_cpu_grad_sums_match_numpy(rng, activation, dtype):
-    shape = (3, 70, 19)
+# 19 channels: one row at a time; 7: four rows at a time (kUnrolledFloats), with rows left over.
+@pytest.mark.parametrize("shape", [(3, 70, 19), (5, 67, 7)])
+def test_cpu_grad_sums_match_numpy(rng, activation, dtype, shape):
+    C = shape[-1]
     x, dy = (jnp.asarray(rng.standard_normal(shape) * 4, dtype) for _ in range(2))
-    a, b = jnp.asarray(rng.uniform(0.5, 2, 19), jnp.float32), jnp.asarray(rng.standard_normal(19), jnp.float32)
-    xf, dyf = (np.asarray(v, np.float64).reshape(-1, 19) for v in (x, dy))
-    u = np.asarray(x, np.float32).reshape(-1, 19) * np.asarray(a) + np.asarray(b)
+    a, b = jnp.asarray(rng.uniform(0.5, 2, C), jnp.float32), jnp.asarray(rng.standard_normal(C), jnp.float32)
+    xf, dyf = (np.asarray(v, np.float64).reshape(-1, C) for v in (x, dy))
+    u = np.asarray(x, np.float32).reshape(-1, C) * np.asarray(a) + np.asarray(b)
     g = dyf * NUMPY_ACTIVATIONS[None if activation == "identity" else activation][1](u)
     s, q = cpu_batch_norm.grad_sums(x, dy, a, b, activation)
     np.testing.assert_allclose(s, g.sum(0), rtol=1e-5, atol=1e-4)
