@@ -49,8 +49,8 @@ constexpr int64_t kBlockRows = 64;
 // Rows taken together where rows are short: each channel's sums of kUnrollRows rows, added
 // pairwise, go into its running sums at once. One row at a time, s[c] and q[c] go through memory
 // on every row, and each row's adds wait for the last row's stores to reach the loads (store-to-load
-// forwarding, about ten cycles a row whatever C is): over rows of a few registers that wait is most
-// of the loop. Over wider rows the registers of one row are enough independent work, and four rows
+// forwarding: a latency per row, whatever C is): over rows of a few registers that wait is most of
+// the loop. Over wider rows the registers of one row are enough independent work, and four rows
 // at a time made the gradient sums slower (more live registers). So rows of at most kUnrolledFloats
 // floats of terms (C for the sums; the gradient sums' 2 C, x and dy) are unrolled. On a Zen 3 (AVX2,
 // float32, two threads, median of 300 calls, three runs alternating the builds, us, one row ->
