@@ -85,12 +85,12 @@ JDW_INLINE void SumRowsBody(const T* __restrict x, const T* __restrict dy, const
                             const float* __restrict b, int64_t r0, int64_t r1, int64_t C, double* __restrict s_out,
                             double* __restrict q_out, float* __restrict s, float* __restrict q) {
   static_assert(kUnrollRows == 4, "the pairwise sums below take four rows");
+  const bool unroll = (kGrad ? 2 : 1) * C <= kUnrolledFloats;
   for (int64_t r = r0; r < r1; r += kBlockRows) {
     std::fill(s, s + C, 0.0f);
     std::fill(q, q + C, 0.0f);
     const int64_t end = std::min(r1, r + kBlockRows);
     int64_t i = r;
-    const bool unroll = (kGrad ? 2 : 1) * C <= kUnrolledFloats;
     for (; unroll && i + kUnrollRows <= end; i += kUnrollRows) {
       const T* xr = x + i * C;
       const T* dr = kGrad ? dy + i * C : nullptr;
