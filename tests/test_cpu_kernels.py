@@ -72,6 +72,11 @@ CASES = {
     # 3x3 at stride 2 over rows of 56 positions and more: with AVX2 one register of channels at a
     # time (ReuseChannels' one_register), elsewhere two and then one (48 channels).
     "3x3-s2-wide-rows": (1, (5, 61), 48, (3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1)),
+    # 3x3 rows end in a block of exactly the outputs left (fewer than four), inside the row at
+    # stride 2 over even widths: 7 outputs (4 + 3) and 9 (4 + 4 + 1), two registers of channels and
+    # one.
+    "3x3-s2-last-block-of-3": (2, (7, 14), 48, (3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1)),
+    "3x3-s2-last-block-of-1": (1, (5, 18), 48, (3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1)),
     # bfloat16 kernels pair taps (5x5, 7x7): two blocks of 32 channels and 16 alone, interior blocks
     # of eight outputs between border blocks.
     "7x7-whole-rows": (1, (9, 30), 80, (7, 7), (1, 1), ((3, 3), (3, 3)), (1, 1)),
