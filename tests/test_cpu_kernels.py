@@ -69,9 +69,13 @@ CASES = {
     # 128 + 112 in bfloat16 with AVX-512 (the last group's last register alone) and in float32 with
     # AVX2.
     "3x3-s2-channel-groups": (1, (6, 20), 240, (3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1)),
-    # 3x3 at stride 2 over rows of 56 positions and more: with AVX2 one register of channels at a
-    # time (ReuseChannels' one_register), elsewhere two and then one (48 channels).
+    # 3x3 at stride 2 over rows of 56 positions and more: with AVX2 a position at a time
+    # (PositionRowBlocks: 48 channels in one block of six registers, the first position at the
+    # padding), elsewhere register blocks of two registers and then one. Then 104 channels in blocks
+    # of 7 + 6 registers (AVX2) over an odd width padded on the right only, and 200 in 9 + 9 + 7.
     "3x3-s2-wide-rows": (1, (5, 61), 48, (3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1)),
+    "3x3-s2-wide-rows-uneven-blocks": (1, (4, 57), 104, (3, 3), (2, 2), ((0, 1), (0, 1)), (1, 1)),
+    "3x3-s2-wide-rows-three-blocks": (2, (3, 56), 200, (3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1)),
     # 3x3 rows end in a block of exactly the outputs left (fewer than four), inside the row at
     # stride 2 over even widths: 7 outputs (4 + 3) and 9 (4 + 4 + 1), two registers of channels and
     # one.
@@ -128,15 +132,19 @@ def test_loops_match_numpy(name, rng):
     assert_close(dk, want_dk[..., 0, :])
 
 
+# The ragged case goes through the tap lists and register blocks, the wide rows a position at a time
+# with AVX2 (PositionBlock's epilogue).
+@pytest.mark.parametrize("case", ["5x5-s2x3-ragged", "3x3-s2-wide-rows-uneven-blocks"])
 @pytest.mark.parametrize("activation", sorted(cpu_depthwise.ACTIVATIONS))
-def test_fused_bias_and_activation(activation, rng):
-    geometry, x, k, _ = _operands(rng, *CASES["5x5-s2x3-ragged"])
+def test_fused_bias_and_activation(activation, case, rng):
+    strides, padding, dilation = CASES[case][4:]
+    geometry, x, k, _ = _operands(rng, *CASES[case])
     x = 3 * x  # reach every piece of relu6 and the hard activations
     bias = rng.standard_normal(x.shape[-1]).astype(np.float32)
     y = jax.jit(lambda x, k, b: cpu_depthwise.forward(x, k, geometry, jnp.float32, bias=b, activation=activation))(
         x, k, bias
     )
-    z = ref.depthwise_conv(x, k, bias, strides=(2, 3), padding=((2, 2), (2, 2)), dilation=(1, 1))
+    z = ref.depthwise_conv(x, k, bias, strides=strides, padding=padding, dilation=dilation)
     assert_close(y, np.asarray(ACTIVATIONS[activation](jnp.asarray(z, jnp.float32))))
 
 
@@ -159,6 +167,7 @@ def test_silu_of_large_magnitudes_is_finite(rng):
         "3x3-s1",
         "5x5-whole-rows",
         "3x3-s2-channel-groups",
+        "3x3-s2-wide-rows",
         "3x3-rows-of-padding-only",
         "2x2-rows-together",
         "3x3-bf16-output-pairs",
