@@ -18,7 +18,9 @@
 // memory:
 // - the gather keeps the sums of four neighbouring outputs of one register of channels in
 //   registers, loading each weight once for the four, where every tap lies inside the source (the
-//   interior); the borders go through the tap tables;
+//   interior); the borders go through the tap tables; with AVX2, the rows of 3x3 kernels at
+//   stride 2 over 56 positions or more go a position at a time instead, all of its channels (up to
+//   12 registers a block) before the next position, so that the source is read in address order;
 // - the kernel gradient sums the products of up to seven taps along a row in registers, loading
 //   each position of dy once for them, then adds them to per-worker partial sums (taps x C, in
 //   L1/L2), summed at the end;
