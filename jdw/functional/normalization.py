@@ -130,6 +130,7 @@ def _backward(epsilon, activation, dtype, residuals, cotangents):
     a_, mean_ = _per_channel(a, x), _per_channel(mean, x)
     _, activation_vjp = jax.vjp(activation, xf * a_ + _per_channel(b, x))
     (g,) = activation_vjp(dy.astype(xf.dtype))  # the cotangent before the activation
+
     # Pass one: the two per-channel sums. sum(g * xhat) = rstd * (sum(g x) - mean sum(g)).
     def xla_sums(x, dy):
         return jnp.sum(g, axes), jnp.sum(g * xf, axes)

@@ -114,9 +114,7 @@ def _sums_jvp(primals, tangents):  # in JAX, so that the sums can be differentia
     return _sums(x), (jnp.sum(dxf, axes), jnp.sum(2.0 * xf * dxf, axes))
 
 
-def grad_sums(
-    x: jax.Array, dy: jax.Array, a: jax.Array, b: jax.Array, activation: str
-) -> tuple[jax.Array, jax.Array]:
+def grad_sums(x: jax.Array, dy: jax.Array, a: jax.Array, b: jax.Array, activation: str) -> tuple[jax.Array, jax.Array]:
     """``(Σ g, Σ g x)`` over every axis but the last, ``g = dy · act'(a x + b)``, in one pass (float32).
 
     Args:
