@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -78,3 +80,25 @@ def test_pointwise_kernel_gradient_transposes_no_activation_on_cpu():
     hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, kernel).compile().as_text()
     assert "f32[2048,64]" in hlo  # the product over flattened positions
     assert "f32[64,2048]" not in hlo and "f32[32,2048]" not in hlo
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's product order")
+@pytest.mark.parametrize("c_in,c_out", [(96, 16), (16, 96)])
+def test_pointwise_kernel_gradient_takes_the_narrow_operand_first_on_cpu(rng, c_in, c_out):
+    """Over many positions XLA:CPU's product is 2-3x faster with the fewer channels first: a
+    projection's kernel gradient is the (C_out, C_in) product, transposed, and still right."""
+    x = rng.standard_normal((4, 16, 16, c_in)).astype(np.float32)
+    kernel = rng.standard_normal((c_in, c_out)).astype(np.float32)
+    dy = rng.standard_normal((4, 16, 16, c_out)).astype(np.float32)
+    loss = lambda x, k: jnp.sum(jdw.pointwise_conv(x, k) * dy)  # noqa: E731
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    hlo = grad.lower(x, kernel).compile().as_text()
+    # The kernel gradient: the product over positions (both contracting dims 0), as it is stored
+    # (its layout may put the second dimension first).
+    (product,) = [line for line in hlo.splitlines() if " dot(" in line and "lhs_contracting_dims={0}" in line]
+    rows, cols, minor = re.search(r"= f32\[(\d+),(\d+)\]\{(\d),\d\}", product).groups()
+    stored = (rows, cols) if minor == "1" else (cols, rows)
+    assert [int(d) for d in stored] == sorted((c_in, c_out)), product
+    gx, gk = grad(x, kernel)
+    assert_close(gx, np.einsum("nhwd,cd->nhwc", dy.astype(np.float64), kernel))
+    assert_close(gk, np.einsum("nhwc,nhwd->cd", x.astype(np.float64), dy))

@@ -169,10 +169,13 @@ def _linen_causal(implementation, dtype, rng):
 
 
 def _pointwise(implementation, dtype, rng):
-    """A matrix multiply over channels (no backends): here for the completeness of the public grid."""
+    """A matrix multiply over channels (no backends): here for the completeness of the public grid.
+
+    A projection (more input channels than output), whose kernel goes through an optimization
+    barrier on CPU (``jdw.functional.pointwise``); separable's expansion takes the plain product."""
     del implementation
-    x = _normal(rng, (2, 3, 3, 4), dtype)
-    params = (_normal(rng, (4, 5), dtype), _normal(rng, (5,), dtype))
+    x = _normal(rng, (2, 3, 3, 5), dtype)
+    params = (_normal(rng, (5, 4), dtype), _normal(rng, (4,), dtype))
     return (lambda x, params: jdw.pointwise_conv(x, *params)), x, params
 
 
