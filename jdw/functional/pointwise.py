@@ -106,8 +106,8 @@ def _narrow_first_kernel_grad(kernel: jax.Array) -> jax.Array:
     barrier; they move only the (small) kernel and its gradient. The MobileNetV2 training step
     (``examples/bench_training.py``: batch 64, 32x32, width 0.5) took 130.6 ms where it took
     134.6 (medians of nine rounds alternating in one process) and 127.5 where 131.5 (seven).
-    The forward product is unchanged (XLA folds the kernel's transposes into its dimension
-    numbers). Only on CPU (:func:`jax.lax.platform_dependent`): other backends' products take
-    either order.
+    The forward product still runs on YNNPACK, from a copy of the kernel that XLA writes out
+    (``C_in x C_out`` values: a few KiB). Only on CPU (:func:`jax.lax.platform_dependent`): other
+    backends' products take either order.
     """
     return lax.optimization_barrier(kernel.T).T
