@@ -277,6 +277,40 @@ def test_backend_calls_the_loops_and_nothing_else():
     assert "convolution(" not in hlo
 
 
+def test_bfloat16_kernels_and_biases_reach_the_loops_as_they_are(rng):
+    """The loops widen a bfloat16 kernel and bias: the compiled program is the custom call alone.
+
+    (An XLA convert in front of it would make the program two thunks, which XLA:CPU runs off the
+    calling thread.) Float32 data with a bfloat16 kernel too, and the decoding step's kernel and bias.
+    """
+    strides, padding, dilation = CASES["3x3-s2"][4:]
+    geometry, x, k, dy = _operands(rng, *CASES["3x3-s2"])
+    xb, kb, dyb = (jnp.asarray(a, jnp.bfloat16) for a in (x, k, dy))
+    bias = jnp.asarray(rng.standard_normal(x.shape[-1]), jnp.bfloat16)
+    wide = lambda a: np.asarray(a, np.float32)  # noqa: E731
+    forward = jax.jit(lambda x, k, b: cpu_depthwise.forward(x, k, geometry, jnp.float32, bias=b, activation="relu"))
+    entry = forward.lower(xb, kb, bias).compile().as_text().split("ENTRY")[1]
+    assert entry.count("custom-call(") == 1 and "fusion" not in entry and "convert" not in entry
+    conv = dict(strides=strides, padding=padding, dilation=dilation)
+    want = np.maximum(ref.depthwise_conv(wide(xb), wide(kb), wide(bias), **conv), 0)
+    assert_close(forward(xb, kb, bias), want)
+    assert_close(forward(x, kb, bias), np.maximum(ref.depthwise_conv(x, wide(kb), wide(bias), **conv), 0))
+    transpose = jax.jit(lambda dy, k: cpu_depthwise.transpose(dy, k, geometry, jnp.float32))
+    assert "convert" not in transpose.lower(dyb, kb).compile().as_text().split("ENTRY")[1]
+    assert_close(transpose(dyb, kb), ref.depthwise_conv_vjp(wide(xb), wide(kb), wide(dyb), **conv)[0])
+    # The decoding step: the same numbers as with the widened kernel and bias.
+    xs, state = (
+        jnp.asarray(rng.standard_normal((3, 32)), jnp.bfloat16),
+        jnp.asarray(rng.standard_normal((3, 6, 32)), jnp.bfloat16),
+    )
+    ks, bs = jnp.asarray(rng.standard_normal((4, 32)), jnp.bfloat16), jnp.asarray(rng.standard_normal(32), jnp.bfloat16)
+    step = lambda k, b: cpu_depthwise.causal_update(  # noqa: E731
+        xs, state, k, b, None, dilation=2, activation="silu", dtype=jnp.float32
+    )
+    for got, want in zip(step(ks, bs), step(wide(ks), wide(bs))):
+        np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+
+
 @pytest.mark.parametrize(
     "what, x, kernel",
     [

@@ -188,13 +188,26 @@ Geometry Decode(ffi::Span<const int64_t> values) {
 
 bool IsFloat(ffi::DataType t) { return t == ffi::DataType::F32 || t == ffi::DataType::BF16; }
 
+// A kernel or bias operand as float32: a float32 buffer as it is, a bfloat16 one widened into
+// `storage` (a few KiB). The wrappers pass a bfloat16 kernel as it is because an XLA convert in
+// front of the call makes the program more than one thunk: XLA:CPU then runs it off the calling
+// thread, which cost a bfloat16 forward pass of 14x14x576 (stride 2) 15 -> 57-75 us at batch 1
+// and 156 -> 168 us at batch 32 on the 2-core Zen 4 (docs/performance.md).
+const float* AsFloat(ffi::AnyBuffer b, std::vector<float>& storage) {
+  if (b.element_type() == ffi::DataType::F32) return static_cast<const float*>(b.untyped_data());
+  const auto* bits = static_cast<const bf16*>(b.untyped_data());
+  storage.resize(b.element_count());
+  for (size_t i = 0; i < storage.size(); ++i) storage[i] = Load(bits + i);
+  return storage.data();
+}
+
 // dst = gather(src, w): the forward convolution (transpose=false, src x, dst y; with the epilogue)
 // or its adjoint in the input (transpose=true, src y, dst x).
-ffi::Error GatherImpl(bool transpose, ffi::ThreadPool pool, ffi::AnyBuffer src, ffi::Buffer<ffi::F32> w,
+ffi::Error GatherImpl(bool transpose, ffi::ThreadPool pool, ffi::AnyBuffer src, ffi::AnyBuffer w,
                       ffi::Result<ffi::AnyBuffer> dst, ffi::Span<const int64_t> geometry, const Epilogue& epilogue) {
   if (geometry.size() != 20) return ffi::Error::InvalidArgument("jdw depthwise: the geometry needs 20 integers");
   const Geometry g = Decode(geometry);
-  if (!IsFloat(src.element_type()) || !IsFloat(dst->element_type())) {
+  if (!IsFloat(src.element_type()) || !IsFloat(dst->element_type()) || !IsFloat(w.element_type())) {
     return ffi::Error::InvalidArgument("jdw depthwise: operands must be float32 or bfloat16");
   }
   Table tables[3];
@@ -202,7 +215,8 @@ ffi::Error GatherImpl(bool transpose, ffi::ThreadPool pool, ffi::AnyBuffer src, 
   const Loops& loops = Chosen();
   const bool src_f32 = src.element_type() == ffi::DataType::F32;
   const bool dst_f32 = dst->element_type() == ffi::DataType::F32;
-  const float* weights = w.typed_data();
+  std::vector<float> wide;
+  const float* weights = AsFloat(w, wide);
   Epilogue e = epilogue;
   e.stream = static_cast<int64_t>(dst->size_bytes()) >= StreamBytes();
   if (src_f32 && dst_f32) {
@@ -221,17 +235,19 @@ ffi::Error GatherImpl(bool transpose, ffi::ThreadPool pool, ffi::AnyBuffer src, 
   return ffi::Error::Success();
 }
 
-ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> bias,
+ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer bias,
                        ffi::Result<ffi::AnyBuffer> y, ffi::Span<const int64_t> geometry, int64_t activation) {
   if (activation < 0 || activation > static_cast<int64_t>(Activation::kSilu)) {
     return ffi::Error::InvalidArgument("jdw depthwise: unknown activation code");
   }
+  if (!IsFloat(bias.element_type())) return ffi::Error::InvalidArgument("jdw depthwise: the bias must be float32 or bfloat16");
   // An empty bias is none.
-  const Epilogue e{bias.element_count() == 0 ? nullptr : bias.typed_data(), static_cast<Activation>(activation)};
+  std::vector<float> wide_bias;
+  const Epilogue e{bias.element_count() == 0 ? nullptr : AsFloat(bias, wide_bias), static_cast<Activation>(activation)};
   return GatherImpl(false, pool, x, w, y, geometry, e);
 }
 
-ffi::Error TransposeImpl(ffi::ThreadPool pool, ffi::AnyBuffer dy, ffi::Buffer<ffi::F32> w,
+ffi::Error TransposeImpl(ffi::ThreadPool pool, ffi::AnyBuffer dy, ffi::AnyBuffer w,
                          ffi::Result<ffi::AnyBuffer> dx, ffi::Span<const int64_t> geometry) {
   return GatherImpl(true, pool, dy, w, dx, geometry, Epilogue{nullptr, Activation::kIdentity});
 }
@@ -269,8 +285,8 @@ ffi::Error KernelGradImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer
 // slot(j) = (p + j*d) mod S and x overwrites slot p: S reads and one write per channel (with the
 // token and the output: as many bytes as an elementwise pass over the state at S = 3, fewer above).
 
-ffi::Error CausalUpdateImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer state_in, ffi::Buffer<ffi::F32> w,
-                            ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::S32> position, ffi::Result<ffi::AnyBuffer> y,
+ffi::Error CausalUpdateImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer state_in, ffi::AnyBuffer w,
+                            ffi::AnyBuffer bias, ffi::Buffer<ffi::S32> position, ffi::Result<ffi::AnyBuffer> y,
                             ffi::Result<ffi::AnyBuffer> state, int64_t dilation, int64_t activation) {
   // x (..., D), state (..., S, D), w (..., W, D) with G kernels (their leading dimensions are x's
   // first ones: vmap stacks), bias (G * D) or empty, position (N) or empty (the state in order).
@@ -300,7 +316,12 @@ ffi::Error CausalUpdateImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuff
       !IsFloat(x.element_type()) || !IsFloat(y->element_type())) {
     return ffi::Error::InvalidArgument("jdw causal update: x and state must share float32 or bfloat16");
   }
-  const float* b = bias.element_count() == 0 ? nullptr : bias.typed_data();
+  if (!IsFloat(w.element_type()) || !IsFloat(bias.element_type())) {
+    return ffi::Error::InvalidArgument("jdw causal update: the kernel and bias must be float32 or bfloat16");
+  }
+  std::vector<float> wide_w, wide_bias;
+  const float* wf = AsFloat(w, wide_w);
+  const float* b = bias.element_count() == 0 ? nullptr : AsFloat(bias, wide_bias);
   const int32_t* p = position.element_count() == 0 ? nullptr : position.typed_data();
   const auto act = static_cast<Activation>(activation);
   const Loops& loops = Chosen();
@@ -310,10 +331,10 @@ ffi::Error CausalUpdateImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuff
     const auto* si = static_cast<const float*>(state_in.untyped_data());
     auto* so = static_cast<float*>(state->untyped_data());
     if (y32) {
-      loops.causal_update_f32_f32(xs, si, so, w.typed_data(), b, p, static_cast<float*>(y->untyped_data()), N, G, S, W,
+      loops.causal_update_f32_f32(xs, si, so, wf, b, p, static_cast<float*>(y->untyped_data()), N, G, S, W,
                                   dilation, D, act, pool);
     } else {
-      loops.causal_update_f32_bf16(xs, si, so, w.typed_data(), b, p, static_cast<bf16*>(y->untyped_data()), N, G, S,
+      loops.causal_update_f32_bf16(xs, si, so, wf, b, p, static_cast<bf16*>(y->untyped_data()), N, G, S,
                                    W, dilation, D, act, pool);
     }
   } else {
@@ -321,10 +342,10 @@ ffi::Error CausalUpdateImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuff
     const auto* si = static_cast<const bf16*>(state_in.untyped_data());
     auto* so = static_cast<bf16*>(state->untyped_data());
     if (y32) {
-      loops.causal_update_bf16_f32(xs, si, so, w.typed_data(), b, p, static_cast<float*>(y->untyped_data()), N, G, S,
+      loops.causal_update_bf16_f32(xs, si, so, wf, b, p, static_cast<float*>(y->untyped_data()), N, G, S,
                                    W, dilation, D, act, pool);
     } else {
-      loops.causal_update_bf16_bf16(xs, si, so, w.typed_data(), b, p, static_cast<bf16*>(y->untyped_data()), N, G, S,
+      loops.causal_update_bf16_bf16(xs, si, so, wf, b, p, static_cast<bf16*>(y->untyped_data()), N, G, S,
                                     W, dilation, D, act, pool);
     }
   }
@@ -338,8 +359,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JdwDepthwiseForward, jdw::ForwardImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<ffi::Span<const int64_t>>("geometry")
                                   .Attr<int64_t>("activation"));
@@ -348,7 +369,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JdwDepthwiseTranspose, jdw::TransposeImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<ffi::Span<const int64_t>>("geometry"));
 
@@ -365,8 +386,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JdwCausalUpdate, jdw::CausalUpdateImpl,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()

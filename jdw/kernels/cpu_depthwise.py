@@ -1,8 +1,8 @@
 """C++ loops for XLA:CPU (XLA FFI custom calls) behind the ``"cpu"`` backend.
 
 Three calls for the convolution, on channels-last operands with one to three spatial
-dimensions and a float32 kernel ``(*kernel_size, C)``; the data may be float32 or bfloat16
-(sums are float32):
+dimensions and a kernel ``(*kernel_size, C)``; the data and the kernel may be float32 or bfloat16
+(the loops widen a bfloat16 kernel; sums are float32):
 
 =================================  ==========================================================
 :func:`forward`                    ``y[o] = act(Σ_k x[o*s - p + k*d] * w[k] + b)``
@@ -45,7 +45,7 @@ except ImportError:  # built without a C++ compiler, or on a platform the extens
 #: Whether the C++ extension was built and loaded.
 AVAILABLE = _cpu_depthwise is not None
 
-#: Data types the loops read and write (the kernel is always float32).
+#: Data types the loops read and write (the kernel and bias too; they are summed in float32).
 DTYPES = (np.dtype(np.float32), np.dtype(jnp.bfloat16))
 
 #: The most spatial dimensions the loops take.
@@ -146,9 +146,19 @@ def _call(name: str, result: jax.ShapeDtypeStruct, *operands, geometry: Geometry
     return call(*operands, geometry=_attribute(geometry, batch, channels), **attrs)
 
 
+def _operand(a: jax.Array) -> jax.Array:
+    """A kernel or bias as the loops take it: float32 or bfloat16 as it is, other dtypes as float32.
+
+    The loops widen a bfloat16 kernel themselves. An XLA ``convert`` in front of the call would make
+    the program two thunks, and XLA:CPU runs such a program off the calling thread: that cost a
+    bfloat16 forward pass of 14x14x576 (stride 2, batch 1) 15 -> 57-75 us (docs/performance.md).
+    """
+    return a if a.dtype in DTYPES else a.astype(jnp.float32)
+
+
 def _weights(kernel: jax.Array, geometry: Geometry) -> jax.Array:
-    """The kernel ``(*kernel_size, [1,] C)`` as float32 ``(*kernel_size, C)``."""
-    return kernel.reshape(geometry.kernel_size + (kernel.shape[-1],)).astype(jnp.float32)
+    """The kernel ``(*kernel_size, [1,] C)`` as ``(*kernel_size, C)``, float32 or bfloat16."""
+    return _operand(kernel.reshape(geometry.kernel_size + (kernel.shape[-1],)))
 
 
 def forward(
@@ -186,7 +196,7 @@ def forward(
     batch, channels = x.shape[0], x.shape[-1]
     result = jax.ShapeDtypeStruct((batch, *geometry.output_size, channels), dtype)
     w = _weights(kernel, geometry)
-    b = jnp.zeros((0,), jnp.float32) if bias is None else bias.reshape(channels).astype(jnp.float32)
+    b = jnp.zeros((0,), jnp.float32) if bias is None else _operand(bias.reshape(channels))
     return _call(
         "forward", result, x, w, b, geometry=geometry, batch=batch, channels=channels,
         activation=np.int64(ACTIVATIONS[activation]),
@@ -254,7 +264,7 @@ def causal_update(
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation {activation!r} has no fused epilogue; fused ones: {sorted(ACTIVATIONS)}")
     channels = x.shape[-1]
-    b = jnp.zeros((0,), jnp.float32) if bias is None else bias.astype(jnp.float32)
+    b = jnp.zeros((0,), jnp.float32) if bias is None else _operand(bias)
     p = jnp.zeros((0,), jnp.int32) if position is None else position.astype(jnp.int32)
     call = jax.ffi.ffi_call(
         _TARGETS["causal_update"],
@@ -263,4 +273,4 @@ def causal_update(
         vmap_method="broadcast_all",
     )
     codes = dict(dilation=np.int64(dilation), activation=np.int64(ACTIVATIONS[activation]))
-    return call(x, state, kernel.astype(jnp.float32), b, p, **codes)
+    return call(x, state, _operand(kernel), b, p, **codes)
