@@ -277,11 +277,12 @@ def test_backend_calls_the_loops_and_nothing_else():
     assert "convolution(" not in hlo
 
 
-def test_bfloat16_kernels_and_biases_reach_the_loops_as_they_are(rng):
-    """The loops widen a bfloat16 kernel and bias: the compiled program is the custom call alone.
+def test_bfloat16_kernels_biases_and_kernel_gradients_pass_the_loops_as_they_are(rng):
+    """The loops widen a bfloat16 kernel and bias and round a bfloat16 kernel gradient themselves.
 
-    (An XLA convert in front of it would make the program two thunks, which XLA:CPU runs off the
-    calling thread.) Float32 data with a bfloat16 kernel too, and the decoding step's kernel and bias.
+    Each compiled program is then the custom call alone: an XLA convert before or after it would
+    make the program two thunks, which XLA:CPU runs off the calling thread. Float32 data with a
+    bfloat16 kernel too, and the decoding step's kernel and bias.
     """
     strides, padding, dilation = CASES["3x3-s2"][4:]
     geometry, x, k, dy = _operands(rng, *CASES["3x3-s2"])
@@ -298,6 +299,11 @@ def test_bfloat16_kernels_and_biases_reach_the_loops_as_they_are(rng):
     transpose = jax.jit(lambda dy, k: cpu_depthwise.transpose(dy, k, geometry, jnp.float32))
     assert "convert" not in transpose.lower(dyb, kb).compile().as_text().split("ENTRY")[1]
     assert_close(transpose(dyb, kb), ref.depthwise_conv_vjp(wide(xb), wide(kb), wide(dyb), **conv)[0])
+    grad = jax.jit(lambda x, dy: cpu_depthwise.kernel_grad(x, dy, geometry, jnp.bfloat16))
+    assert "convert" not in grad.lower(xb, dyb).compile().as_text().split("ENTRY")[1]
+    sums = cpu_depthwise.kernel_grad(xb, dyb, geometry)
+    assert grad(xb, dyb).dtype == jnp.bfloat16 and sums.dtype == jnp.float32
+    np.testing.assert_array_equal(wide(grad(xb, dyb)), wide(sums.astype(jnp.bfloat16)))  # rounded to nearest even
     # The decoding step: the same numbers as with the widened kernel and bias.
     xs, state = (
         jnp.asarray(rng.standard_normal((3, 32)), jnp.bfloat16),

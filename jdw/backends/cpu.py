@@ -67,7 +67,8 @@ def _transpose_map(dy, kernel, *, static: taps._Static, dtype) -> jax.Array:
 def _kernel_grad_map(x, dy, *, static: taps._Static, dtype) -> jax.Array:
     if x.dtype != dy.dtype or not _served(static, x.dtype):
         return taps.OPS.kernel_grad(x, dy, static=static, dtype=dtype)
-    grad = cpu_depthwise.kernel_grad(x, dy, static.geometry)
+    out = dtype if jnp.dtype(dtype) in cpu_depthwise.DTYPES else jnp.float32
+    grad = cpu_depthwise.kernel_grad(x, dy, static.geometry, out)
     return jnp.expand_dims(grad, -2).astype(dtype)
 
 

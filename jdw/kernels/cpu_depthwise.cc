@@ -252,23 +252,29 @@ ffi::Error TransposeImpl(ffi::ThreadPool pool, ffi::AnyBuffer dy, ffi::AnyBuffer
   return GatherImpl(true, pool, dy, w, dx, geometry, Epilogue{nullptr, Activation::kIdentity});
 }
 
-ffi::Error KernelGradImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer dy,
-                          ffi::Result<ffi::Buffer<ffi::F32>> dw, ffi::Span<const int64_t> geometry) {
+ffi::Error KernelGradImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dw,
+                          ffi::Span<const int64_t> geometry) {
   if (geometry.size() != 20) return ffi::Error::InvalidArgument("jdw depthwise: the geometry needs 20 integers");
   const Geometry g = Decode(geometry);
-  if (x.element_type() != dy.element_type() || !IsFloat(x.element_type())) {
+  if (x.element_type() != dy.element_type() || !IsFloat(x.element_type()) || !IsFloat(dw->element_type())) {
     return ffi::Error::InvalidArgument("jdw depthwise: kernel gradient operands must both be float32 or bfloat16");
   }
   Table tables[3];
   for (int d = 0; d < 3; ++d) tables[d] = ForwardTable(g, d);
   const Loops& loops = Chosen();
+  // The sums are float32; a bfloat16 result is rounded from them here (a few KiB).
+  const bool f32 = dw->element_type() == ffi::DataType::F32;
+  std::vector<float> sums(f32 ? 0 : dw->element_count());
+  float* out = f32 ? static_cast<float*>(dw->untyped_data()) : sums.data();
   if (x.element_type() == ffi::DataType::F32) {
     loops.kernel_grad_f32(static_cast<const float*>(x.untyped_data()), static_cast<const float*>(dy.untyped_data()),
-                          dw->typed_data(), g, tables, pool);
+                          out, g, tables, pool);
   } else {
     loops.kernel_grad_bf16(static_cast<const bf16*>(x.untyped_data()), static_cast<const bf16*>(dy.untyped_data()),
-                           dw->typed_data(), g, tables, pool);
+                           out, g, tables, pool);
   }
+  auto* rounded = static_cast<bf16*>(dw->untyped_data());
+  for (size_t i = 0; i < sums.size(); ++i) Store(rounded + i, sums[i]);
   return ffi::Error::Success();
 }
 
@@ -378,7 +384,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JdwDepthwiseKernelGrad, jdw::KernelGradImpl,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::AnyBuffer>()
                                   .Attr<ffi::Span<const int64_t>>("geometry"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JdwCausalUpdate, jdw::CausalUpdateImpl,

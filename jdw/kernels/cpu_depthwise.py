@@ -214,14 +214,15 @@ def transpose(dy: jax.Array, kernel: jax.Array, geometry: Geometry, dtype: DType
     return _call("transpose", result, dy, w, geometry=geometry, batch=batch, channels=channels)
 
 
-def kernel_grad(x: jax.Array, dy: jax.Array, geometry: Geometry) -> jax.Array:
-    """The adjoint of :func:`forward` in the kernel: float32 ``(*geometry.kernel_size, C)``.
+def kernel_grad(x: jax.Array, dy: jax.Array, geometry: Geometry, dtype: DTypeLike = jnp.float32) -> jax.Array:
+    """The adjoint of :func:`forward` in the kernel: ``(*geometry.kernel_size, C)`` of ``dtype``.
 
     ``x`` and ``dy`` (the forward's input and the output's cotangent) share one dtype,
-    float32 or bfloat16.
+    float32 or bfloat16. The sums are float32; ``dtype`` (float32 or bfloat16) is the result's,
+    rounded by the loops (so a bfloat16 kernel's gradient needs no XLA convert after the call).
     """
     batch, channels = x.shape[0], x.shape[-1]
-    result = jax.ShapeDtypeStruct((*geometry.kernel_size, channels), jnp.float32)
+    result = jax.ShapeDtypeStruct((*geometry.kernel_size, channels), dtype)
     return _call("kernel_grad", result, x, dy, geometry=geometry, batch=batch, channels=channels)
 
 
