@@ -189,10 +189,10 @@ Geometry Decode(ffi::Span<const int64_t> values) {
 bool IsFloat(ffi::DataType t) { return t == ffi::DataType::F32 || t == ffi::DataType::BF16; }
 
 // A kernel or bias operand as float32: a float32 buffer as it is, a bfloat16 one widened into
-// `storage` (a few KiB). The wrappers pass a bfloat16 kernel as it is because an XLA convert in
-// front of the call makes the program more than one thunk: XLA:CPU then runs it off the calling
-// thread, which cost a bfloat16 forward pass of 14x14x576 (stride 2) 15 -> 57-75 us at batch 1
-// and 156 -> 168 us at batch 32 on the 2-core Zen 4 (docs/performance.md).
+// `storage` (a few KiB). The wrappers pass a bfloat16 kernel as it is: under JAX's default (async)
+// dispatch an XLA convert in front of the call makes the program more than one thunk, which
+// XLA:CPU then runs off the calling thread (a bfloat16 forward pass of 14x14x576, stride 2, batch
+// 1: 47-88 -> 16-30 us on the 2-core Zen 4; docs/performance.md).
 const float* AsFloat(ffi::AnyBuffer b, std::vector<float>& storage) {
   if (b.element_type() == ffi::DataType::F32) return static_cast<const float*>(b.untyped_data());
   const auto* bits = static_cast<const bf16*>(b.untyped_data());

@@ -149,9 +149,10 @@ def _call(name: str, result: jax.ShapeDtypeStruct, *operands, geometry: Geometry
 def _operand(a: jax.Array) -> jax.Array:
     """A kernel or bias as the loops take it: float32 or bfloat16 as it is, other dtypes as float32.
 
-    The loops widen a bfloat16 kernel themselves. An XLA ``convert`` in front of the call would make
-    the program two thunks, and XLA:CPU runs such a program off the calling thread: that cost a
-    bfloat16 forward pass of 14x14x576 (stride 2, batch 1) 15 -> 57-75 us (docs/performance.md).
+    The loops widen a bfloat16 kernel themselves. Under JAX's default (async) dispatch an XLA
+    ``convert`` in front of the call would make the program two thunks, which XLA:CPU runs off the
+    calling thread: a bfloat16 forward pass of 14x14x576 (stride 2, batch 1) took 47-88 us instead
+    of 16-30 (docs/performance.md).
     """
     return a if a.dtype in DTYPES else a.astype(jnp.float32)
 
